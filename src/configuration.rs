@@ -1,0 +1,393 @@
+//! Settings: built-in defaults < optional TOML file < `KEYRELAY_<SECTION>__<KEY>` < conventional
+//! names (`DATABASE_URL`, `DODO_PAYMENTS_*`, `KEYRELAY_ADMIN_TOKEN`). Every key and its default is
+//! listed here; unknown keys are an error that names the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Conventional environment names and the setting each one sets.
+const CONVENTIONAL_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("DODO_PAYMENTS_API_KEY", "dodo.api_key"),
+    ("DODO_PAYMENTS_ENVIRONMENT", "dodo.environment"),
+    ("DODO_PAYMENTS_BASE_URL", "dodo.base_url"),
+    ("DODO_PAYMENTS_WEBHOOK_KEY", "webhook.secret"),
+    ("KEYRELAY_ADMIN_TOKEN", "admin.token"),
+];
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("database.url", "postgres://postgres@127.0.0.1:5432/keyrelay"),
+    ("database.migrate_on_start", "true"),
+    ("database.max_connections", "32"),
+    ("dodo.environment", "test_mode"),
+    ("dodo.max_requests_per_sec", "25"),
+    ("dodo.timeout_secs", "10"),
+    ("http.bind", "127.0.0.1:8080"),
+    ("worker.concurrency", "16"),
+    ("worker.max_attempts", "90"),
+    ("worker.backoff_base_ms", "1000"),
+    ("worker.backoff_max_ms", "600000"),
+    ("worker.lease_secs", "60"),
+    ("worker.poll_interval_ms", "1000"),
+    ("worker.shutdown_grace_secs", "30"),
+    ("log.format", "pretty"),
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub dodo: DodoSettings,
+    #[serde(default)]
+    pub webhook: WebhookSettings,
+    pub http: HttpSettings,
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+    #[serde(default)]
+    pub alerts: AlertSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub migrate_on_start: bool,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DodoEnvironment {
+    TestMode,
+    LiveMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DodoSettings {
+    pub api_key: Option<SecretString>,
+    pub environment: DodoEnvironment,
+    pub base_url: Option<String>,
+    pub max_requests_per_sec: u32,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: u32,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub lease_secs: u64,
+    pub poll_interval_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+impl Settings {
+    /// Loads settings from the process environment and `config_file` (else `./keyrelay.toml`).
+    pub fn load(config_file: Option<&Path>) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(config_file, &env)
+    }
+
+    /// Loads settings from an explicit environment map; used by `load` and by tests.
+    pub fn load_from(
+        config_file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder.set_default(*key, *value)?;
+        }
+        let file = match config_file {
+            Some(path) if !path.exists() => {
+                bail!("config file {} does not exist", path.display())
+            }
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from("keyrelay.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = &file {
+            builder = builder.add_source(config::File::from(path.as_path()));
+        }
+        for (key, value) in keyrelay_env_overrides(env)? {
+            builder = builder.set_override(key, value)?;
+        }
+        for (name, key) in CONVENTIONAL_ENV {
+            if let Some(value) = env.get(*name) {
+                builder = builder.set_override(*key, value.as_str())?;
+            }
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        url::Url::parse(self.database.url.expose_secret())
+            .context("database.url (DATABASE_URL) is not a valid URL")?;
+        if let Some(url) = &self.dodo.base_url {
+            let parsed = url::Url::parse(url).with_context(|| {
+                format!("dodo.base_url (DODO_PAYMENTS_BASE_URL) is not a valid URL: {url}")
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("dodo.base_url (DODO_PAYMENTS_BASE_URL) must be an http(s) URL: {url}");
+            }
+        }
+        if let Some(secret) = &self.webhook.secret {
+            parse_webhook_secrets(secret.expose_secret())?;
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            url::Url::parse(url)
+                .with_context(|| format!("alerts.webhook_url is not a valid URL: {url}"))?;
+        }
+        if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().is_empty()) {
+            bail!("admin.token (KEYRELAY_ADMIN_TOKEN) is empty; unset it or set a long random value");
+        }
+        if self.worker.concurrency == 0 {
+            bail!("worker.concurrency must be at least 1");
+        }
+        if self.worker.max_attempts == 0 {
+            bail!("worker.max_attempts must be at least 1");
+        }
+        if self.worker.backoff_base_ms == 0 || self.worker.backoff_max_ms < self.worker.backoff_base_ms
+        {
+            bail!("worker.backoff_base_ms must be at least 1 and at most worker.backoff_max_ms");
+        }
+        if self.worker.lease_secs == 0 {
+            bail!("worker.lease_secs must be at least 1");
+        }
+        if self.database.max_connections < 2 {
+            bail!("database.max_connections must be at least 2");
+        }
+        Ok(())
+    }
+
+    /// The Dodo API base URL: `dodo.base_url` if set, else the environment's.
+    pub fn dodo_base_url(&self) -> String {
+        match (&self.dodo.base_url, self.dodo.environment) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, DodoEnvironment::TestMode) => "https://test.dodopayments.com".into(),
+            (None, DodoEnvironment::LiveMode) => "https://live.dodopayments.com".into(),
+        }
+    }
+
+    /// The database URL with any password replaced, for messages.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database.url.expose_secret())
+    }
+}
+
+impl WorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Maps `KEYRELAY_SECTION__KEY=value` to `section.key`; any other `KEYRELAY_` name is an error,
+/// so a typo is reported instead of silently ignored.
+fn keyrelay_env_overrides(env: &HashMap<String, String>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("KEYRELAY_") else {
+            continue;
+        };
+        if CONVENTIONAL_ENV.iter().any(|(n, _)| n == name) || name.starts_with("KEYRELAY_TEST_") {
+            continue;
+        }
+        let Some((section, key)) = rest.split_once("__") else {
+            bail!(
+                "unknown environment variable {name}: keyrelay settings are named \
+                 KEYRELAY_<SECTION>__<KEY>, e.g. KEYRELAY_WORKER__CONCURRENCY"
+            );
+        };
+        out.push((
+            format!("{}.{}", section.to_lowercase(), key.to_lowercase()),
+            value.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Splits `webhook.secret` into the keys it holds (space-separated, for rotation), checking
+/// each is non-empty base64 after an optional `whsec_` prefix.
+pub fn parse_webhook_secrets(raw: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let secrets: Vec<&str> = raw.split_whitespace().collect();
+    if secrets.is_empty() {
+        bail!("webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is empty; copy the whsec_... secret from Dodo's webhook settings");
+    }
+    secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let body = s.strip_prefix("whsec_").unwrap_or(s);
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .ok()
+                .filter(|k| !k.is_empty());
+            key.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY): secret #{} is not whsec_ followed by base64",
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("****"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_environment() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.dodo.max_requests_per_sec, 25);
+        assert_eq!(s.http.bind, "127.0.0.1:8080");
+        assert_eq!(s.dodo_base_url(), "https://test.dodopayments.com");
+    }
+
+    #[test]
+    fn conventional_names_win_over_prefixed_ones() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("KEYRELAY_DATABASE__URL", "postgres://a@h/one"),
+                ("DATABASE_URL", "postgres://a@h/two"),
+                ("KEYRELAY_WORKER__CONCURRENCY", "3"),
+                ("DODO_PAYMENTS_ENVIRONMENT", "live_mode"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://a@h/two");
+        assert_eq!(s.worker.concurrency, 3);
+        assert_eq!(s.dodo_base_url(), "https://live.dodopayments.com");
+    }
+
+    #[test]
+    fn a_misspelled_key_is_named_in_the_error() {
+        let err = Settings::load_from(None, &env(&[("KEYRELAY_WORKER__CONCURENCY", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+        let err = Settings::load_from(None, &env(&[("KEYRELAY_WORKER_CONCURRENCY", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KEYRELAY_WORKER_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("DODO_PAYMENTS_ENVIRONMENT", "staging", "environment"),
+            ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_%%%", "webhook.secret"),
+            ("DODO_PAYMENTS_WEBHOOK_KEY", "   ", "webhook.secret"),
+            ("DODO_PAYMENTS_BASE_URL", "not a url", "dodo.base_url"),
+            ("DATABASE_URL", "nope", "database.url"),
+        ];
+        for (name, value, expected) in cases {
+            let err = Settings::load_from(None, &env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn rotated_secrets_are_all_parsed() {
+        let keys = parse_webhook_secrets("whsec_c2VjcmV0MQ== whsec_c2VjcmV0Mg==").unwrap();
+        assert_eq!(keys, vec![b"secret1".to_vec(), b"secret2".to_vec()]);
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DODO_PAYMENTS_API_KEY", "sk_live_very_secret"),
+                ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_c2VjcmV0MQ=="),
+                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["sk_live_very_secret", "c2VjcmV0MQ", "hunter2"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+        assert_eq!(s.database_url_redacted(), "postgres://u:****@h/db");
+    }
+}

@@ -1,0 +1,90 @@
+//! The one Postgres pool: connecting, creating the database if missing, and migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::configuration::Settings;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+    Ok(
+        PgConnectOptions::from_str(settings.database.url.expose_secret())
+            .context("database.url (DATABASE_URL) is not a valid Postgres URL")?
+            .application_name("keyrelay")
+            .log_statements(tracing::log::LevelFilter::Trace),
+    )
+}
+
+/// A pool that connects on first use, so a server can start (and answer 503) while the
+/// database is down.
+pub fn lazy_pool(settings: &Settings) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(connect_options(settings)?))
+}
+
+/// Connects now, failing with a message that says where and what to do.
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let pool = lazy_pool(settings)?;
+    pool.acquire().await.with_context(|| {
+        format!(
+            "cannot connect to the database at {}; is Postgres running, and has `keyrelay migrate` created the database?",
+            settings.database_url_redacted()
+        )
+    })?;
+    Ok(pool)
+}
+
+/// Creates the database named in `database.url` if it does not exist.
+pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<()> {
+    let options = connect_options(settings)?;
+    let name = options
+        .get_database()
+        .context("database.url names no database")?
+        .to_string();
+    let mut admin = options
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the Postgres server at {}; is it running?",
+                settings.database_url_redacted()
+            )
+        })?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&sql).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create database {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database if needed and applies every pending migration.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<PgPool> {
+    create_database_if_missing(settings).await?;
+    let pool = connect(settings).await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying database migrations failed")?;
+    Ok(pool)
+}

@@ -1,0 +1,255 @@
+//! A small Dodo API client over reqwest: fulfill a grant, and look grants up by listing them.
+//! Every call goes through the shared rate limiter and has a timeout; a 429 pauses the limiter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::{ErrorBody, Grant, GrantStatus, RateLimiter};
+
+const PAGE_SIZE: u32 = 100;
+/// A 429 without `Retry-After` holds every worker back this long.
+const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct DodoClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: SecretString,
+    limiter: Arc<RateLimiter>,
+}
+
+/// The body of `POST /grants/{id}/license-key`; unset options are omitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct FulfillRequest {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activations_limit: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Dodo's HTTP answer to a fulfill request.
+#[derive(Debug, Clone)]
+pub struct FulfillAnswer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub message: Option<String>,
+}
+
+/// A call that got no HTTP answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("request to Dodo timed out")]
+    Timeout,
+    #[error("could not reach Dodo: {0}")]
+    Connect(String),
+    #[error("request to Dodo failed: {0}")]
+    Other(String),
+    #[error("Dodo answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status { status: u16, message: Option<String> },
+}
+
+impl std::fmt::Debug for DodoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DodoClient")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DodoClient {
+    pub fn new(
+        base_url: &str,
+        api_key: SecretString,
+        timeout: Duration,
+        limiter: Arc<RateLimiter>,
+    ) -> anyhow::Result<DodoClient> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(DodoClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            limiter,
+        })
+    }
+
+    /// `POST /grants/{grant_id}/license-key`. Any HTTP answer is returned as is; only a
+    /// missing answer (timeout, connection error) is an error.
+    pub async fn fulfill(
+        &self,
+        grant_id: &str,
+        body: &FulfillRequest,
+    ) -> Result<FulfillAnswer, CallError> {
+        let url = self.url(&["grants", grant_id, "license-key"], &[]);
+        let response = self.send(self.http.post(url).json(body)).await?;
+        let status = response.status().as_u16();
+        let retry_after = parse_retry_after(response.headers());
+        let message = if status == 200 {
+            None
+        } else {
+            error_message(response).await
+        };
+        Ok(FulfillAnswer {
+            status,
+            retry_after,
+            message,
+        })
+    }
+
+    /// One page of `GET /entitlements/{ent}/grants`.
+    pub async fn list_grants(
+        &self,
+        entitlement_id: &str,
+        customer_id: Option<&str>,
+        status: Option<&GrantStatus>,
+        page_number: u32,
+    ) -> Result<Vec<Grant>, CallError> {
+        let page = page_number.to_string();
+        let size = PAGE_SIZE.to_string();
+        let mut query = vec![("page_number", page.as_str()), ("page_size", size.as_str())];
+        if let Some(c) = customer_id {
+            query.push(("customer_id", c));
+        }
+        if let Some(s) = status {
+            query.push(("status", s.as_api_str()));
+        }
+        let url = self.url(&["entitlements", entitlement_id, "grants"], &query);
+        let response = self.send(self.http.get(url)).await?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let message = error_message(response).await;
+            return Err(CallError::Status { status, message });
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            items: Vec<Grant>,
+        }
+        let page: Page = response
+            .json()
+            .await
+            .map_err(|e| CallError::Other(format!("unreadable grant list: {e}")))?;
+        Ok(page.items)
+    }
+
+    /// Finds one grant: there is no get-by-id, so list the customer's grants of the
+    /// entitlement page by page and match the id.
+    pub async fn find_grant(
+        &self,
+        entitlement_id: &str,
+        customer_id: &str,
+        grant_id: &str,
+    ) -> Result<Option<Grant>, CallError> {
+        for page in 0.. {
+            let items = self
+                .list_grants(entitlement_id, Some(customer_id), None, page)
+                .await?;
+            if items.is_empty() {
+                break;
+            }
+            if let Some(grant) = items.into_iter().find(|g| g.id == grant_id) {
+                return Ok(Some(grant));
+            }
+        }
+        Ok(None)
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> reqwest::Url {
+        let mut url = reqwest::Url::parse(&self.base_url).expect("base URL validated at start");
+        url.path_segments_mut()
+            .expect("http(s) base URL")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+        self.limiter.acquire().await;
+        let response = request
+            .bearer_auth(self.api_key.expose_secret())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    CallError::Timeout
+                } else if e.is_connect() {
+                    CallError::Connect(without_url(&e))
+                } else {
+                    CallError::Other(without_url(&e))
+                }
+            })?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            self.limiter
+                .pause_for(parse_retry_after(response.headers()).unwrap_or(DEFAULT_429_PAUSE));
+        }
+        Ok(response)
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+async fn error_message(response: reqwest::Response) -> Option<String> {
+    let bytes = response.bytes().await.ok()?;
+    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+    body.message.or(body.code).or_else(|| {
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        (!text.is_empty()).then(|| text.chars().take(200).collect())
+    })
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let raw = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        assert_eq!(parse_retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(&headers("0.5")), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(&headers("soon")), None);
+        assert_eq!(parse_retry_after(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,7 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = keyrelay::cli::Cli::parse();
+    keyrelay::cli::run(cli).await
+}

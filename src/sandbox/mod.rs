@@ -1,0 +1,413 @@
+//! A stateful stand-in for the Dodo endpoints keyrelay uses (fulfill, list grants, customer
+//! grants, revoke), following `shared/dodo/CONTRACT.md`. It sells grants, sends them as signed
+//! webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
+
+mod server;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use rand::Rng;
+use serde::Deserialize;
+
+use crate::dodo::{Grant, GrantStatus, LicenseKey};
+use crate::intake::signature;
+
+pub use server::RunningSandbox;
+
+/// A fault the sandbox can inject into a fulfill call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Fault {
+    /// Answer this status without applying anything.
+    Status { status: u16 },
+    /// 429 with `Retry-After: retry_after_secs`.
+    RateLimited { retry_after_secs: u64 },
+    /// Apply the key, then answer 500 as if the answer were lost.
+    ApplyThen500,
+    /// Never answer within any sane timeout (the client must time out).
+    Hang,
+}
+
+/// Faults drawn at random for every fulfill call without a scripted fault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct FaultRates {
+    /// Delay before every answer (all endpoints).
+    pub latency_ms: u64,
+    /// Share of fulfill calls answered 500 without applying.
+    pub server_error: f64,
+    /// Share of fulfill calls applied and then answered 500.
+    pub apply_then_500: f64,
+    /// Share of fulfill calls answered 429.
+    pub rate_limited: f64,
+    pub retry_after_secs: u64,
+}
+
+/// One fulfill request as the sandbox saw it.
+#[derive(Debug, Clone)]
+pub struct FulfillRecord {
+    pub grant_id: String,
+    pub key: String,
+    pub received: Instant,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    grants: HashMap<String, Grant>,
+    order: Vec<String>,
+    /// Every key value Dodo holds, with the grant it belongs to (None: preexisting).
+    keys_in_use: HashMap<String, Option<String>>,
+    rates: FaultRates,
+    scripted: HashMap<String, VecDeque<Fault>>,
+    log: Vec<FulfillRecord>,
+    webhooks_sent: HashSet<String>,
+    seq: u64,
+}
+
+/// The sandbox's state and credentials; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Sandbox {
+    state: Arc<Mutex<State>>,
+    api_key: Arc<str>,
+    webhook_key: Arc<[u8]>,
+    http: reqwest::Client,
+}
+
+/// A signed webhook, ready to send.
+#[derive(Debug, Clone)]
+pub struct SignedWebhook {
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: String,
+}
+
+pub const BUSINESS_ID: &str = "bus_sandbox";
+
+impl Sandbox {
+    pub fn new(api_key: &str, webhook_key: &[u8]) -> Sandbox {
+        Sandbox {
+            state: Arc::default(),
+            api_key: api_key.into(),
+            webhook_key: webhook_key.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("reqwest client"),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("sandbox state poisoned")
+    }
+
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+
+    /// Creates a pending license-key grant for `entitlement_id`.
+    pub fn create_grant(&self, entitlement_id: &str, customer_id: Option<&str>) -> Grant {
+        let mut state = self.lock();
+        state.seq += 1;
+        let n = state.seq;
+        let now = now_iso();
+        let grant = Grant {
+            id: format!("grant_sbx{n:08}{:04x}", rand::random::<u16>()),
+            business_id: Some(BUSINESS_ID.into()),
+            brand_id: Some("brand_sandbox".into()),
+            customer_id: customer_id.map_or_else(|| format!("cus_sbx{n:08}"), str::to_string),
+            entitlement_id: entitlement_id.to_string(),
+            integration_type: Some("license_key".into()),
+            status: GrantStatus::Pending,
+            metadata: None,
+            created_at: Some(now.clone()),
+            updated_at: Some(now),
+            delivered_at: None,
+            revoked_at: None,
+            revocation_reason: None,
+            license_key: None,
+            payment_id: Some(format!("pay_sbx{n:08}")),
+        };
+        state.order.push(grant.id.clone());
+        state.grants.insert(grant.id.clone(), grant.clone());
+        grant
+    }
+
+    pub fn grant(&self, grant_id: &str) -> Option<Grant> {
+        self.lock().grants.get(grant_id).cloned()
+    }
+
+    pub fn grants(&self) -> Vec<Grant> {
+        let state = self.lock();
+        state.order.iter().map(|id| state.grants[id].clone()).collect()
+    }
+
+    /// The webhook Dodo would send for the grant's current state.
+    pub fn webhook_for(&self, grant: &Grant, event_type: &str) -> SignedWebhook {
+        let id = {
+            let mut state = self.lock();
+            state.seq += 1;
+            format!("msg_sbx{:010}{:06x}", state.seq, rand::random::<u32>() & 0xff_ffff)
+        };
+        let mut data = serde_json::to_value(grant).expect("grant serializes");
+        data["payload_type"] = "EntitlementGrant".into();
+        let body = serde_json::json!({
+            "business_id": BUSINESS_ID,
+            "type": event_type,
+            "timestamp": now_iso(),
+            "data": data,
+        })
+        .to_string();
+        self.sign(id, body)
+    }
+
+    /// Signs `body` as webhook `id`, timestamped now.
+    pub fn sign(&self, id: String, body: String) -> SignedWebhook {
+        let timestamp = Utc::now().timestamp();
+        let signature = signature::sign(&self.webhook_key, &id, timestamp, body.as_bytes());
+        SignedWebhook {
+            id,
+            timestamp,
+            signature,
+            body,
+        }
+    }
+
+    /// POSTs a webhook to `url` and returns the HTTP status.
+    pub async fn send_webhook(&self, url: &str, webhook: &SignedWebhook) -> reqwest::Result<u16> {
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &webhook.id)
+            .header("webhook-timestamp", webhook.timestamp.to_string())
+            .header("webhook-signature", &webhook.signature)
+            .body(webhook.body.clone())
+            .send()
+            .await?;
+        if response.status().is_success() {
+            self.lock().webhooks_sent.insert(webhook.id.clone());
+        }
+        Ok(response.status().as_u16())
+    }
+
+    /// Sells a grant: creates it and sends its `entitlement_grant.created` webhook to `url`.
+    pub async fn sell(&self, url: &str, entitlement_id: &str) -> reqwest::Result<(Grant, u16)> {
+        let grant = self.create_grant(entitlement_id, None);
+        let status = self
+            .send_webhook(url, &self.webhook_for(&grant, "entitlement_grant.created"))
+            .await?;
+        Ok((grant, status))
+    }
+
+    /// Fulfils a grant directly, as another system of the merchant's would.
+    pub fn fulfill_elsewhere(&self, grant_id: &str, key: &str) {
+        let mut state = self.lock();
+        let _ = apply_key(&mut state, grant_id, key, None, None);
+    }
+
+    /// Revokes a grant (idempotent), as `DELETE /entitlements/{ent}/grants/{id}` does.
+    pub fn revoke(&self, grant_id: &str, reason: &str) -> Option<Grant> {
+        let mut state = self.lock();
+        let grant = state.grants.get_mut(grant_id)?;
+        if grant.status != GrantStatus::Revoked {
+            let now = now_iso();
+            grant.status = GrantStatus::Revoked;
+            grant.revoked_at = Some(now.clone());
+            grant.updated_at = Some(now);
+            grant.revocation_reason = Some(reason.into());
+        }
+        Some(grant.clone())
+    }
+
+    /// Makes Dodo already hold `key` (so fulfilling any grant with it answers 409).
+    pub fn add_existing_key(&self, key: &str) {
+        self.lock().keys_in_use.insert(key.to_string(), None);
+    }
+
+    pub fn set_fault_rates(&self, rates: FaultRates) {
+        self.lock().rates = rates;
+    }
+
+    /// Queues faults for the next fulfill calls of one grant, in order.
+    pub fn script_faults(&self, grant_id: &str, faults: impl IntoIterator<Item = Fault>) {
+        self.lock()
+            .scripted
+            .entry(grant_id.to_string())
+            .or_default()
+            .extend(faults);
+    }
+
+    /// Every fulfill request received, in arrival order.
+    pub fn fulfill_log(&self) -> Vec<FulfillRecord> {
+        self.lock().log.clone()
+    }
+
+    /// Fulfill requests that applied a key (answered 200, or applied then 500).
+    pub fn deliveries(&self) -> usize {
+        self.lock()
+            .grants
+            .values()
+            .filter(|g| g.license_key.is_some())
+            .count()
+    }
+}
+
+/// The result of a fulfill call, decided under the lock.
+enum FulfillResult {
+    Ok(Grant),
+    Error(u16, &'static str, String),
+    RateLimited(u64),
+}
+
+#[derive(Debug, Deserialize)]
+struct FulfillBody {
+    key: Option<serde_json::Value>,
+    #[serde(default)]
+    activations_limit: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_at: Option<serde_json::Value>,
+}
+
+impl Sandbox {
+    /// Decides the fault for one call: a scripted one for the grant, else one drawn at random.
+    fn draw_fault(&self, grant_id: &str) -> (Option<Fault>, Duration) {
+        let mut state = self.lock();
+        let latency = Duration::from_millis(state.rates.latency_ms);
+        if let Some(f) = state.scripted.get_mut(grant_id).and_then(VecDeque::pop_front) {
+            return (Some(f), latency);
+        }
+        let r = state.rates;
+        let roll: f64 = rand::rng().random();
+        let fault = if roll < r.server_error {
+            Some(Fault::Status { status: 500 })
+        } else if roll < r.server_error + r.apply_then_500 {
+            Some(Fault::ApplyThen500)
+        } else if roll < r.server_error + r.apply_then_500 + r.rate_limited {
+            Some(Fault::RateLimited {
+                retry_after_secs: r.retry_after_secs,
+            })
+        } else {
+            None
+        };
+        (fault, latency)
+    }
+
+    fn fulfill(&self, grant_id: &str, body: &[u8], fault: Option<Fault>) -> FulfillResult {
+        let mut state = self.lock();
+        let result = match fault {
+            Some(Fault::Status { status }) => {
+                FulfillResult::Error(status, "INTERNAL_SERVER_ERROR", "injected fault".into())
+            }
+            Some(Fault::RateLimited { retry_after_secs }) => {
+                FulfillResult::RateLimited(retry_after_secs)
+            }
+            Some(Fault::Hang) => unreachable!("hang is handled before the lock"),
+            Some(Fault::ApplyThen500) | None => {
+                match validate_and_apply(&mut state, grant_id, body) {
+                    FulfillResult::Ok(_) if fault == Some(Fault::ApplyThen500) => {
+                        FulfillResult::Error(500, "INTERNAL_SERVER_ERROR", "injected fault after apply".into())
+                    }
+                    other => other,
+                }
+            }
+        };
+        let key = serde_json::from_slice::<FulfillBody>(body)
+            .ok()
+            .and_then(|b| b.key)
+            .and_then(|k| k.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let status = match &result {
+            FulfillResult::Ok(_) => 200,
+            FulfillResult::Error(s, ..) => *s,
+            FulfillResult::RateLimited(_) => 429,
+        };
+        state.log.push(FulfillRecord {
+            grant_id: grant_id.to_string(),
+            key,
+            received: Instant::now(),
+            status,
+        });
+        result
+    }
+}
+
+fn validate_and_apply(state: &mut State, grant_id: &str, body: &[u8]) -> FulfillResult {
+    let Some(grant) = state.grants.get(grant_id) else {
+        return FulfillResult::Error(404, "NOT_FOUND", format!("grant {grant_id} not found"));
+    };
+    let body: FulfillBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return FulfillResult::Error(400, "INVALID_REQUEST_BODY", e.to_string()),
+    };
+    let key = match body.key {
+        None => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "missing field `key`".into()),
+        Some(serde_json::Value::String(k)) => k.trim().to_string(),
+        Some(_) => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "`key` must be a string".into()),
+    };
+    if key.is_empty() {
+        return FulfillResult::Error(400, "INVALID_LICENSE_KEY", "key must not be empty".into());
+    }
+    let activations_limit = match body.activations_limit {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 1 => Some(n),
+            _ => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "activations_limit must be an integer >= 1".into()),
+        },
+    };
+    let expires_at = match body.expires_at {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => Some(s),
+        Some(_) => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "expires_at must be ISO 8601".into()),
+    };
+    if grant.integration_type.as_deref() != Some("license_key") {
+        return FulfillResult::Error(400, "INVALID_GRANT_TYPE", "grant is not a license-key grant".into());
+    }
+    if grant.status != GrantStatus::Pending {
+        return FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into());
+    }
+    if state.keys_in_use.contains_key(&key) {
+        return FulfillResult::Error(409, "CONFLICT", "license key already exists".into());
+    }
+    match apply_key(state, grant_id, &key, activations_limit, expires_at) {
+        Some(g) => FulfillResult::Ok(g),
+        None => FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into()),
+    }
+}
+
+fn apply_key(
+    state: &mut State,
+    grant_id: &str,
+    key: &str,
+    activations_limit: Option<i64>,
+    expires_at: Option<String>,
+) -> Option<Grant> {
+    let grant = state.grants.get_mut(grant_id)?;
+    if grant.status != GrantStatus::Pending || state.keys_in_use.contains_key(key) {
+        return None;
+    }
+    let now = now_iso();
+    grant.status = GrantStatus::Delivered;
+    grant.delivered_at = Some(now.clone());
+    grant.updated_at = Some(now);
+    grant.license_key = Some(LicenseKey {
+        key: key.to_string(),
+        activations_used: Some(0),
+        activations_limit,
+        expires_at,
+    });
+    let grant = grant.clone();
+    state
+        .keys_in_use
+        .insert(key.to_string(), Some(grant_id.to_string()));
+    Some(grant)
+}
+
+fn now_iso() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,215 @@
+//! Building and running keyrelay: the HTTP server (web role), the worker pool (worker role), or
+//! both, sharing one database pool and one cancellation token.
+
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::{Settings, parse_webhook_secrets};
+use crate::dodo::{DodoClient, RateLimiter};
+use crate::fulfillment::{JobSignal, Worker, WorkerContext};
+use crate::intake::{self, IntakeState, signature::WebhookVerifier};
+
+/// What a `serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Web,
+    Worker,
+}
+
+impl Role {
+    fn web(self) -> bool {
+        matches!(self, Role::All | Role::Web)
+    }
+    fn worker(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+pub struct Application {
+    port: Option<u16>,
+    server: Option<Server>,
+    worker: Option<Worker>,
+    pool: PgPool,
+    signal: JobSignal,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Checks the settings the role needs, migrates (unless disabled), binds the listener.
+    pub async fn build(settings: &Settings, role: Role) -> anyhow::Result<Application> {
+        let verifier = if role.web() {
+            let secret = settings.webhook.secret.as_ref().context(
+                "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is not set; copy the whsec_... secret from Dodo's webhook settings",
+            )?;
+            Some(WebhookVerifier::new(parse_webhook_secrets(secret.expose_secret())?))
+        } else {
+            None
+        };
+        let dodo = if role.worker() {
+            Some(dodo_client(settings)?)
+        } else {
+            None
+        };
+        let pool = if settings.database.migrate_on_start {
+            crate::db::migrate(settings).await?
+        } else {
+            crate::db::lazy_pool(settings)?
+        };
+        let signal = JobSignal::new();
+        let (server, port) = match verifier {
+            Some(verifier) => {
+                let listener = TcpListener::bind(&settings.http.bind).with_context(|| {
+                    format!("cannot listen on http.bind = {}; is another process using it?", settings.http.bind)
+                })?;
+                let port = listener.local_addr()?.port();
+                let state = IntakeState {
+                    pool: pool.clone(),
+                    verifier,
+                    signal: signal.clone(),
+                };
+                let server = web_server(listener, state, pool.clone(), settings)?;
+                (Some(server), Some(port))
+            }
+            None => (None, None),
+        };
+        let worker = dodo.map(|dodo| {
+            let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker);
+            Worker::new(ctx, &settings.worker, signal.clone())
+        });
+        Ok(Application {
+            port,
+            server,
+            worker,
+            pool,
+            signal,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The port the webhook server listens on (web roles only).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Cancel it to stop gracefully (what SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled; then stops taking webhooks and claiming
+    /// jobs, lets in-flight work finish, and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let mut tasks = Vec::new();
+        if let Some(server) = self.server {
+            tasks.push(self.signal.spawn_notifier(self.pool.clone(), shutdown.clone()));
+            let handle = server.handle();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                handle.stop(true).await;
+            });
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+        }
+        if let Some(worker) = self.worker {
+            tasks.push(self.signal.spawn_listener(self.pool.clone(), shutdown.clone()));
+            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+/// The Dodo client for workers, with the process-wide rate limit.
+pub fn dodo_client(settings: &Settings) -> anyhow::Result<DodoClient> {
+    let api_key = settings.dodo.api_key.clone().context(
+        "dodo.api_key (DODO_PAYMENTS_API_KEY) is not set; create an API key with write access in Dodo's dashboard",
+    )?;
+    DodoClient::new(
+        &settings.dodo_base_url(),
+        api_key,
+        Duration::from_secs(settings.dodo.timeout_secs),
+        Arc::new(RateLimiter::new(settings.dodo.max_requests_per_sec)),
+    )
+}
+
+fn web_server(
+    listener: TcpListener,
+    state: IntakeState,
+    pool: PgPool,
+    settings: &Settings,
+) -> anyhow::Result<Server> {
+    let state = web::Data::new(state);
+    let pool = web::Data::new(pool);
+    let metrics = web::Data::new(metrics_handle());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(pool.clone())
+            .app_data(metrics.clone())
+            .app_data(web::PayloadConfig::new(intake::MAX_BODY_BYTES))
+            .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(prometheus))
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.worker.shutdown_grace_secs)
+    .backlog(1024)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
+    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool.get_ref());
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "database": "ok" })),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "database": "unavailable", "error": e.to_string() })),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "database": "unavailable", "error": "timed out" })),
+    }
+}
+
+async fn prometheus(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
