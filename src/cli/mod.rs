@@ -1,12 +1,21 @@
 //! The `keyrelay` command line: argument definitions and dispatch to one module per group.
 
+mod bench;
+mod demo;
+mod jobs;
+mod output;
+mod pool;
+mod sandbox;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::configuration::Settings;
-use crate::startup::Role;
+use crate::startup::{Application, Role};
+
+pub use demo::percentile;
 
 #[derive(Debug, Parser)]
 #[command(name = "keyrelay", version, about = "Fulfil Dodo Payments license-key grants from your own key pools, exactly once.")]
@@ -27,12 +36,39 @@ pub enum Command {
     },
     /// Create the database if missing and apply migrations.
     Migrate,
+    /// Key pools.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
+    /// Fulfillment jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// The whole flow on this machine against the built-in sandbox (needs only Postgres).
+    Demo {
+        /// How many grants to sell.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        grants: u32,
+        /// Keep the throwaway database to inspect it afterwards.
+        #[arg(long)]
+        keep_database: bool,
+    },
+    /// Run the built-in Dodo stand-in on its own.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        bind: String,
+        #[arg(long, default_value = sandbox::DEFAULT_API_KEY)]
+        api_key: String,
+        #[arg(long, default_value = sandbox::DEFAULT_WEBHOOK_SECRET)]
+        webhook_secret: String,
+    },
+    /// Measure intake, drain and pickup latency (SPEC §5) on this machine.
+    Bench(bench::BenchArgs),
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
     let _ = dotenvy::dotenv();
     match dispatch(cli).await {
-        Ok(code) => code,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
@@ -41,20 +77,59 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn error_chain(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     let settings = Settings::load(cli.config.as_deref())?;
-    crate::telemetry::init(settings.log.format, "info");
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Bench(_));
+    crate::telemetry::init(settings.log.format, if quiet { "error" } else { "info" });
     match cli.command {
         Command::Serve { role } => {
-            let app = crate::startup::Application::build(&settings, role).await?;
+            let app = Application::build(&settings, role).await?;
+            let token = app.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_stop_signal().await;
+                tracing::info!("shutdown requested; finishing in-flight work");
+                token.cancel();
+            });
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
             crate::db::migrate(&settings).await?;
+            println!("database {} is up to date", settings.database_url_redacted());
+        }
+        Command::Pool(command) => pool::run(&crate::db::connect(&settings).await?, command).await?,
+        Command::Jobs(command) => jobs::run(&crate::db::connect(&settings).await?, command).await?,
+        Command::Demo { grants, keep_database } => {
+            let options = demo::DemoOptions { grants: grants as usize, keep_database };
+            return demo::run(settings, options).await;
+        }
+        Command::Sandbox { bind, api_key, webhook_secret } => {
+            sandbox::run(&bind, &api_key, &webhook_secret).await?;
+        }
+        Command::Bench(args) => bench::run(settings, args).await?,
+    }
+    Ok(true)
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
     }
-    Ok(ExitCode::SUCCESS)
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

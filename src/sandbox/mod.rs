@@ -3,6 +3,7 @@
 //! webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
 
 mod server;
+pub mod stack;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,0 +1,178 @@
+//! `keyrelay demo`: the whole flow on this machine with no Dodo account. A throwaway database,
+//! keyrelay and the sandbox in one process, a pool of generated keys, grants sold with faults
+//! injected, progress while they are fulfilled, and a summary checked against the sandbox.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::configuration::Settings;
+use crate::domain::JobState;
+use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
+use crate::sandbox::FaultRates;
+use crate::sandbox::stack::LocalStack;
+use crate::startup::Role;
+
+const ENTITLEMENT: &str = "ent_demo_pro_license";
+
+pub struct DemoOptions {
+    pub grants: usize,
+    pub keep_database: bool,
+}
+
+pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result<bool> {
+    println!("keyrelay demo: {} grants, sandbox Dodo with injected faults\n", options.grants);
+    crate::db::create_scratch_database(&mut settings, "keyrelay_demo").await?;
+    println!("  database   {} (throwaway)", settings.database_url_redacted());
+    settings.worker.backoff_base_ms = 100;
+    settings.worker.backoff_max_ms = 2_000;
+    settings.worker.poll_interval_ms = 100;
+    settings.dodo.max_requests_per_sec = 200;
+    let result = demo(&settings, &options).await;
+    if options.keep_database {
+        println!("\n  kept database {}", settings.database_url_redacted());
+    } else if let Err(e) = crate::db::drop_database(&settings).await {
+        eprintln!("could not drop the demo database: {e}");
+    }
+    result
+}
+
+async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool> {
+    let stack = LocalStack::start(settings.clone(), Role::All).await?;
+    let sandbox = stack.sandbox.sandbox.clone();
+    let sandbox = &sandbox;
+    let url = stack.webhook_url.clone().expect("role all serves webhooks");
+    println!("  keyrelay   {url}");
+    println!("  sandbox    {}", stack.sandbox.base_url);
+
+    let extra = options.grants / 5 + 5;
+    let keys: Vec<String> = (0..options.grants + extra)
+        .map(|i| format!("DEMO-{:04X}-{:04X}-{:04}", rand::random::<u16>(), rand::random::<u16>(), i))
+        .collect();
+    // Dodo already holds the first key: keyrelay must reject it and use the next.
+    sandbox.add_existing_key(&keys[0]);
+    add_pool(&stack.pool, &NewPool { name: "demo-pro".into(), entitlement_id: ENTITLEMENT.into(), low_stock: 5, ..Default::default() }).await?;
+    let parsed = ParsedKeys { keys: keys.clone(), ..Default::default() };
+    let report = import_keys(&stack.pool, "demo-pro", &parsed, false, |_| {}).await?;
+    println!("  pool       demo-pro: imported {} keys (one of them already exists at Dodo)\n", report.imported);
+
+    sandbox.set_fault_rates(FaultRates {
+        latency_ms: 15,
+        server_error: 0.08,
+        apply_then_500: 0.05,
+        rate_limited: 0.01,
+        retry_after_secs: 1,
+    });
+    println!("  faults     8% 500, 5% applied-then-500, 1% 429 (Retry-After 1 s), 15 ms latency");
+    println!("  webhooks   every 10th is delivered twice, as Dodo's retries do\n");
+
+    let started = Instant::now();
+    let mut answered: HashMap<String, Instant> = HashMap::new();
+    let mut webhooks_sent = 0;
+    let sales = (0..options.grants).map(|i| {
+        let url = url.clone();
+        async move {
+            let grant = sandbox.create_grant(ENTITLEMENT, None);
+            let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
+            let status = sandbox.send_webhook(&url, &hook).await?;
+            let at = Instant::now();
+            let mut sent = 1;
+            if i % 10 == 0 {
+                sandbox.send_webhook(&url, &hook).await?;
+                sent += 1;
+            }
+            anyhow::Ok((grant.id, status, at, sent))
+        }
+    });
+    let mut stream = futures_util::stream::iter(sales).buffer_unordered(16);
+    use futures_util::StreamExt;
+    while let Some(sale) = stream.next().await {
+        let (grant_id, status, at, sent) = sale?;
+        if status != 200 {
+            bail!("keyrelay answered {status} to a webhook");
+        }
+        webhooks_sent += sent;
+        answered.insert(grant_id, at);
+    }
+    drop(stream);
+
+    let bar = ProgressBar::new(options.grants as u64);
+    bar.set_style(ProgressStyle::with_template("  {spinner} [{bar:40}] {pos}/{len} grants settled  {msg}")?.progress_chars("=> "));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let counts = loop {
+        let counts: HashMap<JobState, i64> = crate::jobs::count_by_state(&stack.pool).await?.into_iter().collect();
+        let settled = counts[&JobState::Delivered] + counts[&JobState::Failed] + counts[&JobState::Cancelled];
+        bar.set_position(settled as u64);
+        bar.set_message(format!("{} retrying", counts[&JobState::Retrying]));
+        if settled as usize >= options.grants || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish();
+    let elapsed = started.elapsed();
+
+    let log = sandbox.fulfill_log();
+    let mut first_request: HashMap<&str, Instant> = HashMap::new();
+    for r in &log {
+        first_request.entry(r.grant_id.as_str()).or_insert(r.received);
+    }
+    let mut pickup: Vec<Duration> = answered
+        .iter()
+        .filter_map(|(g, at)| first_request.get(g.as_str()).map(|f| f.saturating_duration_since(*at)))
+        .collect();
+    pickup.sort();
+    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE attempts > 1")
+        .fetch_one(&stack.pool)
+        .await?;
+    let stock = crate::pool::list_pools(&stack.pool).await?;
+    let demo_pool = &stock[0];
+    let faults = log.iter().filter(|r| r.status != 200 && r.status != 409).count();
+
+    // Cross-check with Dodo's side: every grant delivered once, no key twice.
+    let grants = sandbox.grants();
+    let delivered_at_dodo = grants.iter().filter(|g| g.license_key.is_some()).count();
+    let distinct_keys: HashSet<&str> = grants.iter().filter_map(|g| g.key_value()).collect();
+    let ours_match: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j JOIN keys k ON k.id = j.key_id WHERE j.state = 'delivered' AND k.state = 'delivered'",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+
+    println!("\nSummary ({:.1} s)", elapsed.as_secs_f64());
+    println!("  grants sold                 {}", options.grants);
+    println!("  webhooks sent               {webhooks_sent} (duplicates ignored)");
+    println!("  delivered                   {}", counts[&JobState::Delivered]);
+    println!("  needed retries              {retried}");
+    println!("  failed                      {}", counts[&JobState::Failed]);
+    println!("  faults injected             {faults} of {} fulfill calls", log.len());
+    println!("  keys left                   {} available, {} rejected (already at Dodo)", demo_pool.available, demo_pool.rejected);
+    println!("  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → fulfill request sent)", ms(&pickup, 50), ms(&pickup, 90), ms(&pickup, 99));
+    println!("  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys", distinct_keys.len());
+
+    let ok = counts[&JobState::Delivered] as usize == options.grants
+        && delivered_at_dodo == options.grants
+        && distinct_keys.len() == options.grants
+        && ours_match as usize == options.grants;
+    println!(
+        "\n  {}",
+        if ok { "every grant got exactly one key, and no key went to two grants" } else { "NOT every grant was delivered exactly once: see `keyrelay jobs list` with --keep-database" }
+    );
+    stack.stop().await?;
+    Ok(ok)
+}
+
+/// The p-th percentile of sorted durations, in milliseconds.
+pub fn ms(sorted: &[Duration], p: usize) -> String {
+    percentile(sorted, p).map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+}
+
+pub fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p as f64 / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}

@@ -1,0 +1,159 @@
+//! `keyrelay jobs list|show|retry|cancel`.
+
+use anyhow::bail;
+use clap::Subcommand;
+use sqlx::PgPool;
+
+use super::output::{json, or_dash, table};
+use crate::domain::JobState;
+use crate::jobs::{self, ActionResult};
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job, its key (masked) and every attempt.
+    Show {
+        grant_id: String,
+        #[arg(long)]
+        json: bool,
+        /// Print the key in full.
+        #[arg(long)]
+        show_key: bool,
+    },
+    /// Replay failed or cancelled jobs with a fresh attempt budget.
+    Retry {
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        grant_ids: Vec<String>,
+        /// Every failed job.
+        #[arg(long)]
+        all_failed: bool,
+    },
+    /// Stop trying; a reserved key Dodo cannot have accepted goes back to the pool.
+    Cancel {
+        #[arg(required = true)]
+        grant_ids: Vec<String>,
+    },
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown state `{s}`; one of {}", names.join(", "))
+    })
+}
+
+pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::List { state, limit, json: as_json } => {
+            let list = jobs::list_jobs(pool, state, limit).await?;
+            if as_json {
+                return json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.grant_id.clone(),
+                        j.state.to_string(),
+                        j.attempts.to_string(),
+                        j.entitlement_id.clone(),
+                        j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        or_dash(j.last_http_status),
+                        or_dash(j.last_error.as_deref().map(|e| truncate(e, 60))),
+                    ]
+                })
+                .collect();
+            table(&["grant", "state", "attempts", "entitlement", "created", "http", "last error"], &rows);
+        }
+        JobsCommand::Show { grant_id, json: as_json, show_key } => {
+            let Some(detail) = jobs::show_job(pool, &grant_id, show_key).await? else {
+                bail!("no job for grant {grant_id}; see `keyrelay jobs list`");
+            };
+            if as_json {
+                return json(&detail);
+            }
+            let j = &detail.job;
+            println!("grant        {}", j.grant_id);
+            println!("state        {}", j.state);
+            println!("entitlement  {}", j.entitlement_id);
+            println!("customer     {}", j.customer_id);
+            println!("source       {}", j.source);
+            println!("attempts     {}", j.attempts);
+            println!("key          {} ({})", or_dash(detail.key.as_deref()), or_dash(detail.key_state.map(|s| format!("{s:?}").to_lowercase())));
+            println!("created      {}", j.created_at);
+            println!("updated      {}", j.updated_at);
+            if matches!(j.state, JobState::Retrying) {
+                println!("next attempt {}", j.run_at);
+            }
+            println!("last error   {}", or_dash(j.last_error.as_deref()));
+            println!();
+            let rows: Vec<Vec<String>> = detail
+                .attempt_history
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.started_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                        or_dash(a.http_status),
+                        a.outcome.clone(),
+                        format!("{} ms", a.duration_ms),
+                        or_dash(a.key.as_deref()),
+                        or_dash(a.error.as_deref()),
+                    ]
+                })
+                .collect();
+            table(&["time", "http", "outcome", "duration", "key", "error"], &rows);
+        }
+        JobsCommand::Retry { grant_ids, all_failed } => {
+            let ids = if all_failed { jobs::failed_grant_ids(pool).await? } else { grant_ids };
+            if ids.is_empty() {
+                println!("no failed jobs");
+                return Ok(());
+            }
+            report(jobs::retry_jobs(pool, &ids).await?, "queued again")?;
+        }
+        JobsCommand::Cancel { grant_ids } => {
+            report(jobs::cancel_jobs(pool, &grant_ids).await?, "cancelled")?;
+        }
+    }
+    Ok(())
+}
+
+fn report(results: Vec<(String, ActionResult)>, done: &str) -> anyhow::Result<()> {
+    let mut failures = 0;
+    for (grant_id, result) in results {
+        match result {
+            ActionResult::Done => println!("{grant_id}: {done}"),
+            ActionResult::DoneKeyKept => println!(
+                "{grant_id}: {done}; its key stays reserved to it because an earlier attempt got no clear answer from Dodo (Dodo may hold it)"
+            ),
+            ActionResult::NotFound => {
+                failures += 1;
+                eprintln!("{grant_id}: no such job");
+            }
+            ActionResult::WrongState { state } => {
+                failures += 1;
+                eprintln!("{grant_id}: not possible while the job is {state}");
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} job(s) could not be changed");
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}

@@ -1,0 +1,159 @@
+//! `keyrelay pool add|import|list`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::PgPool;
+
+use super::output::{json, or_dash, table};
+use crate::pool::{self, NewPool, keyfile};
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a key pool bound to one Dodo entitlement.
+    Add {
+        name: String,
+        #[arg(long = "entitlement", value_name = "ENT_ID")]
+        entitlement_id: String,
+        /// Warn when fewer than N keys are available.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        low_stock: u32,
+        /// Sent with every key from this pool (else the entitlement's setting).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        activations_limit: Option<u32>,
+        /// Keys expire N days after delivery (else the entitlement's setting).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        expires_in_days: Option<u32>,
+    },
+    /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
+    Import {
+        name: String,
+        file: Option<PathBuf>,
+        /// Count what would be imported without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stock per pool.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
+    match command {
+        PoolCommand::Add {
+            name,
+            entitlement_id,
+            low_stock,
+            activations_limit,
+            expires_in_days,
+        } => {
+            let new = NewPool {
+                name,
+                entitlement_id,
+                low_stock,
+                activations_limit,
+                expires_in_days,
+            };
+            let resumed = pool::add_pool(pool, &new).await?;
+            println!(
+                "created pool `{}` for entitlement {}; load keys with `keyrelay pool import {} FILE`",
+                new.name, new.entitlement_id, new.name
+            );
+            if resumed > 0 {
+                println!("{resumed} job(s) waiting for this entitlement are queued again");
+            }
+        }
+        PoolCommand::Import {
+            name,
+            file,
+            dry_run,
+        } => import(pool, &name, file, dry_run).await?,
+        PoolCommand::List { json: as_json } => {
+            let pools = pool::list_pools(pool).await?;
+            if as_json {
+                return json(&pools);
+            }
+            if pools.is_empty() {
+                println!("no pools yet; create one with `keyrelay pool add NAME --entitlement ENT_ID`");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.entitlement_id.clone(),
+                        p.available.to_string(),
+                        p.reserved.to_string(),
+                        p.delivered.to_string(),
+                        p.rejected.to_string(),
+                        p.revoked.to_string(),
+                        if p.low_stock { format!("LOW (< {})", p.low_stock_threshold) } else { "ok".into() },
+                        or_dash(p.activations_limit),
+                        or_dash(p.expires_in_days),
+                    ]
+                })
+                .collect();
+            table(
+                &["name", "entitlement", "available", "reserved", "delivered", "rejected", "revoked", "stock", "activations", "expiry_days"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn import(pool: &PgPool, name: &str, file: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
+    let bytes = match file.as_deref() {
+        None => read_stdin()?,
+        Some(p) if p.as_os_str() == "-" => read_stdin()?,
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?,
+    };
+    let source = file.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{source} is not UTF-8 text (byte {}); export the keys as plain text or CSV", e.utf8_error().valid_up_to()))?;
+    let parsed = keyfile::parse_keys(&text);
+    for (line, reason) in parsed.invalid.iter().take(20) {
+        eprintln!("{source}:{line}: skipped: {reason}");
+    }
+    if parsed.invalid.len() > 20 {
+        eprintln!("... and {} more invalid lines", parsed.invalid.len() - 20);
+    }
+    let bar = ProgressBar::new(parsed.keys.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} keys {per_sec}")
+            .expect("valid template"),
+    );
+    if parsed.keys.len() < 20_000 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = pool::import_keys(pool, name, &parsed, dry_run, |n| bar.inc(n)).await?;
+    bar.finish_and_clear();
+    println!(
+        "{}imported {}, duplicates {}, invalid {}",
+        if dry_run { "dry run: would have " } else { "" },
+        report.imported,
+        report.duplicates,
+        report.invalid
+    );
+    if !dry_run {
+        eprintln!("import batch {}", report.batch_id);
+        if report.resumed_jobs > 0 {
+            eprintln!("{} job(s) waiting for keys are queued again", report.resumed_jobs);
+        }
+    }
+    Ok(())
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read keys from stdin")?;
+    Ok(buf)
+}

@@ -1,0 +1,70 @@
+//! keyrelay and the sandbox running together in this process, on local ports: what the demo,
+//! the benchmark and the tests start.
+
+use base64::Engine;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{RunningSandbox, Sandbox};
+use crate::configuration::Settings;
+use crate::startup::{Application, Role};
+
+pub struct LocalStack {
+    /// Settings that point at this stack's database and sandbox.
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub sandbox: RunningSandbox,
+    /// `POST` webhooks here (web roles).
+    pub webhook_url: Option<String>,
+    shutdown: CancellationToken,
+    app: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Points `settings` at a fresh sandbox on a free local port and returns it running.
+pub fn start_sandbox(settings: &mut Settings) -> anyhow::Result<RunningSandbox> {
+    let api_key = format!("sk_sbx_{:016x}", rand::random::<u64>());
+    let webhook_key: [u8; 24] = rand::random();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let sandbox = RunningSandbox::start(Sandbox::new(&api_key, &webhook_key), listener)?;
+    settings.dodo.base_url = Some(sandbox.base_url.clone());
+    settings.dodo.api_key = Some(SecretString::from(api_key));
+    settings.webhook.secret = Some(SecretString::from(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(webhook_key)
+    )));
+    Ok(sandbox)
+}
+
+impl LocalStack {
+    /// Starts a sandbox and keyrelay (`role`) on the already migrated database in `settings`.
+    pub async fn start(mut settings: Settings, role: Role) -> anyhow::Result<LocalStack> {
+        let sandbox = start_sandbox(&mut settings)?;
+        settings.http.bind = "127.0.0.1:0".into();
+        settings.database.migrate_on_start = false;
+        let app = Application::build(&settings, role).await?;
+        let webhook_url = app
+            .port()
+            .map(|p| format!("http://127.0.0.1:{p}/webhooks/dodo"));
+        let pool = app.pool().clone();
+        let shutdown = app.shutdown_token();
+        let app = tokio::spawn(app.run_until_stopped());
+        Ok(LocalStack {
+            settings,
+            pool,
+            sandbox,
+            webhook_url,
+            shutdown,
+            app,
+        })
+    }
+
+    /// Stops keyrelay gracefully, then the sandbox.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.app.await??;
+        self.sandbox.stop().await;
+        Ok(())
+    }
+}
