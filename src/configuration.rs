@@ -24,7 +24,7 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
 const DEFAULTS: &[(&str, &str)] = &[
     ("database.url", "postgres://postgres@127.0.0.1:5432/keyrelay"),
     ("database.migrate_on_start", "true"),
-    ("database.max_connections", "32"),
+    ("database.max_connections", "16"),
     ("dodo.environment", "test_mode"),
     ("dodo.max_requests_per_sec", "25"),
     ("dodo.timeout_secs", "10"),

@@ -1,5 +1,285 @@
-//! `keyrelay bench`: placeholder replaced below.
+//! `keyrelay bench`: reproduces SPEC §5's measurements on this machine, each on a throwaway
+//! database: webhook intake at N connections (against a separate `serve --role web` process,
+//! whose peak memory is read from /proc), draining queued jobs against the sandbox (with and
+//! without latency, optionally over a large finished history), and pickup latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use secrecy::ExposeSecret;
+
+use super::demo::ms;
 use crate::configuration::Settings;
+use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
+use crate::sandbox::stack::{LocalStack, start_sandbox};
+use crate::sandbox::{FaultRates, Sandbox};
+use crate::startup::{Application, Role};
+
+const ENTITLEMENT: &str = "ent_bench";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Intake,
+    Drain,
+    Latency,
+    All,
+}
+
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
-pub async fn run(_settings: Settings, _args: BenchArgs) -> anyhow::Result<()> { Ok(()) }
+pub struct BenchArgs {
+    #[arg(value_enum, default_value = "all")]
+    which: Which,
+    /// Concurrent webhook connections (intake).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long the intake run lasts.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Jobs to drain.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Worker concurrency while draining.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Sandbox latency for the second drain run, in ms.
+    #[arg(long, default_value_t = 200)]
+    latency_ms: u64,
+    /// Finished jobs to put in the table before draining (e.g. 1000000).
+    #[arg(long, default_value_t = 0)]
+    history: u64,
+    /// Webhooks sent one at a time for the pickup latency run.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+}
+
+pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    println!("keyrelay bench on {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    if matches!(args.which, Which::Intake | Which::All) {
+        with_scratch(&settings, |s| intake(s, &args)).await?;
+    }
+    if matches!(args.which, Which::Drain | Which::All) {
+        with_scratch(&settings, |s| drain(s, &args, 0)).await?;
+        with_scratch(&settings, |s| drain(s, &args, args.latency_ms)).await?;
+    }
+    if matches!(args.which, Which::Latency | Which::All) {
+        with_scratch(&settings, |s| latency(s, &args)).await?;
+    }
+    Ok(())
+}
+
+async fn with_scratch<F, Fut>(settings: &Settings, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut settings = settings.clone();
+    let pool = crate::db::create_scratch_database(&mut settings, "keyrelay_bench").await?;
+    add_pool(&pool, &NewPool { name: "bench".into(), entitlement_id: ENTITLEMENT.into(), ..Default::default() }).await?;
+    pool.close().await;
+    let result = f(settings.clone()).await;
+    crate::db::drop_database(&settings).await?;
+    result
+}
+
+fn webhook_body(grant_id: &str, customer: &str) -> String {
+    serde_json::json!({
+        "business_id": "bus_bench", "type": "entitlement_grant.created", "timestamp": "2026-11-20T09:14:03Z",
+        "data": {
+            "payload_type": "EntitlementGrant", "id": grant_id, "business_id": "bus_bench",
+            "customer_id": customer, "entitlement_id": ENTITLEMENT, "integration_type": "license_key",
+            "status": "Pending", "metadata": null, "license_key": null,
+            "created_at": "2026-11-20T09:14:03Z", "updated_at": "2026-11-20T09:14:03Z"
+        }
+    })
+    .to_string()
+}
+
+async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let key: [u8; 24] = rand::random();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--role", "web"])
+        .env("DATABASE_URL", settings.database.url.expose_secret())
+        .env("DODO_PAYMENTS_WEBHOOK_KEY", format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)))
+        .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `keyrelay serve --role web`")?;
+    let pid = child.id().context("child has no pid")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
+    let up = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        if up.elapsed() > Duration::from_secs(15) {
+            bail!("keyrelay serve did not start listening");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let signer = Sandbox::new("unused", &key);
+    let url = format!("{base}/webhooks/dodo");
+    let stop = Arc::new(AtomicBool::new(false));
+    let warmup = Duration::from_secs(1);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (http, signer, url, stop) = (http.clone(), signer.clone(), url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let begin = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let hook = signer.sign(format!("msg_b{c}_{n}"), webhook_body(&format!("grant_b{c}_{n}"), &format!("cus_{c}")));
+                let sent = Instant::now();
+                let ok = http
+                    .post(&url)
+                    .header("webhook-id", &hook.id)
+                    .header("webhook-timestamp", hook.timestamp.to_string())
+                    .header("webhook-signature", &hook.signature)
+                    .body(hook.body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if sent.duration_since(begin) >= warmup {
+                    if ok { latencies.push(sent.elapsed()) } else { errors += 1 }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(warmup + Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
+    };
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    latencies.sort();
+    let rate = latencies.len() as f64 / args.seconds as f64;
+    println!("\nintake: {} connections, {} s", args.connections, args.seconds);
+    println!("  stored webhooks/s   {rate:.0}  ({} ok, {errors} errors)", latencies.len());
+    println!("  latency             p50 {}  p99 {}", ms(&latencies, 50), ms(&latencies, 99));
+    match (field("VmHWM:"), field("VmRSS:")) {
+        (Some(peak), Some(rss)) => println!("  server memory       peak RSS {:.1} MiB (now {:.1} MiB)", peak as f64 / 1024.0, rss as f64 / 1024.0),
+        _ => println!("  server memory       unavailable (no /proc)"),
+    }
+    Ok(())
+}
+
+async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> anyhow::Result<()> {
+    settings.worker.concurrency = args.concurrency;
+    settings.dodo.max_requests_per_sec = 0;
+    settings.worker.poll_interval_ms = 100;
+    settings.database.migrate_on_start = false;
+    let sandbox = start_sandbox(&mut settings)?;
+    sandbox.sandbox.set_fault_rates(FaultRates { latency_ms, ..Default::default() });
+    let pool = crate::db::connect(&settings).await?;
+    if args.history > 0 {
+        let t = Instant::now();
+        sqlx::query(
+            "INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, attempts, finished_at) \
+             SELECT 'grant_hist_' || i, $1, 'cus_hist', 'delivered', 1, now() FROM generate_series(1, $2) i",
+        )
+        .bind(ENTITLEMENT)
+        .bind(args.history as i64)
+        .execute(&pool)
+        .await?;
+        println!("\n(inserted {} finished jobs in {:.1} s)", args.history, t.elapsed().as_secs_f64());
+    }
+    let keys: Vec<String> = (0..args.jobs).map(|i| format!("BENCH-{i:08}-{:08x}", rand::random::<u32>())).collect();
+    import_keys(&pool, "bench", &ParsedKeys { keys, ..Default::default() }, false, |_| {}).await?;
+    let grants: Vec<(String, String)> = (0..args.jobs)
+        .map(|_| {
+            let g = sandbox.sandbox.create_grant(ENTITLEMENT, None);
+            (g.id, g.customer_id)
+        })
+        .collect();
+    let (ids, customers): (Vec<String>, Vec<String>) = grants.into_iter().unzip();
+    sqlx::query("INSERT INTO jobs (grant_id, entitlement_id, customer_id) SELECT g, $3, c FROM unnest($1::text[], $2::text[]) AS t(g, c)")
+        .bind(&ids)
+        .bind(&customers)
+        .bind(ENTITLEMENT)
+        .execute(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE jobs").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE keys").execute(&pool).await?;
+
+    let app = Application::build(&settings, Role::Worker).await?;
+    let token = app.shutdown_token();
+    let started = Instant::now();
+    let running = tokio::spawn(app.run_until_stopped());
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
+            .fetch_one(&pool)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    token.cancel();
+    running.await??;
+    let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'delivered' AND grant_id NOT LIKE 'grant_hist_%'")
+        .fetch_one(&pool)
+        .await?;
+    let rate = args.jobs as f64 / elapsed.as_secs_f64();
+    println!("\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}", args.jobs, args.concurrency,
+        if args.history > 0 { format!(", {} finished jobs in the table", args.history) } else { String::new() });
+    println!("  jobs/s              {rate:.0}  ({delivered} delivered in {:.2} s)", elapsed.as_secs_f64());
+    if latency_ms > 0 {
+        let ideal = args.concurrency as f64 * 1000.0 / latency_ms as f64;
+        println!("  of ideal            {:.1}% of {ideal:.0} jobs/s", rate / ideal * 100.0);
+    }
+    pool.close().await;
+    sandbox.stop().await;
+    if delivered as usize != args.jobs {
+        bail!("only {delivered} of {} jobs were delivered", args.jobs);
+    }
+    Ok(())
+}
+
+async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let stack = LocalStack::start(settings, Role::All).await?;
+    let url = stack.webhook_url.clone().expect("web role");
+    let sandbox = stack.sandbox.sandbox.clone();
+    let keys: Vec<String> = (0..args.samples).map(|i| format!("LAT-{i:08}-{:08x}", rand::random::<u32>())).collect();
+    import_keys(&stack.pool, "bench", &ParsedKeys { keys, ..Default::default() }, false, |_| {}).await?;
+    let mut pickups = Vec::new();
+    for _ in 0..args.samples {
+        let grant = sandbox.create_grant(ENTITLEMENT, None);
+        let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
+        sandbox.send_webhook(&url, &hook).await?;
+        let answered = Instant::now();
+        let deadline = answered + Duration::from_secs(5);
+        loop {
+            if let Some(r) = sandbox.fulfill_log().iter().rev().find(|r| r.grant_id == grant.id) {
+                pickups.push(r.received.saturating_duration_since(answered));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("grant {} was not picked up within 5 s", grant.id);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Idle between samples, and within the default rate limit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pickups.sort();
+    println!("\npickup latency: {} webhooks one at a time (webhook answered → fulfill request received)", args.samples);
+    println!("  latency             p50 {}  p99 {}  max {}", ms(&pickups, 50), ms(&pickups, 99), ms(&pickups, 100));
+    stack.stop().await
+}

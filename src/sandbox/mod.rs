@@ -66,6 +66,7 @@ struct State {
     scripted: HashMap<String, VecDeque<Fault>>,
     log: Vec<FulfillRecord>,
     webhooks_sent: HashSet<String>,
+    fail_lookups: bool,
     seq: u64,
 }
 
@@ -229,6 +230,11 @@ impl Sandbox {
     /// Makes Dodo already hold `key` (so fulfilling any grant with it answers 409).
     pub fn add_existing_key(&self, key: &str) {
         self.lock().keys_in_use.insert(key.to_string(), None);
+    }
+
+    /// While set, the list endpoints answer 500 (a failed 409 look-up).
+    pub fn set_lookup_failures(&self, fail: bool) {
+        self.lock().fail_lookups = fail;
     }
 
     pub fn set_fault_rates(&self, rates: FaultRates) {

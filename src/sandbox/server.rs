@@ -107,6 +107,9 @@ struct ListQuery {
 }
 
 fn list(sandbox: &Sandbox, query: &ListQuery, keep: impl Fn(&crate::dodo::Grant) -> bool) -> HttpResponse {
+    if sandbox.lock().fail_lookups {
+        return error(500, "INTERNAL_SERVER_ERROR", "injected look-up failure");
+    }
     let size = query.page_size.unwrap_or(10);
     if !(1..=100).contains(&size) {
         return error(422, "UNPROCESSABLE_ENTITY", "page_size must be between 1 and 100");
