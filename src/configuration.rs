@@ -22,7 +22,10 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
 ];
 
 const DEFAULTS: &[(&str, &str)] = &[
-    ("database.url", "postgres://postgres@127.0.0.1:5432/keyrelay"),
+    (
+        "database.url",
+        "postgres://postgres@127.0.0.1:5432/keyrelay",
+    ),
     ("database.migrate_on_start", "true"),
     ("database.max_connections", "16"),
     ("dodo.environment", "test_mode"),
@@ -190,7 +193,9 @@ impl Settings {
                 .with_context(|| format!("alerts.webhook_url is not a valid URL: {url}"))?;
         }
         if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().is_empty()) {
-            bail!("admin.token (KEYRELAY_ADMIN_TOKEN) is empty; unset it or set a long random value");
+            bail!(
+                "admin.token (KEYRELAY_ADMIN_TOKEN) is empty; unset it or set a long random value"
+            );
         }
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency must be at least 1");
@@ -198,7 +203,8 @@ impl Settings {
         if self.worker.max_attempts == 0 {
             bail!("worker.max_attempts must be at least 1");
         }
-        if self.worker.backoff_base_ms == 0 || self.worker.backoff_max_ms < self.worker.backoff_base_ms
+        if self.worker.backoff_base_ms == 0
+            || self.worker.backoff_max_ms < self.worker.backoff_base_ms
         {
             bail!("worker.backoff_base_ms must be at least 1 and at most worker.backoff_max_ms");
         }
@@ -268,7 +274,9 @@ fn keyrelay_env_overrides(env: &HashMap<String, String>) -> anyhow::Result<Vec<(
 pub fn parse_webhook_secrets(raw: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let secrets: Vec<&str> = raw.split_whitespace().collect();
     if secrets.is_empty() {
-        bail!("webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is empty; copy the whsec_... secret from Dodo's webhook settings");
+        bail!(
+            "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is empty; copy the whsec_... secret from Dodo's webhook settings"
+        );
     }
     secrets
         .iter()

@@ -91,7 +91,10 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<PgPool> {
 
 /// Points `settings` at a new, empty database `<prefix>_<time>_<random>` on the same server,
 /// migrated; for the demo and the benchmark. Drop it with `drop_database`.
-pub async fn create_scratch_database(settings: &mut Settings, prefix: &str) -> anyhow::Result<PgPool> {
+pub async fn create_scratch_database(
+    settings: &mut Settings,
+    prefix: &str,
+) -> anyhow::Result<PgPool> {
     let mut url = url::Url::parse(settings.database.url.expose_secret())?;
     let name = format!(
         "{prefix}_{}_{:06x}",
@@ -106,10 +109,16 @@ pub async fn create_scratch_database(settings: &mut Settings, prefix: &str) -> a
 /// Drops the database `settings` points at (closing other sessions first).
 pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
     let options = connect_options(settings)?;
-    let name = options.get_database().context("database.url names no database")?.to_string();
+    let name = options
+        .get_database()
+        .context("database.url names no database")?
+        .to_string();
     let mut admin = options.database("postgres").connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    ))
+    .execute(&mut admin)
+    .await?;
     Ok(())
 }

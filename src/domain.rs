@@ -44,7 +44,10 @@ impl JobState {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Delivered | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Delivered | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -82,7 +85,11 @@ pub fn mask_key(key: &str) -> String {
         .enumerate()
         .map(|(i, &c)| {
             let visible = i < prefix_len || i >= chars.len() - reveal_tail;
-            if visible || !c.is_alphanumeric() { c } else { '*' }
+            if visible || !c.is_alphanumeric() {
+                c
+            } else {
+                '*'
+            }
         })
         .collect()
 }
@@ -94,10 +101,13 @@ mod tests {
     #[test]
     fn masks_keep_prefix_and_last_four() {
         assert_eq!(mask_key("PRO-AAAA-BBBB-DDDD"), "PRO-****-****-DDDD");
-        assert_eq!(mask_key("PRO-AAAA-BBBB-CCCC-DDDD"), "PRO-****-****-****-DDDD");
+        assert_eq!(
+            mask_key("PRO-AAAA-BBBB-CCCC-DDDD"),
+            "PRO-****-****-****-DDDD"
+        );
         assert_eq!(mask_key("ABCDEFGHIJKLMNOP"), "************MNOP");
         assert_eq!(mask_key("SHORT1"), "******");
-        assert_eq!(mask_key("AB-CDEFGHIJKLMN"), "**-*******KLMN");
+        assert_eq!(mask_key("AB-CDEFGHIJKLMN"), "**-********KLMN");
     }
 
     #[test]

@@ -67,11 +67,12 @@ pub async fn show_job(
     grant_id: &str,
     reveal_key: bool,
 ) -> Result<Option<JobDetail>, sqlx::Error> {
-    let job: Option<JobSummary> =
-        sqlx::query_as(&format!("SELECT {SUMMARY_COLUMNS} FROM jobs WHERE grant_id = $1"))
-            .bind(grant_id)
-            .fetch_optional(pool)
-            .await?;
+    let job: Option<JobSummary> = sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE grant_id = $1"
+    ))
+    .bind(grant_id)
+    .fetch_optional(pool)
+    .await?;
     let Some(job) = job else { return Ok(None) };
     let key: Option<(String, KeyState)> = sqlx::query_as(
         r#"
@@ -111,7 +112,9 @@ pub enum ActionResult {
     /// Cancelled, but the key stays bound to the grant: Dodo may hold it.
     DoneKeyKept,
     NotFound,
-    WrongState { state: JobState },
+    WrongState {
+        state: JobState,
+    },
 }
 
 /// Replays failed or cancelled jobs: back to `queued` with a fresh attempt budget.
@@ -121,10 +124,11 @@ pub async fn retry_jobs(
 ) -> Result<Vec<(String, ActionResult)>, sqlx::Error> {
     let mut results = Vec::new();
     for grant_id in grant_ids {
-        let state: Option<JobState> = sqlx::query_scalar("SELECT state FROM jobs WHERE grant_id = $1")
-            .bind(grant_id)
-            .fetch_optional(pool)
-            .await?;
+        let state: Option<JobState> =
+            sqlx::query_scalar("SELECT state FROM jobs WHERE grant_id = $1")
+                .bind(grant_id)
+                .fetch_optional(pool)
+                .await?;
         let result = match state {
             None => ActionResult::NotFound,
             Some(JobState::Failed | JobState::Cancelled) => {
@@ -142,7 +146,9 @@ pub async fn retry_jobs(
                 if updated == 1 {
                     ActionResult::Done
                 } else {
-                    ActionResult::WrongState { state: JobState::Running }
+                    ActionResult::WrongState {
+                        state: JobState::Running,
+                    }
                 }
             }
             Some(state) => ActionResult::WrongState { state },

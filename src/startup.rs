@@ -50,7 +50,9 @@ impl Application {
             let secret = settings.webhook.secret.as_ref().context(
                 "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is not set; copy the whsec_... secret from Dodo's webhook settings",
             )?;
-            Some(WebhookVerifier::new(parse_webhook_secrets(secret.expose_secret())?))
+            Some(WebhookVerifier::new(parse_webhook_secrets(
+                secret.expose_secret(),
+            )?))
         } else {
             None
         };
@@ -68,7 +70,10 @@ impl Application {
         let (server, port) = match verifier {
             Some(verifier) => {
                 let listener = TcpListener::bind(&settings.http.bind).with_context(|| {
-                    format!("cannot listen on http.bind = {}; is another process using it?", settings.http.bind)
+                    format!(
+                        "cannot listen on http.bind = {}; is another process using it?",
+                        settings.http.bind
+                    )
                 })?;
                 let port = listener.local_addr()?.port();
                 let state = IntakeState {
@@ -115,7 +120,10 @@ impl Application {
         let shutdown = self.shutdown.clone();
         let mut tasks = Vec::new();
         if let Some(server) = self.server {
-            tasks.push(self.signal.spawn_notifier(self.pool.clone(), shutdown.clone()));
+            tasks.push(
+                self.signal
+                    .spawn_notifier(self.pool.clone(), shutdown.clone()),
+            );
             let handle = server.handle();
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -129,7 +137,10 @@ impl Application {
             }));
         }
         if let Some(worker) = self.worker {
-            tasks.push(self.signal.spawn_listener(self.pool.clone(), shutdown.clone()));
+            tasks.push(
+                self.signal
+                    .spawn_listener(self.pool.clone(), shutdown.clone()),
+            );
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         for task in tasks {

@@ -56,7 +56,10 @@ pub struct BenchArgs {
 }
 
 pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
-    println!("keyrelay bench on {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "keyrelay bench on {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     if matches!(args.which, Which::Intake | Which::All) {
         with_scratch(&settings, |s| intake(s, &args)).await?;
     }
@@ -77,7 +80,15 @@ where
 {
     let mut settings = settings.clone();
     let pool = crate::db::create_scratch_database(&mut settings, "keyrelay_bench").await?;
-    add_pool(&pool, &NewPool { name: "bench".into(), entitlement_id: ENTITLEMENT.into(), ..Default::default() }).await?;
+    add_pool(
+        &pool,
+        &NewPool {
+            name: "bench".into(),
+            entitlement_id: ENTITLEMENT.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
     pool.close().await;
     let result = f(settings.clone()).await;
     crate::db::drop_database(&settings).await?;
@@ -99,11 +110,19 @@ fn webhook_body(grant_id: &str, customer: &str) -> String {
 
 async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let key: [u8; 24] = rand::random();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["serve", "--role", "web"])
         .env("DATABASE_URL", settings.database.url.expose_secret())
-        .env("DODO_PAYMENTS_WEBHOOK_KEY", format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)))
+        .env(
+            "DODO_PAYMENTS_WEBHOOK_KEY",
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ),
+        )
         .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
         .env("RUST_LOG", "error")
@@ -112,7 +131,9 @@ async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         .context("cannot start `keyrelay serve --role web`")?;
     let pid = child.id().context("child has no pid")?;
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
     let up = Instant::now();
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         if up.elapsed() > Duration::from_secs(15) {
@@ -134,7 +155,10 @@ async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let hook = signer.sign(format!("msg_b{c}_{n}"), webhook_body(&format!("grant_b{c}_{n}"), &format!("cus_{c}")));
+                let hook = signer.sign(
+                    format!("msg_b{c}_{n}"),
+                    webhook_body(&format!("grant_b{c}_{n}"), &format!("cus_{c}")),
+                );
                 let sent = Instant::now();
                 let ok = http
                     .post(&url)
@@ -146,7 +170,11 @@ async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
                     .await
                     .is_ok_and(|r| r.status() == 200);
                 if sent.duration_since(begin) >= warmup {
-                    if ok { latencies.push(sent.elapsed()) } else { errors += 1 }
+                    if ok {
+                        latencies.push(sent.elapsed())
+                    } else {
+                        errors += 1
+                    }
                 }
             }
             (latencies, errors)
@@ -163,17 +191,37 @@ async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
     };
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     latencies.sort();
     let rate = latencies.len() as f64 / args.seconds as f64;
-    println!("\nintake: {} connections, {} s", args.connections, args.seconds);
-    println!("  stored webhooks/s   {rate:.0}  ({} ok, {errors} errors)", latencies.len());
-    println!("  latency             p50 {}  p99 {}", ms(&latencies, 50), ms(&latencies, 99));
+    println!(
+        "\nintake: {} connections, {} s",
+        args.connections, args.seconds
+    );
+    println!(
+        "  stored webhooks/s   {rate:.0}  ({} ok, {errors} errors)",
+        latencies.len()
+    );
+    println!(
+        "  latency             p50 {}  p99 {}",
+        ms(&latencies, 50),
+        ms(&latencies, 99)
+    );
     match (field("VmHWM:"), field("VmRSS:")) {
-        (Some(peak), Some(rss)) => println!("  server memory       peak RSS {:.1} MiB (now {:.1} MiB)", peak as f64 / 1024.0, rss as f64 / 1024.0),
+        (Some(peak), Some(rss)) => println!(
+            "  server memory       peak RSS {:.1} MiB (now {:.1} MiB)",
+            peak as f64 / 1024.0,
+            rss as f64 / 1024.0
+        ),
         _ => println!("  server memory       unavailable (no /proc)"),
     }
     Ok(())
@@ -185,7 +233,10 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     settings.worker.poll_interval_ms = 100;
     settings.database.migrate_on_start = false;
     let sandbox = start_sandbox(&mut settings)?;
-    sandbox.sandbox.set_fault_rates(FaultRates { latency_ms, ..Default::default() });
+    sandbox.sandbox.set_fault_rates(FaultRates {
+        latency_ms,
+        ..Default::default()
+    });
     let pool = crate::db::connect(&settings).await?;
     if args.history > 0 {
         let t = Instant::now();
@@ -197,10 +248,26 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
         .bind(args.history as i64)
         .execute(&pool)
         .await?;
-        println!("\n(inserted {} finished jobs in {:.1} s)", args.history, t.elapsed().as_secs_f64());
+        println!(
+            "\n(inserted {} finished jobs in {:.1} s)",
+            args.history,
+            t.elapsed().as_secs_f64()
+        );
     }
-    let keys: Vec<String> = (0..args.jobs).map(|i| format!("BENCH-{i:08}-{:08x}", rand::random::<u32>())).collect();
-    import_keys(&pool, "bench", &ParsedKeys { keys, ..Default::default() }, false, |_| {}).await?;
+    let keys: Vec<String> = (0..args.jobs)
+        .map(|i| format!("BENCH-{i:08}-{:08x}", rand::random::<u32>()))
+        .collect();
+    import_keys(
+        &pool,
+        "bench",
+        &ParsedKeys {
+            keys,
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await?;
     let grants: Vec<(String, String)> = (0..args.jobs)
         .map(|_| {
             let g = sandbox.sandbox.create_grant(ENTITLEMENT, None);
@@ -222,9 +289,11 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     let started = Instant::now();
     let running = tokio::spawn(app.run_until_stopped());
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
-            .fetch_one(&pool)
-            .await?;
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')",
+        )
+        .fetch_one(&pool)
+        .await?;
         if left == 0 {
             break;
         }
@@ -233,16 +302,32 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     let elapsed = started.elapsed();
     token.cancel();
     running.await??;
-    let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'delivered' AND grant_id NOT LIKE 'grant_hist_%'")
-        .fetch_one(&pool)
-        .await?;
+    let delivered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE state = 'delivered' AND grant_id NOT LIKE 'grant_hist_%'",
+    )
+    .fetch_one(&pool)
+    .await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
-    println!("\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}", args.jobs, args.concurrency,
-        if args.history > 0 { format!(", {} finished jobs in the table", args.history) } else { String::new() });
-    println!("  jobs/s              {rate:.0}  ({delivered} delivered in {:.2} s)", elapsed.as_secs_f64());
+    println!(
+        "\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}",
+        args.jobs,
+        args.concurrency,
+        if args.history > 0 {
+            format!(", {} finished jobs in the table", args.history)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  jobs/s              {rate:.0}  ({delivered} delivered in {:.2} s)",
+        elapsed.as_secs_f64()
+    );
     if latency_ms > 0 {
         let ideal = args.concurrency as f64 * 1000.0 / latency_ms as f64;
-        println!("  of ideal            {:.1}% of {ideal:.0} jobs/s", rate / ideal * 100.0);
+        println!(
+            "  of ideal            {:.1}% of {ideal:.0} jobs/s",
+            rate / ideal * 100.0
+        );
     }
     pool.close().await;
     sandbox.stop().await;
@@ -256,8 +341,20 @@ async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let stack = LocalStack::start(settings, Role::All).await?;
     let url = stack.webhook_url.clone().expect("web role");
     let sandbox = stack.sandbox.sandbox.clone();
-    let keys: Vec<String> = (0..args.samples).map(|i| format!("LAT-{i:08}-{:08x}", rand::random::<u32>())).collect();
-    import_keys(&stack.pool, "bench", &ParsedKeys { keys, ..Default::default() }, false, |_| {}).await?;
+    let keys: Vec<String> = (0..args.samples)
+        .map(|i| format!("LAT-{i:08}-{:08x}", rand::random::<u32>()))
+        .collect();
+    import_keys(
+        &stack.pool,
+        "bench",
+        &ParsedKeys {
+            keys,
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await?;
     let mut pickups = Vec::new();
     for _ in 0..args.samples {
         let grant = sandbox.create_grant(ENTITLEMENT, None);
@@ -266,7 +363,12 @@ async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         let answered = Instant::now();
         let deadline = answered + Duration::from_secs(5);
         loop {
-            if let Some(r) = sandbox.fulfill_log().iter().rev().find(|r| r.grant_id == grant.id) {
+            if let Some(r) = sandbox
+                .fulfill_log()
+                .iter()
+                .rev()
+                .find(|r| r.grant_id == grant.id)
+            {
                 pickups.push(r.received.saturating_duration_since(answered));
                 break;
             }
@@ -279,7 +381,15 @@ async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     pickups.sort();
-    println!("\npickup latency: {} webhooks one at a time (webhook answered → fulfill request received)", args.samples);
-    println!("  latency             p50 {}  p99 {}  max {}", ms(&pickups, 50), ms(&pickups, 99), ms(&pickups, 100));
+    println!(
+        "\npickup latency: {} webhooks one at a time (webhook answered → fulfill request received)",
+        args.samples
+    );
+    println!(
+        "  latency             p50 {}  p99 {}  max {}",
+        ms(&pickups, 50),
+        ms(&pickups, 99),
+        ms(&pickups, 100)
+    );
     stack.stop().await
 }

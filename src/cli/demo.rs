@@ -23,9 +23,15 @@ pub struct DemoOptions {
 }
 
 pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result<bool> {
-    println!("keyrelay demo: {} grants, sandbox Dodo with injected faults\n", options.grants);
+    println!(
+        "keyrelay demo: {} grants, sandbox Dodo with injected faults\n",
+        options.grants
+    );
     crate::db::create_scratch_database(&mut settings, "keyrelay_demo").await?;
-    println!("  database   {} (throwaway)", settings.database_url_redacted());
+    println!(
+        "  database   {} (throwaway)",
+        settings.database_url_redacted()
+    );
     settings.worker.backoff_base_ms = 100;
     settings.worker.backoff_max_ms = 2_000;
     settings.worker.poll_interval_ms = 100;
@@ -49,14 +55,36 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
 
     let extra = options.grants / 5 + 5;
     let keys: Vec<String> = (0..options.grants + extra)
-        .map(|i| format!("DEMO-{:04X}-{:04X}-{:04}", rand::random::<u16>(), rand::random::<u16>(), i))
+        .map(|i| {
+            format!(
+                "DEMO-{:04X}-{:04X}-{:04}",
+                rand::random::<u16>(),
+                rand::random::<u16>(),
+                i
+            )
+        })
         .collect();
     // Dodo already holds the first key: keyrelay must reject it and use the next.
     sandbox.add_existing_key(&keys[0]);
-    add_pool(&stack.pool, &NewPool { name: "demo-pro".into(), entitlement_id: ENTITLEMENT.into(), low_stock: 5, ..Default::default() }).await?;
-    let parsed = ParsedKeys { keys: keys.clone(), ..Default::default() };
+    add_pool(
+        &stack.pool,
+        &NewPool {
+            name: "demo-pro".into(),
+            entitlement_id: ENTITLEMENT.into(),
+            low_stock: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let parsed = ParsedKeys {
+        keys: keys.clone(),
+        ..Default::default()
+    };
     let report = import_keys(&stack.pool, "demo-pro", &parsed, false, |_| {}).await?;
-    println!("  pool       demo-pro: imported {} keys (one of them already exists at Dodo)\n", report.imported);
+    println!(
+        "  pool       demo-pro: imported {} keys (one of them already exists at Dodo)\n",
+        report.imported
+    );
 
     sandbox.set_fault_rates(FaultRates {
         latency_ms: 15,
@@ -99,11 +127,18 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     drop(stream);
 
     let bar = ProgressBar::new(options.grants as u64);
-    bar.set_style(ProgressStyle::with_template("  {spinner} [{bar:40}] {pos}/{len} grants settled  {msg}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} [{bar:40}] {pos}/{len} grants settled  {msg}")?
+            .progress_chars("=> "),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let counts = loop {
-        let counts: HashMap<JobState, i64> = crate::jobs::count_by_state(&stack.pool).await?.into_iter().collect();
-        let settled = counts[&JobState::Delivered] + counts[&JobState::Failed] + counts[&JobState::Cancelled];
+        let counts: HashMap<JobState, i64> = crate::jobs::count_by_state(&stack.pool)
+            .await?
+            .into_iter()
+            .collect();
+        let settled =
+            counts[&JobState::Delivered] + counts[&JobState::Failed] + counts[&JobState::Cancelled];
         bar.set_position(settled as u64);
         bar.set_message(format!("{} retrying", counts[&JobState::Retrying]));
         if settled as usize >= options.grants || Instant::now() > deadline {
@@ -117,11 +152,17 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     let log = sandbox.fulfill_log();
     let mut first_request: HashMap<&str, Instant> = HashMap::new();
     for r in &log {
-        first_request.entry(r.grant_id.as_str()).or_insert(r.received);
+        first_request
+            .entry(r.grant_id.as_str())
+            .or_insert(r.received);
     }
     let mut pickup: Vec<Duration> = answered
         .iter()
-        .filter_map(|(g, at)| first_request.get(g.as_str()).map(|f| f.saturating_duration_since(*at)))
+        .filter_map(|(g, at)| {
+            first_request
+                .get(g.as_str())
+                .map(|f| f.saturating_duration_since(*at))
+        })
         .collect();
     pickup.sort();
     let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE attempts > 1")
@@ -129,7 +170,10 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         .await?;
     let stock = crate::pool::list_pools(&stack.pool).await?;
     let demo_pool = &stock[0];
-    let faults = log.iter().filter(|r| r.status != 200 && r.status != 409).count();
+    let faults = log
+        .iter()
+        .filter(|r| r.status != 200 && r.status != 409)
+        .count();
 
     // Cross-check with Dodo's side: every grant delivered once, no key twice.
     let grants = sandbox.grants();
@@ -144,13 +188,33 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     println!("\nSummary ({:.1} s)", elapsed.as_secs_f64());
     println!("  grants sold                 {}", options.grants);
     println!("  webhooks sent               {webhooks_sent} (duplicates ignored)");
-    println!("  delivered                   {}", counts[&JobState::Delivered]);
+    println!(
+        "  delivered                   {}",
+        counts[&JobState::Delivered]
+    );
     println!("  needed retries              {retried}");
-    println!("  failed                      {}", counts[&JobState::Failed]);
-    println!("  faults injected             {faults} of {} fulfill calls", log.len());
-    println!("  keys left                   {} available, {} rejected (already at Dodo)", demo_pool.available, demo_pool.rejected);
-    println!("  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → fulfill request sent)", ms(&pickup, 50), ms(&pickup, 90), ms(&pickup, 99));
-    println!("  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys", distinct_keys.len());
+    println!(
+        "  failed                      {}",
+        counts[&JobState::Failed]
+    );
+    println!(
+        "  faults injected             {faults} of {} fulfill calls",
+        log.len()
+    );
+    println!(
+        "  keys left                   {} available, {} rejected (already at Dodo)",
+        demo_pool.available, demo_pool.rejected
+    );
+    println!(
+        "  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → fulfill request sent)",
+        ms(&pickup, 50),
+        ms(&pickup, 90),
+        ms(&pickup, 99)
+    );
+    println!(
+        "  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys",
+        distinct_keys.len()
+    );
 
     let ok = counts[&JobState::Delivered] as usize == options.grants
         && delivered_at_dodo == options.grants
@@ -158,7 +222,11 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         && ours_match as usize == options.grants;
     println!(
         "\n  {}",
-        if ok { "every grant got exactly one key, and no key went to two grants" } else { "NOT every grant was delivered exactly once: see `keyrelay jobs list` with --keep-database" }
+        if ok {
+            "every grant got exactly one key, and no key went to two grants"
+        } else {
+            "NOT every grant was delivered exactly once: see `keyrelay jobs list` with --keep-database"
+        }
     );
     stack.stop().await?;
     Ok(ok)
@@ -166,7 +234,9 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
 
 /// The p-th percentile of sorted durations, in milliseconds.
 pub fn ms(sorted: &[Duration], p: usize) -> String {
-    percentile(sorted, p).map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+    percentile(sorted, p).map_or("-".into(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    })
 }
 
 pub fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {

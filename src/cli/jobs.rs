@@ -52,7 +52,11 @@ fn parse_state(s: &str) -> Result<JobState, String> {
 
 pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
     match command {
-        JobsCommand::List { state, limit, json: as_json } => {
+        JobsCommand::List {
+            state,
+            limit,
+            json: as_json,
+        } => {
             let list = jobs::list_jobs(pool, state, limit).await?;
             if as_json {
                 return json(&list);
@@ -71,9 +75,24 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(&["grant", "state", "attempts", "entitlement", "created", "http", "last error"], &rows);
+            table(
+                &[
+                    "grant",
+                    "state",
+                    "attempts",
+                    "entitlement",
+                    "created",
+                    "http",
+                    "last error",
+                ],
+                &rows,
+            );
         }
-        JobsCommand::Show { grant_id, json: as_json, show_key } => {
+        JobsCommand::Show {
+            grant_id,
+            json: as_json,
+            show_key,
+        } => {
             let Some(detail) = jobs::show_job(pool, &grant_id, show_key).await? else {
                 bail!("no job for grant {grant_id}; see `keyrelay jobs list`");
             };
@@ -87,7 +106,11 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
             println!("customer     {}", j.customer_id);
             println!("source       {}", j.source);
             println!("attempts     {}", j.attempts);
-            println!("key          {} ({})", or_dash(detail.key.as_deref()), or_dash(detail.key_state.map(|s| format!("{s:?}").to_lowercase())));
+            println!(
+                "key          {} ({})",
+                or_dash(detail.key.as_deref()),
+                or_dash(detail.key_state.map(|s| format!("{s:?}").to_lowercase()))
+            );
             println!("created      {}", j.created_at);
             println!("updated      {}", j.updated_at);
             if matches!(j.state, JobState::Retrying) {
@@ -109,10 +132,20 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(&["time", "http", "outcome", "duration", "key", "error"], &rows);
+            table(
+                &["time", "http", "outcome", "duration", "key", "error"],
+                &rows,
+            );
         }
-        JobsCommand::Retry { grant_ids, all_failed } => {
-            let ids = if all_failed { jobs::failed_grant_ids(pool).await? } else { grant_ids };
+        JobsCommand::Retry {
+            grant_ids,
+            all_failed,
+        } => {
+            let ids = if all_failed {
+                jobs::failed_grant_ids(pool).await?
+            } else {
+                grant_ids
+            };
             if ids.is_empty() {
                 println!("no failed jobs");
                 return Ok(());

@@ -18,7 +18,11 @@ use crate::startup::{Application, Role};
 pub use demo::percentile;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyrelay", version, about = "Fulfil Dodo Payments license-key grants from your own key pools, exactly once.")]
+#[command(
+    name = "keyrelay",
+    version,
+    about = "Fulfil Dodo Payments license-key grants from your own key pools, exactly once."
+)]
 pub struct Cli {
     /// Settings file (default: ./keyrelay.toml if present).
     #[arg(long, global = true, value_name = "PATH")]
@@ -104,15 +108,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Migrate => {
             crate::db::migrate(&settings).await?;
-            println!("database {} is up to date", settings.database_url_redacted());
+            println!(
+                "database {} is up to date",
+                settings.database_url_redacted()
+            );
         }
         Command::Pool(command) => pool::run(&crate::db::connect(&settings).await?, command).await?,
         Command::Jobs(command) => jobs::run(&crate::db::connect(&settings).await?, command).await?,
-        Command::Demo { grants, keep_database } => {
-            let options = demo::DemoOptions { grants: grants as usize, keep_database };
+        Command::Demo {
+            grants,
+            keep_database,
+        } => {
+            let options = demo::DemoOptions {
+                grants: grants as usize,
+                keep_database,
+            };
             return demo::run(settings, options).await;
         }
-        Command::Sandbox { bind, api_key, webhook_secret } => {
+        Command::Sandbox {
+            bind,
+            api_key,
+            webhook_secret,
+        } => {
             sandbox::run(&bind, &api_key, &webhook_secret).await?;
         }
         Command::Bench(args) => bench::run(settings, args).await?,

@@ -79,7 +79,9 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
                 return json(&pools);
             }
             if pools.is_empty() {
-                println!("no pools yet; create one with `keyrelay pool add NAME --entitlement ENT_ID`");
+                println!(
+                    "no pools yet; create one with `keyrelay pool add NAME --entitlement ENT_ID`"
+                );
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = pools
@@ -93,14 +95,29 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
                         p.delivered.to_string(),
                         p.rejected.to_string(),
                         p.revoked.to_string(),
-                        if p.low_stock { format!("LOW (< {})", p.low_stock_threshold) } else { "ok".into() },
+                        if p.low_stock {
+                            format!("LOW (< {})", p.low_stock_threshold)
+                        } else {
+                            "ok".into()
+                        },
                         or_dash(p.activations_limit),
                         or_dash(p.expires_in_days),
                     ]
                 })
                 .collect();
             table(
-                &["name", "entitlement", "available", "reserved", "delivered", "rejected", "revoked", "stock", "activations", "expiry_days"],
+                &[
+                    "name",
+                    "entitlement",
+                    "available",
+                    "reserved",
+                    "delivered",
+                    "rejected",
+                    "revoked",
+                    "stock",
+                    "activations",
+                    "expiry_days",
+                ],
                 &rows,
             );
         }
@@ -108,15 +125,28 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn import(pool: &PgPool, name: &str, file: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
+async fn import(
+    pool: &PgPool,
+    name: &str,
+    file: Option<PathBuf>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let bytes = match file.as_deref() {
         None => read_stdin()?,
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?,
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?
+        }
     };
-    let source = file.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
-    let text = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{source} is not UTF-8 text (byte {}); export the keys as plain text or CSV", e.utf8_error().valid_up_to()))?;
+    let source = file
+        .as_ref()
+        .map_or("stdin".to_string(), |p| p.display().to_string());
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{source} is not UTF-8 text (byte {}); export the keys as plain text or CSV",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     let parsed = keyfile::parse_keys(&text);
     for (line, reason) in parsed.invalid.iter().take(20) {
         eprintln!("{source}:{line}: skipped: {reason}");
@@ -144,7 +174,10 @@ async fn import(pool: &PgPool, name: &str, file: Option<PathBuf>, dry_run: bool)
     if !dry_run {
         eprintln!("import batch {}", report.batch_id);
         if report.resumed_jobs > 0 {
-            eprintln!("{} job(s) waiting for keys are queued again", report.resumed_jobs);
+            eprintln!(
+                "{} job(s) waiting for keys are queued again",
+                report.resumed_jobs
+            );
         }
     }
     Ok(())

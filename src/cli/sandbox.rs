@@ -23,10 +23,20 @@ pub async fn run(bind: &str, api_key: &str, webhook_secret: &str) -> anyhow::Res
         "  DODO_PAYMENTS_WEBHOOK_KEY=whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(&key)
     );
-    println!("Sell grants:  curl -X POST {}/sandbox/sell -H 'content-type: application/json' \\", running.base_url);
-    println!("                -d '{{\"entitlement_id\":\"ent_pro\",\"count\":5,\"webhook_url\":\"http://127.0.0.1:8080/webhooks/dodo\"}}'");
-    println!("Inject faults: curl -X PUT {}/sandbox/faults -H 'content-type: application/json' \\", running.base_url);
-    println!("                -d '{{\"server_error\":0.2,\"apply_then_500\":0.1,\"latency_ms\":50}}'");
+    println!(
+        "Sell grants:  curl -X POST {}/sandbox/sell -H 'content-type: application/json' \\",
+        running.base_url
+    );
+    println!(
+        "                -d '{{\"entitlement_id\":\"ent_pro\",\"count\":5,\"webhook_url\":\"http://127.0.0.1:8080/webhooks/dodo\"}}'"
+    );
+    println!(
+        "Inject faults: curl -X PUT {}/sandbox/faults -H 'content-type: application/json' \\",
+        running.base_url
+    );
+    println!(
+        "                -d '{{\"server_error\":0.2,\"apply_then_500\":0.1,\"latency_ms\":50}}'"
+    );
     println!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await?;
     running.stop().await;

@@ -49,7 +49,10 @@ pub enum CallError {
     #[error("request to Dodo failed: {0}")]
     Other(String),
     #[error("Dodo answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Status { status: u16, message: Option<String> },
+    Status {
+        status: u16,
+        message: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for DodoClient {
@@ -221,7 +224,11 @@ async fn error_message(response: reqwest::Response) -> Option<String> {
 
 /// `Retry-After` as seconds or an HTTP date.
 pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = raw.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -243,8 +250,14 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {
-        assert_eq!(parse_retry_after(&headers("7")), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(&headers("0.5")), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after(&headers("7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after(&headers("0.5")),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(
             parse_retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
             Some(Duration::ZERO)

@@ -116,20 +116,37 @@ mod tests {
             assert!(matches!(classify(&answer(s)), Verdict::Permanent(m) if m.contains("msg")));
         }
         for s in [401, 403] {
-            assert!(matches!(classify(&answer(s)), Verdict::Retry { config_problem: true, .. }));
+            assert!(matches!(
+                classify(&answer(s)),
+                Verdict::Retry {
+                    config_problem: true,
+                    ..
+                }
+            ));
         }
         assert!(matches!(
             classify(&answer(429)),
             Verdict::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(3)
         ));
         for s in [500, 502, 503] {
-            assert!(matches!(classify(&answer(s)), Verdict::Retry { retry_after: None, config_problem: false, .. }));
+            assert!(matches!(
+                classify(&answer(s)),
+                Verdict::Retry {
+                    retry_after: None,
+                    config_problem: false,
+                    ..
+                }
+            ));
         }
-        assert!(matches!(classify(&Err(CallError::Timeout)), Verdict::Retry { .. }));
+        assert!(matches!(
+            classify(&Err(CallError::Timeout)),
+            Verdict::Retry { .. }
+        ));
     }
 
     fn grant(status: &str, key: Option<&str>) -> Grant {
-        let mut v = serde_json::json!({"id":"g","customer_id":"c","entitlement_id":"e","status":status});
+        let mut v =
+            serde_json::json!({"id":"g","customer_id":"c","entitlement_id":"e","status":status});
         if let Some(k) = key {
             v["license_key"] = serde_json::json!({"key": k});
         }
@@ -140,10 +157,27 @@ mod tests {
     fn conflicts_resolve_by_the_grant_state() {
         use ConflictResolution::*;
         assert_eq!(resolve_conflict(None, "K"), NotFound);
-        assert_eq!(resolve_conflict(Some(&grant("Delivered", Some("K"))), "K"), DeliveredWithOurKey);
-        assert_eq!(resolve_conflict(Some(&grant("delivered", Some("X"))), "K"), DeliveredElsewhere);
-        assert_eq!(resolve_conflict(Some(&grant("Revoked", Some("K"))), "K"), Revoked { with_our_key: true });
-        assert_eq!(resolve_conflict(Some(&grant("Revoked", None)), "K"), Revoked { with_our_key: false });
-        assert_eq!(resolve_conflict(Some(&grant("Pending", None)), "K"), KeyAlreadyExists);
+        assert_eq!(
+            resolve_conflict(Some(&grant("Delivered", Some("K"))), "K"),
+            DeliveredWithOurKey
+        );
+        assert_eq!(
+            resolve_conflict(Some(&grant("delivered", Some("X"))), "K"),
+            DeliveredElsewhere
+        );
+        assert_eq!(
+            resolve_conflict(Some(&grant("Revoked", Some("K"))), "K"),
+            Revoked { with_our_key: true }
+        );
+        assert_eq!(
+            resolve_conflict(Some(&grant("Revoked", None)), "K"),
+            Revoked {
+                with_our_key: false
+            }
+        );
+        assert_eq!(
+            resolve_conflict(Some(&grant("Pending", None)), "K"),
+            KeyAlreadyExists
+        );
     }
 }

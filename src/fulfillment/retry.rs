@@ -14,7 +14,12 @@ impl RetryPolicy {
     /// The delay before the attempt after `attempt` (1-based). Exponential from `base`, capped
     /// at `max`, with "equal jitter" (between half and all of it) so many failed jobs do not
     /// return together. A `Retry-After` from Dodo replaces the backoff, within the cap.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         if let Some(wait) = retry_after {
             return wait.min(self.max);
         }
@@ -65,7 +70,10 @@ mod tests {
         for attempt in 1..40 {
             for _ in 0..50 {
                 let d = p.delay(attempt, None, &mut rng);
-                assert!(d >= p.ceiling(attempt) / 2 && d <= p.ceiling(attempt), "{attempt}: {d:?}");
+                assert!(
+                    d >= p.ceiling(attempt) / 2 && d <= p.ceiling(attempt),
+                    "{attempt}: {d:?}"
+                );
                 seen.insert(d);
             }
         }
@@ -76,13 +84,20 @@ mod tests {
     fn retry_after_wins_but_is_capped() {
         let p = policy();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(p.delay(3, Some(Duration::from_secs(30)), &mut rng), Duration::from_secs(30));
-        assert_eq!(p.delay(3, Some(Duration::from_secs(86_400)), &mut rng), Duration::from_secs(600));
+        assert_eq!(
+            p.delay(3, Some(Duration::from_secs(30)), &mut rng),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.delay(3, Some(Duration::from_secs(86_400)), &mut rng),
+            Duration::from_secs(600)
+        );
     }
 
     #[test]
     fn default_settings_ride_out_six_hours_of_outage() {
-        let settings = crate::configuration::Settings::load_from(None, &Default::default()).unwrap();
+        let settings =
+            crate::configuration::Settings::load_from(None, &Default::default()).unwrap();
         let p = RetryPolicy {
             base: Duration::from_millis(settings.worker.backoff_base_ms),
             max: Duration::from_millis(settings.worker.backoff_max_ms),

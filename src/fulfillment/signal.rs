@@ -40,7 +40,11 @@ impl JobSignal {
     }
 
     /// Sends one NOTIFY per burst of `job_ready` calls until shutdown.
-    pub fn spawn_notifier(&self, pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_notifier(
+        &self,
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let outbound = self.outbound.clone();
         tokio::spawn(async move {
             loop {
@@ -57,7 +61,11 @@ impl JobSignal {
 
     /// Listens for other processes' notifications and wakes local workers, reconnecting after
     /// errors (polling covers the gap).
-    pub fn spawn_listener(&self, pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_listener(
+        &self,
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let signal = self.clone();
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {

@@ -260,9 +260,7 @@ pub async fn lock_entitlement_keys(
 }
 
 /// Sends the "job ready" notification (on commit, when inside a transaction).
-pub async fn notify_jobs_ready<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-) -> Result<(), sqlx::Error> {
+pub async fn notify_jobs_ready<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(JOBS_CHANNEL)
         .execute(executor)
@@ -438,11 +436,13 @@ pub async fn reject_key_and_reserve_next(
         tx.commit().await?;
         return Ok(NextKey::LeaseLost);
     }
-    sqlx::query("UPDATE keys SET state = 'rejected', updated_at = now() WHERE id = $1 AND grant_id = $2")
-        .bind(job.key.key_id)
-        .bind(&job.grant_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE keys SET state = 'rejected', updated_at = now() WHERE id = $1 AND grant_id = $2",
+    )
+    .bind(job.key.key_id)
+    .bind(&job.grant_id)
+    .execute(&mut *tx)
+    .await?;
     let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
     let reserved = reserve_keys(&mut tx, &wanted).await?;
     let next = match reserved.first() {

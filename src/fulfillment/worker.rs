@@ -119,9 +119,15 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(in_flight = tracker.len(), "worker pool stopping; finishing in-flight jobs");
+        tracing::info!(
+            in_flight = tracker.len(),
+            "worker pool stopping; finishing in-flight jobs"
+        );
         tracker.close();
-        if tokio::time::timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "in-flight jobs did not finish within worker.shutdown_grace_secs; their leases will expire and another worker will resume them"
             );
@@ -145,7 +151,10 @@ type CompletionMsg = (Completion, oneshot::Sender<()>);
 /// one statement, retrying while the database is unavailable. Acknowledges each when written.
 fn spawn_completer(
     pool: PgPool,
-) -> (mpsc::UnboundedSender<CompletionMsg>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::UnboundedSender<CompletionMsg>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<CompletionMsg>();
     let handle = tokio::spawn(async move {
         let mut buffer = Vec::with_capacity(MAX_COMPLETE_BATCH);
@@ -212,16 +221,32 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
         };
         let verdict = classify(&result);
         let finish = |state, key_action, outcome, error: Option<String>| {
-            finish(&job, state, key_action, http_status, attempt(outcome, error))
+            finish(
+                &job,
+                state,
+                key_action,
+                http_status,
+                attempt(outcome, error),
+            )
         };
         match verdict {
             Verdict::Delivered => {
                 tracing::info!(grant_id = %job.grant_id, "delivered");
-                return Some(finish(JobState::Delivered, KeyAction::Deliver, "delivered", None));
+                return Some(finish(
+                    JobState::Delivered,
+                    KeyAction::Deliver,
+                    "delivered",
+                    None,
+                ));
             }
             Verdict::Permanent(error) => {
                 tracing::warn!(grant_id = %job.grant_id, %error, "permanent failure; job failed");
-                return Some(finish(JobState::Failed, KeyAction::Release, "permanent_error", Some(error)));
+                return Some(finish(
+                    JobState::Failed,
+                    KeyAction::Release,
+                    "permanent_error",
+                    Some(error),
+                ));
             }
             Verdict::Retry {
                 error,
@@ -233,7 +258,13 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                 } else {
                     tracing::warn!(grant_id = %job.grant_id, %error, attempt = job.attempts, "will retry");
                 }
-                return Some(retry_later(ctx, &job, http_status, attempt("retry", Some(error)), retry_after));
+                return Some(retry_later(
+                    ctx,
+                    &job,
+                    http_status,
+                    attempt("retry", Some(error)),
+                    retry_after,
+                ));
             }
             Verdict::Conflict => {}
         }
@@ -246,19 +277,31 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
             Err(e) => {
                 let error = format!("409 from Dodo and the grant look-up failed: {e}");
                 tracing::warn!(grant_id = %job.grant_id, %error, "will retry with the same key");
-                return Some(retry_later(ctx, &job, http_status, attempt("conflict_unresolved", Some(error)), None));
+                return Some(retry_later(
+                    ctx,
+                    &job,
+                    http_status,
+                    attempt("conflict_unresolved", Some(error)),
+                    None,
+                ));
             }
         };
         tracing::info!(grant_id = %job.grant_id, ?resolution, "409 resolved by look-up");
         return Some(match resolution {
-            ConflictResolution::DeliveredWithOurKey => {
-                finish(JobState::Delivered, KeyAction::Deliver, "conflict_delivered", None)
-            }
+            ConflictResolution::DeliveredWithOurKey => finish(
+                JobState::Delivered,
+                KeyAction::Deliver,
+                "conflict_delivered",
+                None,
+            ),
             ConflictResolution::DeliveredElsewhere => finish(
                 JobState::Delivered,
                 KeyAction::Release,
                 "conflict_delivered_elsewhere",
-                Some("409: the grant was fulfilled elsewhere with another key; our key was released".into()),
+                Some(
+                    "409: the grant was fulfilled elsewhere with another key; our key was released"
+                        .into(),
+                ),
             ),
             ConflictResolution::Revoked { with_our_key: true } => finish(
                 JobState::Cancelled,
@@ -266,7 +309,9 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                 "conflict_revoked",
                 Some("409: the grant was delivered with our key, then revoked".into()),
             ),
-            ConflictResolution::Revoked { with_our_key: false } => finish(
+            ConflictResolution::Revoked {
+                with_our_key: false,
+            } => finish(
                 JobState::Cancelled,
                 KeyAction::Release,
                 "conflict_revoked",
@@ -274,7 +319,11 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
             ),
             ConflictResolution::FailedAtDodo { with_our_key } => finish(
                 JobState::Failed,
-                if with_our_key { KeyAction::Keep } else { KeyAction::Release },
+                if with_our_key {
+                    KeyAction::Keep
+                } else {
+                    KeyAction::Release
+                },
                 "conflict_failed",
                 Some("409: Dodo reports the grant as Failed".into()),
             ),
@@ -282,7 +331,10 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                 ctx,
                 &job,
                 http_status,
-                attempt("conflict_unresolved", Some("409 from Dodo but the grant is not in its listing yet".into())),
+                attempt(
+                    "conflict_unresolved",
+                    Some("409 from Dodo but the grant is not in its listing yet".into()),
+                ),
                 None,
             ),
             ConflictResolution::KeyAlreadyExists => {
@@ -299,7 +351,13 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                     Ok(NextKey::Parked | NextKey::LeaseLost) => return None,
                     Err(e) => {
                         let error = format!("rejecting a duplicate key failed: {e}");
-                        retry_later(ctx, &job, http_status, attempt("conflict_unresolved", Some(error)), None)
+                        retry_later(
+                            ctx,
+                            &job,
+                            http_status,
+                            attempt("conflict_unresolved", Some(error)),
+                            None,
+                        )
                     }
                 }
             }
@@ -330,7 +388,13 @@ fn retry_later(
     let delay = ctx
         .retry
         .delay(job.attempts as u32, retry_after, &mut rand::rng());
-    let mut c = finish(job, JobState::Retrying, KeyAction::Keep, http_status, attempt);
+    let mut c = finish(
+        job,
+        JobState::Retrying,
+        KeyAction::Keep,
+        http_status,
+        attempt,
+    );
     c.run_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     c
 }

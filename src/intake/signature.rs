@@ -54,7 +54,11 @@ impl WebhookVerifier {
     ) -> Result<VerifiedWebhook, VerifyError> {
         // actix-web speaks `http` 0.2, the crate wants 1.x: copy the three headers across.
         let mut copied = http::HeaderMap::new();
-        for name in [HEADER_WEBHOOK_ID, HEADER_WEBHOOK_TIMESTAMP, HEADER_WEBHOOK_SIGNATURE] {
+        for name in [
+            HEADER_WEBHOOK_ID,
+            HEADER_WEBHOOK_TIMESTAMP,
+            HEADER_WEBHOOK_SIGNATURE,
+        ] {
             for value in headers.get_all(name) {
                 let value = http::HeaderValue::from_bytes(value.as_bytes())
                     .map_err(|_| VerifyError::Header(name))?;

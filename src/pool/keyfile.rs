@@ -107,7 +107,7 @@ mod tests {
         let p = parse_keys("serial,Key,batch\n1,PRO-A,x\n2,\"PRO-B\",y\n3,,z\n4\n");
         assert_eq!(p.keys, vec!["PRO-A", "PRO-B"]);
         assert_eq!(p.invalid.len(), 2);
-        assert_eq!(p.invalid[0].0, 5);
+        assert_eq!((p.invalid[0].0, p.invalid[1].0), (4, 5));
         assert!(p.invalid[1].1.contains("no column"), "{:?}", p.invalid);
     }
 
@@ -116,6 +116,9 @@ mod tests {
         let long = "X".repeat(MAX_KEY_LEN + 1);
         let p = parse_keys(&format!("OK-1\n{long}\nBAD\u{7}KEY\n"));
         assert_eq!(p.keys, vec!["OK-1"]);
-        assert_eq!(p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
     }
 }

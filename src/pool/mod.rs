@@ -24,7 +24,9 @@ pub struct NewPool {
 pub enum PoolError {
     #[error("a pool named `{0}` already exists")]
     NameTaken(String),
-    #[error("entitlement {0} already has a pool (one pool per entitlement); see `keyrelay pool list`")]
+    #[error(
+        "entitlement {0} already has a pool (one pool per entitlement); see `keyrelay pool list`"
+    )]
     EntitlementTaken(String),
     #[error("no pool named `{0}`; create it with `keyrelay pool add {0} --entitlement ENT_ID`")]
     NotFound(String),

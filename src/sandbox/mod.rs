@@ -146,7 +146,11 @@ impl Sandbox {
 
     pub fn grants(&self) -> Vec<Grant> {
         let state = self.lock();
-        state.order.iter().map(|id| state.grants[id].clone()).collect()
+        state
+            .order
+            .iter()
+            .map(|id| state.grants[id].clone())
+            .collect()
     }
 
     /// The webhook Dodo would send for the grant's current state.
@@ -154,7 +158,11 @@ impl Sandbox {
         let id = {
             let mut state = self.lock();
             state.seq += 1;
-            format!("msg_sbx{:010}{:06x}", state.seq, rand::random::<u32>() & 0xff_ffff)
+            format!(
+                "msg_sbx{:010}{:06x}",
+                state.seq,
+                rand::random::<u32>() & 0xff_ffff
+            )
         };
         let mut data = serde_json::to_value(grant).expect("grant serializes");
         data["payload_type"] = "EntitlementGrant".into();
@@ -267,7 +275,7 @@ impl Sandbox {
 
 /// The result of a fulfill call, decided under the lock.
 enum FulfillResult {
-    Ok(Grant),
+    Ok(Box<Grant>),
     Error(u16, &'static str, String),
     RateLimited(u64),
 }
@@ -286,7 +294,11 @@ impl Sandbox {
     fn draw_fault(&self, grant_id: &str) -> (Option<Fault>, Duration) {
         let mut state = self.lock();
         let latency = Duration::from_millis(state.rates.latency_ms);
-        if let Some(f) = state.scripted.get_mut(grant_id).and_then(VecDeque::pop_front) {
+        if let Some(f) = state
+            .scripted
+            .get_mut(grant_id)
+            .and_then(VecDeque::pop_front)
+        {
             return (Some(f), latency);
         }
         let r = state.rates;
@@ -318,7 +330,11 @@ impl Sandbox {
             Some(Fault::ApplyThen500) | None => {
                 match validate_and_apply(&mut state, grant_id, body) {
                     FulfillResult::Ok(_) if fault == Some(Fault::ApplyThen500) => {
-                        FulfillResult::Error(500, "INTERNAL_SERVER_ERROR", "injected fault after apply".into())
+                        FulfillResult::Error(
+                            500,
+                            "INTERNAL_SERVER_ERROR",
+                            "injected fault after apply".into(),
+                        )
                     }
                     other => other,
                 }
@@ -353,9 +369,17 @@ fn validate_and_apply(state: &mut State, grant_id: &str, body: &[u8]) -> Fulfill
         Err(e) => return FulfillResult::Error(400, "INVALID_REQUEST_BODY", e.to_string()),
     };
     let key = match body.key {
-        None => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "missing field `key`".into()),
+        None => {
+            return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "missing field `key`".into());
+        }
         Some(serde_json::Value::String(k)) => k.trim().to_string(),
-        Some(_) => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "`key` must be a string".into()),
+        Some(_) => {
+            return FulfillResult::Error(
+                422,
+                "UNPROCESSABLE_ENTITY",
+                "`key` must be a string".into(),
+            );
+        }
     };
     if key.is_empty() {
         return FulfillResult::Error(400, "INVALID_LICENSE_KEY", "key must not be empty".into());
@@ -364,16 +388,34 @@ fn validate_and_apply(state: &mut State, grant_id: &str, body: &[u8]) -> Fulfill
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(n) if n >= 1 => Some(n),
-            _ => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "activations_limit must be an integer >= 1".into()),
+            _ => {
+                return FulfillResult::Error(
+                    422,
+                    "UNPROCESSABLE_ENTITY",
+                    "activations_limit must be an integer >= 1".into(),
+                );
+            }
         },
     };
     let expires_at = match body.expires_at {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => Some(s),
-        Some(_) => return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "expires_at must be ISO 8601".into()),
+        Some(serde_json::Value::String(s)) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => {
+            Some(s)
+        }
+        Some(_) => {
+            return FulfillResult::Error(
+                422,
+                "UNPROCESSABLE_ENTITY",
+                "expires_at must be ISO 8601".into(),
+            );
+        }
     };
     if grant.integration_type.as_deref() != Some("license_key") {
-        return FulfillResult::Error(400, "INVALID_GRANT_TYPE", "grant is not a license-key grant".into());
+        return FulfillResult::Error(
+            400,
+            "INVALID_GRANT_TYPE",
+            "grant is not a license-key grant".into(),
+        );
     }
     if grant.status != GrantStatus::Pending {
         return FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into());
@@ -382,7 +424,7 @@ fn validate_and_apply(state: &mut State, grant_id: &str, body: &[u8]) -> Fulfill
         return FulfillResult::Error(409, "CONFLICT", "license key already exists".into());
     }
     match apply_key(state, grant_id, &key, activations_limit, expires_at) {
-        Some(g) => FulfillResult::Ok(g),
+        Some(g) => FulfillResult::Ok(Box::new(g)),
         None => FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into()),
     }
 }

@@ -25,9 +25,18 @@ impl RunningSandbox {
             App::new()
                 .app_data(data.clone())
                 .route("/grants/{grant_id}/license-key", web::post().to(fulfill))
-                .route("/entitlements/{ent}/grants", web::get().to(list_entitlement_grants))
-                .route("/entitlements/{ent}/grants/{grant_id}", web::delete().to(revoke))
-                .route("/customers/{cus}/entitlement-grants", web::get().to(list_customer_grants))
+                .route(
+                    "/entitlements/{ent}/grants",
+                    web::get().to(list_entitlement_grants),
+                )
+                .route(
+                    "/entitlements/{ent}/grants/{grant_id}",
+                    web::delete().to(revoke),
+                )
+                .route(
+                    "/customers/{cus}/entitlement-grants",
+                    web::get().to(list_customer_grants),
+                )
                 .route("/sandbox/sell", web::post().to(sell))
                 .route("/sandbox/faults", web::put().to(set_faults))
                 .route("/sandbox/grants", web::get().to(all_grants))
@@ -106,13 +115,21 @@ struct ListQuery {
     page_size: Option<usize>,
 }
 
-fn list(sandbox: &Sandbox, query: &ListQuery, keep: impl Fn(&crate::dodo::Grant) -> bool) -> HttpResponse {
+fn list(
+    sandbox: &Sandbox,
+    query: &ListQuery,
+    keep: impl Fn(&crate::dodo::Grant) -> bool,
+) -> HttpResponse {
     if sandbox.lock().fail_lookups {
         return error(500, "INTERNAL_SERVER_ERROR", "injected look-up failure");
     }
     let size = query.page_size.unwrap_or(10);
     if !(1..=100).contains(&size) {
-        return error(422, "UNPROCESSABLE_ENTITY", "page_size must be between 1 and 100");
+        return error(
+            422,
+            "UNPROCESSABLE_ENTITY",
+            "page_size must be between 1 and 100",
+        );
     }
     let status = query.status.as_deref().map(GrantStatus::parse);
     let items: Vec<_> = sandbox
@@ -120,7 +137,12 @@ fn list(sandbox: &Sandbox, query: &ListQuery, keep: impl Fn(&crate::dodo::Grant)
         .into_iter()
         .filter(|g| keep(g))
         .filter(|g| status.as_ref().is_none_or(|s| &g.status == s))
-        .filter(|g| query.customer_id.as_ref().is_none_or(|c| &g.customer_id == c))
+        .filter(|g| {
+            query
+                .customer_id
+                .as_ref()
+                .is_none_or(|c| &g.customer_id == c)
+        })
         .skip(query.page_number.unwrap_or(0) * size)
         .take(size)
         .collect();

@@ -2,13 +2,13 @@
 //! the benchmark and the tests start.
 
 use base64::Engine;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{RunningSandbox, Sandbox};
-use crate::configuration::Settings;
+use crate::configuration::{Settings, parse_webhook_secrets};
 use crate::startup::{Application, Role};
 
 pub struct LocalStack {
@@ -23,17 +23,25 @@ pub struct LocalStack {
 }
 
 /// Points `settings` at a fresh sandbox on a free local port and returns it running.
+/// The sandbox gets a random API key; it signs webhooks with the configured secret, if any.
 pub fn start_sandbox(settings: &mut Settings) -> anyhow::Result<RunningSandbox> {
     let api_key = format!("sk_sbx_{:016x}", rand::random::<u64>());
-    let webhook_key: [u8; 24] = rand::random();
+    // A configured secret is kept (the sandbox signs with the first one); else a random one.
+    let webhook_key = match &settings.webhook.secret {
+        Some(secret) => parse_webhook_secrets(secret.expose_secret())?.remove(0),
+        None => {
+            let key: [u8; 24] = rand::random();
+            settings.webhook.secret = Some(SecretString::from(format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )));
+            key.to_vec()
+        }
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let sandbox = RunningSandbox::start(Sandbox::new(&api_key, &webhook_key), listener)?;
     settings.dodo.base_url = Some(sandbox.base_url.clone());
     settings.dodo.api_key = Some(SecretString::from(api_key));
-    settings.webhook.secret = Some(SecretString::from(format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(webhook_key)
-    )));
     Ok(sandbox)
 }
 

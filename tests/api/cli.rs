@@ -1,0 +1,142 @@
+//! The `keyrelay` binary as operators use it: exit codes, error messages, masked keys.
+
+use std::process::{Command, Output};
+
+use keyrelay::fulfillment::run_batch;
+use secrecy::ExposeSecret;
+
+use crate::helpers::{ENT, TestApp};
+
+fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let dir = std::env::temp_dir();
+    Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .expect("run keyrelay")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).to_string()
+}
+
+#[test]
+fn usage_errors_exit_2_and_bad_settings_name_the_key() {
+    let o = keyrelay(&[], &["pool", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = keyrelay(
+        &[("DODO_PAYMENTS_ENVIRONMENT", "staging")],
+        &["pool", "list"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("environment"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = keyrelay(&[("KEYRELAY_WORKER__CONCURENCY", "3")], &["pool", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("concurency"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = keyrelay(
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/keyrelay")],
+        &["pool", "list"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot connect to the database") && err.lines().count() == 1,
+        "{err}"
+    );
+    let o = keyrelay(
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/keyrelay")],
+        &["serve", "--role", "web"],
+    );
+    assert!(
+        text(&o.stderr).contains("DODO_PAYMENTS_WEBHOOK_KEY"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn operators_import_list_and_inspect_with_keys_masked() {
+    let app = TestApp::spawn_web().await;
+    let url = app.settings().database.url.expose_secret().to_string();
+    let env = [("DATABASE_URL", url.as_str())];
+    let o = keyrelay(
+        &env,
+        &[
+            "pool",
+            "add",
+            "pro",
+            "--entitlement",
+            ENT,
+            "--low-stock",
+            "5",
+            "--activations-limit",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let file = std::env::temp_dir().join(format!("keys-{}.csv", std::process::id()));
+    std::fs::write(
+        &file,
+        "serial,key\n1,PRO-AAAA-BBBB-0001\n2,PRO-AAAA-BBBB-0002\n3,PRO-AAAA-BBBB-0001\n4,\n",
+    )
+    .unwrap();
+    let o = keyrelay(&env, &["pool", "import", "pro", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "imported 2, duplicates 1, invalid 1"
+    );
+    assert!(
+        text(&o.stderr).contains(":5: skipped: empty key"),
+        "{}",
+        text(&o.stderr)
+    );
+    std::fs::remove_file(&file).ok();
+
+    let o = keyrelay(&env, &["pool", "list", "--json"]);
+    let pools: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pools[0]["available"], 2);
+    assert_eq!(pools[0]["low_stock"], true);
+
+    let grant = app.sell().await;
+    run_batch(&app.worker(), 10).await.unwrap();
+    let log = app.sandbox.fulfill_log();
+    assert_eq!(log[0].key, "PRO-AAAA-BBBB-0001");
+
+    let o = keyrelay(&env, &["jobs", "show", &grant]);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("PRO-****-****-0001") && !out.contains("PRO-AAAA-BBBB-0001"),
+        "{out}"
+    );
+    let o = keyrelay(&env, &["jobs", "show", &grant, "--show-key"]);
+    assert!(text(&o.stdout).contains("PRO-AAAA-BBBB-0001"));
+    let o = keyrelay(&env, &["jobs", "list", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(jobs[0]["grant_id"], grant.as_str());
+    assert_eq!(jobs[0]["state"], "delivered");
+    for field in [
+        "attempts",
+        "entitlement_id",
+        "customer_id",
+        "last_error",
+        "last_http_status",
+    ] {
+        assert!(jobs[0].get(field).is_some(), "{field}");
+    }
+    let o = keyrelay(&env, &["jobs", "cancel", &grant]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("not possible while the job is delivered"));
+    app.stop().await;
+}

@@ -1,0 +1,249 @@
+//! Test harness: each test gets its own migrated database, a sandbox Dodo on a local port and
+//! keyrelay itself, configured for fast retries. `KEYRELAY_TEST_DATABASE_URL` names the server
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Once;
+use std::time::Duration;
+
+use keyrelay::configuration::Settings;
+use keyrelay::domain::{JobState, KeyState};
+use keyrelay::fulfillment::WorkerContext;
+use keyrelay::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
+use keyrelay::sandbox::stack::LocalStack;
+use keyrelay::sandbox::{Sandbox, SignedWebhook};
+use keyrelay::startup::{Role, dodo_client};
+use sqlx::PgPool;
+
+pub const ENT: &str = "ent_pro_license_manual";
+
+pub fn base_settings() -> Settings {
+    let url = std::env::var("KEYRELAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let env: HashMap<String, String> = [("DATABASE_URL".to_string(), url)].into();
+    let mut s = Settings::load_from(None, &env).expect("test settings");
+    s.database.max_connections = 4;
+    s.worker.backoff_base_ms = 10;
+    s.worker.backoff_max_ms = 50;
+    s.worker.poll_interval_ms = 25;
+    s.worker.lease_secs = 30;
+    s.worker.shutdown_grace_secs = 10;
+    s.dodo.max_requests_per_sec = 0;
+    s.dodo.timeout_secs = 2;
+    s
+}
+
+/// Drops test databases left behind by earlier runs (older than an hour).
+fn sweep_old_databases(settings: &Settings) {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        let settings = settings.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let Ok(pool) = keyrelay::db::connect(&settings).await else { return };
+                let cutoff = (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y%m%d%H%M%S").to_string();
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'keyrelay_test_%' AND split_part(datname, '_', 3) < $1",
+                )
+                .bind(cutoff)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for name in names {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&pool).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    });
+}
+
+pub struct TestApp {
+    pub stack: LocalStack,
+    pub pool: PgPool,
+    pub sandbox: Sandbox,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    /// keyrelay with the webhook receiver and the worker pool.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Role::All, |_| {}).await
+    }
+
+    /// Only the webhook receiver: tests drive the queue step by step with `run_batch`.
+    pub async fn spawn_web() -> TestApp {
+        Self::spawn_with(Role::Web, |_| {}).await
+    }
+
+    pub async fn spawn_with(role: Role, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = base_settings();
+        sweep_old_databases(&settings);
+        keyrelay::db::create_scratch_database(&mut settings, "keyrelay_test")
+            .await
+            .expect("create test database")
+            .close()
+            .await;
+        tweak(&mut settings);
+        let stack = LocalStack::start(settings, role)
+            .await
+            .expect("start keyrelay");
+        TestApp {
+            pool: stack.pool.clone(),
+            sandbox: stack.sandbox.sandbox.clone(),
+            url: stack.webhook_url.clone().unwrap_or_default(),
+            http: reqwest::Client::new(),
+            stack,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.stack.settings
+    }
+
+    /// A worker context against this app's database and sandbox, for `run_batch`.
+    pub fn worker(&self) -> WorkerContext {
+        let s = self.settings();
+        WorkerContext::new(self.pool.clone(), dodo_client(s).unwrap(), &s.worker)
+    }
+
+    pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {
+        add_pool(
+            &self.pool,
+            &NewPool {
+                name: name.into(),
+                entitlement_id: entitlement.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        if !keys.is_empty() {
+            self.import(name, keys).await;
+        }
+    }
+
+    pub async fn import(&self, name: &str, keys: &[&str]) {
+        let parsed = ParsedKeys {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            ..Default::default()
+        };
+        import_keys(&self.pool, name, &parsed, false, |_| {})
+            .await
+            .unwrap();
+    }
+
+    pub async fn post(&self, hook: &SignedWebhook) -> reqwest::Response {
+        self.post_raw(
+            &hook.id,
+            &hook.timestamp.to_string(),
+            &hook.signature,
+            hook.body.clone(),
+        )
+        .await
+    }
+
+    pub async fn post_raw(&self, id: &str, ts: &str, sig: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts)
+            .header("webhook-signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("keyrelay answers")
+    }
+
+    /// Creates a pending grant in the sandbox and delivers its `created` webhook; asserts 200.
+    pub async fn sell(&self) -> String {
+        let grant = self.sandbox.create_grant(ENT, None);
+        let response = self
+            .post(
+                &self
+                    .sandbox
+                    .webhook_for(&grant, "entitlement_grant.created"),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        grant.id
+    }
+
+    pub async fn job(&self, grant_id: &str) -> JobRow {
+        sqlx::query_as("SELECT state, attempts, key_id, last_error, last_http_status, run_at FROM jobs WHERE grant_id = $1")
+            .bind(grant_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("job exists")
+    }
+
+    pub async fn job_state(&self, grant_id: &str) -> JobState {
+        self.job(grant_id).await.state
+    }
+
+    pub async fn key_state(&self, value: &str) -> (KeyState, Option<String>) {
+        sqlx::query_as("SELECT state, grant_id FROM keys WHERE value = $1")
+            .bind(value)
+            .fetch_one(&self.pool)
+            .await
+            .expect("key exists")
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Makes a retrying job due now instead of after its backoff.
+    pub async fn make_due(&self, grant_id: &str) {
+        sqlx::query("UPDATE jobs SET run_at = now() WHERE grant_id = $1")
+            .bind(grant_id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn stop(self) {
+        let settings = self.stack.settings.clone();
+        self.pool.close().await;
+        self.stack.stop().await.expect("clean shutdown");
+        keyrelay::db::drop_database(&settings)
+            .await
+            .expect("drop test database");
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobRow {
+    pub state: JobState,
+    pub attempts: i32,
+    pub key_id: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<i32>,
+    pub run_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Polls `check` until it returns true, failing the test after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,123 @@
+//! Pools: empty pool → waiting_for_keys → import → delivered, with no attempt spent waiting;
+//! imports are all-or-nothing and report duplicates and bad lines.
+
+use std::time::Duration;
+
+use keyrelay::domain::JobState;
+use keyrelay::pool::{import_keys, keyfile::parse_keys};
+
+use crate::helpers::{ENT, TestApp, wait_until};
+
+#[tokio::test]
+async fn jobs_wait_for_keys_without_spending_attempts_and_resume_on_import() {
+    let app = TestApp::spawn().await;
+    // No pool at all: a grant that says it is a license key still waits.
+    let first = app.sell().await;
+    wait_until(
+        "the job waits for keys",
+        Duration::from_secs(10),
+        || async { app.job_state(&first).await == JobState::WaitingForKeys },
+    )
+    .await;
+    app.add_pool("pro", ENT, &[]).await;
+    let second = app.sell().await;
+    wait_until(
+        "both jobs wait for keys",
+        Duration::from_secs(10),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'waiting_for_keys'")
+                .await
+                == 2
+        },
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT coalesce(sum(attempts), 0) FROM jobs")
+            .await,
+        0,
+        "waiting uses no attempt"
+    );
+    assert!(app.sandbox.fulfill_log().is_empty());
+
+    app.import("pro", &["PRO-W-1", "PRO-W-2"]).await;
+    wait_until("both are delivered", Duration::from_secs(10), || async {
+        app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+            .await
+            == 2
+    })
+    .await;
+    for grant in [&first, &second] {
+        assert_eq!(app.job(grant).await.attempts, 1);
+        assert!(
+            app.sandbox
+                .grant(grant)
+                .unwrap()
+                .key_value()
+                .unwrap()
+                .starts_with("PRO-W-")
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &["SHARED-1"]).await;
+    app.add_pool("basic", "ent_basic", &[]).await;
+    let parsed = parse_keys("# batch\nSHARED-1\nNEW-1\nNEW-1\n\nNEW-2\nBAD\u{1}KEY\n");
+    let dry = import_keys(&app.pool, "basic", &parsed, true, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((dry.imported, dry.duplicates, dry.invalid), (2, 2, 1));
+    assert_eq!(
+        app.count("SELECT count(*) FROM keys").await,
+        1,
+        "a dry run stores nothing"
+    );
+    let report = import_keys(&app.pool, "basic", &parsed, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.imported, report.duplicates, report.invalid),
+        (2, 2, 1)
+    );
+    let again = import_keys(&app.pool, "basic", &parsed, false, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.imported, again.duplicates), (0, 4));
+    // Keys are reserved in import order.
+    let order: Vec<String> = sqlx::query_scalar("SELECT value FROM keys WHERE pool_id = (SELECT id FROM pools WHERE name = 'basic') ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(order, vec!["NEW-1", "NEW-2"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_import_stores_nothing() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &[]).await;
+    let parsed = parse_keys("GOOD-1\nGOOD-2\n");
+    // The pool name is wrong: nothing is imported anywhere.
+    let err = import_keys(&app.pool, "nope", &parsed, false, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("keyrelay pool add nope"), "{err}");
+    // A database error half-way rolls back the keys already inserted.
+    let big = parse_keys(&(0..12_000).map(|i| format!("K-{i}\n")).collect::<String>());
+    let mut chunks = 0;
+    sqlx::query("ALTER TABLE keys ADD CONSTRAINT no_k_11000 CHECK (value <> 'K-11000')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let failed = import_keys(&app.pool, "pro", &big, false, |_| chunks += 1).await;
+    assert!(failed.is_err());
+    assert!(
+        chunks >= 2,
+        "the failure came after earlier chunks were inserted"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM keys").await, 0);
+    app.stop().await;
+}
