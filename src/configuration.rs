@@ -162,7 +162,8 @@ impl Settings {
             builder = builder.set_override(key, value)?;
         }
         for (name, key) in CONVENTIONAL_ENV {
-            if let Some(value) = env.get(*name) {
+            // A blank value (as left by copying .env.example) means unset.
+            if let Some(value) = env.get(*name).filter(|v| !v.trim().is_empty()) {
                 builder = builder.set_override(*key, value.as_str())?;
             }
         }
@@ -363,7 +364,6 @@ mod tests {
         let cases = [
             ("DODO_PAYMENTS_ENVIRONMENT", "staging", "environment"),
             ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_%%%", "webhook.secret"),
-            ("DODO_PAYMENTS_WEBHOOK_KEY", "   ", "webhook.secret"),
             ("DODO_PAYMENTS_BASE_URL", "not a url", "dodo.base_url"),
             ("DATABASE_URL", "nope", "database.url"),
         ];
@@ -373,6 +373,23 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn blank_conventional_values_count_as_unset() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("DODO_PAYMENTS_WEBHOOK_KEY", "  "),
+                ("DODO_PAYMENTS_API_KEY", ""),
+            ]),
+        )
+        .unwrap();
+        assert!(s.webhook.secret.is_none() && s.dodo.api_key.is_none());
+        let err = Settings::load_from(None, &env(&[("KEYRELAY_WEBHOOK__SECRET", " ")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("webhook.secret"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use keyrelay::fulfillment::storage::claim_batch;
 use keyrelay::fulfillment::worker::run_job;
 use keyrelay::sandbox::FaultRates;
 use keyrelay::startup::{Application, Role};
+use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, wait_until};
 
@@ -129,5 +130,34 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
         app.sandbox.fulfill_log().iter().any(|r| r.status == 500),
         "faults were injected"
     );
+
+    // SPEC §4.4: keys, the API key and the webhook secret never reach the logs.
+    let logs = crate::helpers::captured_logs();
+    assert!(
+        logs.contains("delivered") && logs.contains("will retry"),
+        "logs were captured"
+    );
+    let settings = app.settings();
+    let api_key = settings
+        .dodo
+        .api_key
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    let secret = settings
+        .webhook
+        .secret
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    let secret_body = secret.trim_start_matches("whsec_").to_string();
+    for needle in [api_key.as_str(), secret_body.as_str()]
+        .into_iter()
+        .chain(keys.iter().map(String::as_str))
+    {
+        assert!(!logs.contains(needle), "{needle} reached the logs");
+    }
     app.stop().await;
 }

@@ -34,6 +34,36 @@ pub fn base_settings() -> Settings {
     s
 }
 
+/// Every log line keyrelay writes during the tests (debug level), to check what reaches logs.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogCapture;
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("keyrelay=debug,info")
+            .with_writer(|| LogCapture)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).to_string()
+}
+
 /// Drops test databases left behind by earlier runs (older than an hour).
 fn sweep_old_databases(settings: &Settings) {
     static SWEEP: Once = Once::new();
@@ -81,6 +111,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(role: Role, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        capture_logs();
         let mut settings = base_settings();
         sweep_old_databases(&settings);
         keyrelay::db::create_scratch_database(&mut settings, "keyrelay_test")
