@@ -206,7 +206,7 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         demo_pool.available, demo_pool.rejected
     );
     println!(
-        "  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → fulfill request sent)",
+        "  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → first fulfill request; each injected 429 pauses every worker for 1 s)",
         ms(&pickup, 50),
         ms(&pickup, 90),
         ms(&pickup, 99)
