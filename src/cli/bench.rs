@@ -95,6 +95,23 @@ where
     result
 }
 
+/// Imports `count` generated keys into the bench pool.
+async fn import_generated_keys(
+    pool: &sqlx::PgPool,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let keys = (0..count)
+        .map(|i| format!("{prefix}-{i:08}-{:08x}", rand::random::<u32>()))
+        .collect();
+    let parsed = ParsedKeys {
+        keys,
+        ..Default::default()
+    };
+    import_keys(pool, "bench", &parsed, false, |_| {}).await?;
+    Ok(())
+}
+
 fn webhook_body(grant_id: &str, customer: &str) -> String {
     serde_json::json!({
         "business_id": "bus_bench", "type": "entitlement_grant.created", "timestamp": "2026-11-20T09:14:03Z",
@@ -254,20 +271,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
             t.elapsed().as_secs_f64()
         );
     }
-    let keys: Vec<String> = (0..args.jobs)
-        .map(|i| format!("BENCH-{i:08}-{:08x}", rand::random::<u32>()))
-        .collect();
-    import_keys(
-        &pool,
-        "bench",
-        &ParsedKeys {
-            keys,
-            ..Default::default()
-        },
-        false,
-        |_| {},
-    )
-    .await?;
+    import_generated_keys(&pool, "BENCH", args.jobs).await?;
     let grants: Vec<(String, String)> = (0..args.jobs)
         .map(|_| {
             let g = sandbox.sandbox.create_grant(ENTITLEMENT, None);
@@ -341,20 +345,7 @@ async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let stack = LocalStack::start(settings, Role::All).await?;
     let url = stack.webhook_url.clone().expect("web role");
     let sandbox = stack.sandbox.sandbox.clone();
-    let keys: Vec<String> = (0..args.samples)
-        .map(|i| format!("LAT-{i:08}-{:08x}", rand::random::<u32>()))
-        .collect();
-    import_keys(
-        &stack.pool,
-        "bench",
-        &ParsedKeys {
-            keys,
-            ..Default::default()
-        },
-        false,
-        |_| {},
-    )
-    .await?;
+    import_generated_keys(&stack.pool, "LAT", args.samples).await?;
     let mut pickups = Vec::new();
     for _ in 0..args.samples {
         let grant = sandbox.create_grant(ENTITLEMENT, None);

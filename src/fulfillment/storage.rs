@@ -114,16 +114,7 @@ pub async fn claim_batch(
         bound.extend(reserved);
     }
     let key_ids: Vec<i64> = bound.values().copied().collect();
-    let keys: Vec<ReservedKey> = sqlx::query_as(
-        r#"
-        SELECT k.id AS key_id, k.value, p.activations_limit, p.expires_in_days
-        FROM keys k JOIN pools p ON p.id = k.pool_id
-        WHERE k.id = ANY($1)
-        "#,
-    )
-    .bind(&key_ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let keys = reserved_keys(&mut tx, &key_ids).await?;
     tx.commit().await?;
 
     let keys: std::collections::HashMap<i64, ReservedKey> =
@@ -143,6 +134,23 @@ pub async fn claim_batch(
             })
         })
         .collect())
+}
+
+/// The keys with these ids, with their pool's fulfillment options.
+async fn reserved_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    key_ids: &[i64],
+) -> Result<Vec<ReservedKey>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT k.id AS key_id, k.value, p.activations_limit, p.expires_in_days
+        FROM keys k JOIN pools p ON p.id = k.pool_id
+        WHERE k.id = ANY($1)
+        "#,
+    )
+    .bind(key_ids)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// Reserves one available key per (grant, entitlement), oldest import first, skipping keys
@@ -447,15 +455,7 @@ pub async fn reject_key_and_reserve_next(
     let reserved = reserve_keys(&mut tx, &wanted).await?;
     let next = match reserved.first() {
         Some((_, key_id)) => {
-            let key: ReservedKey = sqlx::query_as(
-                r#"
-                SELECT k.id AS key_id, k.value, p.activations_limit, p.expires_in_days
-                FROM keys k JOIN pools p ON p.id = k.pool_id WHERE k.id = $1
-                "#,
-            )
-            .bind(key_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let key = reserved_keys(&mut tx, &[*key_id]).await?.remove(0);
             NextKey::Reserved(key)
         }
         None => {

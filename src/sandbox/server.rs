@@ -115,11 +115,17 @@ struct ListQuery {
     page_size: Option<usize>,
 }
 
-fn list(
+/// One page of grants that pass `keep` and the query's filters, after auth and latency.
+async fn list(
+    request: &HttpRequest,
     sandbox: &Sandbox,
     query: &ListQuery,
     keep: impl Fn(&crate::dodo::Grant) -> bool,
 ) -> HttpResponse {
+    if let Err(r) = authorized(sandbox, request) {
+        return r;
+    }
+    latency(sandbox).await;
     if sandbox.lock().fail_lookups {
         return error(500, "INTERNAL_SERVER_ERROR", "injected look-up failure");
     }
@@ -155,13 +161,9 @@ async fn list_entitlement_grants(
     query: web::Query<ListQuery>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    if let Err(r) = authorized(&sandbox, &request) {
-        return r;
-    }
-    latency(&sandbox).await;
     let ent = path.into_inner();
     // The current API ignores `integration_type` on this endpoint.
-    list(&sandbox, &query, |g| g.entitlement_id == ent)
+    list(&request, &sandbox, &query, |g| g.entitlement_id == ent).await
 }
 
 async fn list_customer_grants(
@@ -170,18 +172,15 @@ async fn list_customer_grants(
     query: web::Query<ListQuery>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    if let Err(r) = authorized(&sandbox, &request) {
-        return r;
-    }
-    latency(&sandbox).await;
     let cus = path.into_inner();
     let integration = query.integration_type.clone();
-    list(&sandbox, &query, |g| {
+    list(&request, &sandbox, &query, |g| {
         g.customer_id == cus
             && integration
                 .as_ref()
                 .is_none_or(|i| g.integration_type.as_deref() == Some(i.as_str()))
     })
+    .await
 }
 
 async fn revoke(
