@@ -40,6 +40,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker.poll_interval_ms", "1000"),
     ("worker.shutdown_grace_secs", "30"),
     ("log.format", "pretty"),
+    ("reconciler.interval_secs", "300"),
+    ("retention.days", "30"),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,22 @@ pub struct Settings {
     #[serde(default)]
     pub alerts: AlertSettings,
     pub log: LogSettings,
+    pub reconciler: ReconcilerSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    /// Seconds between reconciliations in `serve` (worker roles); 0 turns it off.
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Events and finished jobs older than this are pruned.
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +229,9 @@ impl Settings {
         }
         if self.worker.lease_secs == 0 {
             bail!("worker.lease_secs must be at least 1");
+        }
+        if self.retention.days < 2 {
+            bail!("retention.days must be at least 2 (Dodo retries webhooks for about 28 hours)");
         }
         if self.database.max_connections < 2 {
             bail!("database.max_connections must be at least 2");

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor, AuditEntry, Subject};
 use crate::domain::{JobState, KeyState, mask_key};
 use crate::fulfillment::storage::notify_jobs_ready;
 
@@ -59,6 +60,7 @@ pub struct JobDetail {
     pub key: Option<String>,
     pub key_state: Option<KeyState>,
     pub attempt_history: Vec<AttemptView>,
+    pub audit: Vec<AuditEntry>,
 }
 
 /// One job with its key (masked unless `reveal_key`) and every attempt, oldest first.
@@ -97,7 +99,9 @@ pub async fn show_job(
     for a in &mut attempt_history {
         a.key = a.key.take().map(show);
     }
+    let audit = audit::for_grant(pool, grant_id).await?;
     Ok(Some(JobDetail {
+        audit,
         job,
         key_state: key.as_ref().map(|k| k.1),
         key: key.map(|k| show(k.0)),
@@ -121,6 +125,7 @@ pub enum ActionResult {
 pub async fn retry_jobs(
     pool: &PgPool,
     grant_ids: &[String],
+    actor: Actor,
 ) -> Result<Vec<(String, ActionResult)>, sqlx::Error> {
     let mut results = Vec::new();
     for grant_id in grant_ids {
@@ -144,6 +149,11 @@ pub async fn retry_jobs(
                 .await?
                 .rows_affected();
                 if updated == 1 {
+                    let subject = Subject {
+                        grant_id: Some(grant_id),
+                        ..Default::default()
+                    };
+                    audit::record(pool, actor, "retry", subject).await?;
                     ActionResult::Done
                 } else {
                     ActionResult::WrongState {
@@ -174,6 +184,7 @@ pub async fn failed_grant_ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error>
 pub async fn cancel_jobs(
     pool: &PgPool,
     grant_ids: &[String],
+    actor: Actor,
 ) -> Result<Vec<(String, ActionResult)>, sqlx::Error> {
     let mut results = Vec::new();
     for grant_id in grant_ids {
@@ -220,6 +231,20 @@ pub async fn cancel_jobs(
                     .bind(key_id)
                     .execute(&mut *tx)
                     .await?;
+                }
+                let subject = Subject {
+                    grant_id: Some(grant_id),
+                    key_id,
+                    ..Default::default()
+                };
+                audit::record(&mut *tx, actor, "cancel", subject).await?;
+                if release {
+                    let subject = Subject {
+                        grant_id: Some(grant_id),
+                        key_id,
+                        ..Default::default()
+                    };
+                    audit::record(&mut *tx, actor, "release", subject).await?;
                 }
                 if key_id.is_some() && !release {
                     ActionResult::DoneKeyKept

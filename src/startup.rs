@@ -17,6 +17,13 @@ use crate::dodo::{DodoClient, RateLimiter};
 use crate::fulfillment::{JobSignal, Worker, WorkerContext};
 use crate::intake::{self, IntakeState, signature::WebhookVerifier};
 
+/// The periodic reconcile-and-prune pass of worker roles.
+struct Maintenance {
+    dodo: DodoClient,
+    interval: Duration,
+    retention: Duration,
+}
+
 /// What a `serve` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -38,6 +45,7 @@ pub struct Application {
     port: Option<u16>,
     server: Option<Server>,
     worker: Option<Worker>,
+    maintenance: Option<Maintenance>,
     pool: PgPool,
     signal: JobSignal,
     shutdown: CancellationToken,
@@ -86,6 +94,14 @@ impl Application {
             }
             None => (None, None),
         };
+        let maintenance = dodo
+            .as_ref()
+            .filter(|_| settings.reconciler.interval_secs > 0)
+            .map(|dodo| Maintenance {
+                dodo: dodo.clone(),
+                interval: Duration::from_secs(settings.reconciler.interval_secs),
+                retention: Duration::from_secs(u64::from(settings.retention.days) * 86_400),
+            });
         let worker = dodo.map(|dodo| {
             let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker);
             Worker::new(ctx, &settings.worker, signal.clone())
@@ -94,6 +110,7 @@ impl Application {
             port,
             server,
             worker,
+            maintenance,
             pool,
             signal,
             shutdown: CancellationToken::new(),
@@ -135,6 +152,16 @@ impl Application {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             }));
+        }
+        if let Some(m) = self.maintenance {
+            let pool = self.pool.clone();
+            tasks.push(tokio::spawn(crate::reconcile::run_maintenance(
+                pool,
+                m.dodo,
+                m.interval,
+                m.retention,
+                shutdown.clone(),
+            )));
         }
         if let Some(worker) = self.worker {
             tasks.push(

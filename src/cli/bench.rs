@@ -248,6 +248,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     settings.worker.concurrency = args.concurrency;
     settings.dodo.max_requests_per_sec = 0;
     settings.worker.poll_interval_ms = 100;
+    settings.reconciler.interval_secs = 0;
     settings.database.migrate_on_start = false;
     let sandbox = start_sandbox(&mut settings)?;
     sandbox.sandbox.set_fault_rates(FaultRates {
@@ -341,7 +342,8 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     Ok(())
 }
 
-async fn latency(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+async fn latency(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    settings.reconciler.interval_secs = 0;
     let stack = LocalStack::start(settings, Role::All).await?;
     let url = stack.webhook_url.clone().expect("web role");
     let sandbox = stack.sandbox.sandbox.clone();

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use sqlx::PgPool;
 
 use super::output::{json, or_dash, table};
+use crate::audit::Actor;
 use crate::domain::JobState;
 use crate::jobs::{self, ActionResult};
 
@@ -32,9 +33,15 @@ pub enum JobsCommand {
     Retry {
         #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
         grant_ids: Vec<String>,
-        /// Every failed job.
+        /// Every failed job (asks first unless --yes).
         #[arg(long)]
         all_failed: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// List what would be replayed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Stop trying; a reserved key Dodo cannot have accepted goes back to the pool.
     Cancel {
@@ -136,10 +143,29 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                 &["time", "http", "outcome", "duration", "key", "error"],
                 &rows,
             );
+            if !detail.audit.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = detail
+                    .audit
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            or_dash(e.key_id),
+                            or_dash(e.detail.as_deref()),
+                        ]
+                    })
+                    .collect();
+                table(&["time", "actor", "action", "key id", "detail"], &rows);
+            }
         }
         JobsCommand::Retry {
             grant_ids,
             all_failed,
+            yes,
+            dry_run,
         } => {
             let ids = if all_failed {
                 jobs::failed_grant_ids(pool).await?
@@ -150,10 +176,29 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                 println!("no failed jobs");
                 return Ok(());
             }
-            report(jobs::retry_jobs(pool, &ids).await?, "queued again")?;
+            if dry_run {
+                for id in &ids {
+                    println!("would retry {id}");
+                }
+                println!("{} job(s) would be queued again", ids.len());
+                return Ok(());
+            }
+            if all_failed && !yes && !confirm(&format!("Queue {} failed job(s) again?", ids.len()))?
+            {
+                bail!(
+                    "nothing retried; pass --yes to skip the question, or --dry-run to list them"
+                );
+            }
+            report(
+                jobs::retry_jobs(pool, &ids, Actor::Cli).await?,
+                "queued again",
+            )?;
         }
         JobsCommand::Cancel { grant_ids } => {
-            report(jobs::cancel_jobs(pool, &grant_ids).await?, "cancelled")?;
+            report(
+                jobs::cancel_jobs(pool, &grant_ids, Actor::Cli).await?,
+                "cancelled",
+            )?;
         }
     }
     Ok(())
@@ -181,6 +226,19 @@ fn report(results: Vec<(String, ActionResult)>, done: &str) -> anyhow::Result<()
         bail!("{failures} job(s) could not be changed");
     }
     Ok(())
+}
+
+/// Asks on the terminal; without one (a script), the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn truncate(s: &str, max: usize) -> String {

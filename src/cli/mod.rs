@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod events;
 mod jobs;
 mod output;
 mod pool;
@@ -46,6 +47,11 @@ pub enum Command {
     /// Fulfillment jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Stored webhooks: list, show, replay.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Queue pending grants at Dodo whose webhook never arrived.
+    Reconcile,
     /// The whole flow on this machine against the built-in sandbox (needs only Postgres).
     Demo {
         /// How many grants to sell.
@@ -115,6 +121,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Pool(command) => pool::run(&crate::db::connect(&settings).await?, command).await?,
         Command::Jobs(command) => jobs::run(&crate::db::connect(&settings).await?, command).await?,
+        Command::Events(command) => {
+            events::run(&crate::db::connect(&settings).await?, command).await?
+        }
+        Command::Reconcile => events::reconcile(&settings).await?,
         Command::Demo {
             grants,
             keep_database,

@@ -36,6 +36,14 @@ pub enum PoolCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The pool's audit trail: imports and what happened to its keys, newest first.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stock per pool.
     List {
         #[arg(long)]
@@ -73,6 +81,38 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
             file,
             dry_run,
         } => import(pool, &name, file, dry_run).await?,
+        PoolCommand::History {
+            name,
+            limit,
+            json: as_json,
+        } => {
+            let Some(entries) = crate::audit::for_pool(pool, &name, limit).await? else {
+                anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
+            };
+            if as_json {
+                return json(&entries);
+            }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        or_dash(e.grant_id.as_deref()),
+                        or_dash(e.key_id),
+                        or_dash(e.batch_id.as_deref()),
+                        or_dash(e.detail.as_deref()),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "time", "actor", "action", "grant", "key id", "batch", "detail",
+                ],
+                &rows,
+            );
+        }
         PoolCommand::List { json: as_json } => {
             let pools = pool::list_pools(pool).await?;
             if as_json {

@@ -93,6 +93,10 @@ pub struct Grant {
     #[serde(default)]
     pub revocation_reason: Option<String>,
     #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
     pub license_key: Option<LicenseKey>,
     #[serde(default)]
     pub payment_id: Option<String>,

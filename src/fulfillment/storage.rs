@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::audit::{self, Actor, Subject};
 use crate::domain::JobState;
 
 /// Advisory-lock class for "keys of an entitlement": workers reserving keys hold it shared,
@@ -200,6 +201,9 @@ async fn reserve_keys(
         ), bound AS (
             UPDATE jobs SET key_id = pairs.key_id, updated_at = now()
             FROM pairs WHERE jobs.grant_id = pairs.grant_id
+        ), audited AS (
+            INSERT INTO audit_log (actor, action, grant_id, key_id)
+            SELECT 'worker', 'reserve', grant_id, key_id FROM pairs
         )
         SELECT grant_id, key_id FROM pairs
         "#,
@@ -383,6 +387,11 @@ pub async fn complete_batch(
                             updated_at = now()
             FROM o JOIN j ON j.grant_id = o.grant_id
             WHERE keys.id = o.key_id AND keys.grant_id = o.grant_id AND o.key_action <> 'keep'
+        ), audited AS (
+            INSERT INTO audit_log (actor, action, grant_id, key_id, detail)
+            SELECT 'worker', o.key_action, o.grant_id, o.key_id, 'job ' || o.state::text
+            FROM o JOIN j ON j.grant_id = o.grant_id
+            WHERE o.key_action <> 'keep'
         ), a AS (
             INSERT INTO attempts (grant_id, key_id, started_at, duration_ms, http_status, outcome, error)
             SELECT * FROM unnest($1::text[], $3::int8[], $9::timestamptz[], $10::int4[],
@@ -450,6 +459,18 @@ pub async fn reject_key_and_reserve_next(
     .bind(job.key.key_id)
     .bind(&job.grant_id)
     .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        Actor::Worker,
+        "reject",
+        Subject {
+            grant_id: Some(&job.grant_id),
+            key_id: Some(job.key.key_id),
+            detail: Some("Dodo already has this key value"),
+            ..Default::default()
+        },
+    )
     .await?;
     let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
     let reserved = reserve_keys(&mut tx, &wanted).await?;

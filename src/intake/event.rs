@@ -13,6 +13,8 @@ pub struct IncomingEvent<'a> {
     /// The body as received (valid JSON).
     pub payload: &'a str,
     pub grant: Option<Grant>,
+    /// The envelope's event time.
+    pub timestamp: Option<String>,
 }
 
 /// Whether a `created` grant should get a job.
@@ -35,8 +37,16 @@ pub enum ParseError {
 
 impl<'a> IncomingEvent<'a> {
     pub fn parse(webhook: &'a VerifiedWebhook) -> Result<IncomingEvent<'a>, ParseError> {
-        let payload = std::str::from_utf8(webhook.body())
-            .map_err(|_| ParseError::NotAnEnvelope("not UTF-8".into()))?;
+        Self::from_parts(webhook.id(), webhook.body())
+    }
+
+    /// Parses a stored or received body (used by replay too).
+    pub fn from_parts(
+        webhook_id: &'a str,
+        body: &'a [u8],
+    ) -> Result<IncomingEvent<'a>, ParseError> {
+        let payload =
+            std::str::from_utf8(body).map_err(|_| ParseError::NotAnEnvelope("not UTF-8".into()))?;
         let envelope: Envelope =
             serde_json::from_str(payload).map_err(|e| ParseError::NotAnEnvelope(e.to_string()))?;
         let grant = if envelope.event_type.starts_with("entitlement_grant.") {
@@ -51,10 +61,11 @@ impl<'a> IncomingEvent<'a> {
             None
         };
         Ok(IncomingEvent {
-            webhook_id: webhook.id(),
+            webhook_id,
             event_type: envelope.event_type,
             payload,
             grant,
+            timestamp: envelope.timestamp,
         })
     }
 

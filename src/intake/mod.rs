@@ -2,6 +2,7 @@
 //! and its job in one transaction, wake the workers, and answer 2xx only after the commit.
 
 pub mod event;
+pub mod lifecycle;
 pub mod signature;
 pub mod storage;
 
@@ -62,8 +63,13 @@ pub async fn receive_webhook(
             .increment(1);
     })?;
     let decision = event.job_decision();
-    let stored = storage::store_event(&state.pool, &event, decision)
-        .await
+    let stored = match &event.grant {
+        Some(grant) if lifecycle::is_lifecycle(&event.event_type) => {
+            lifecycle::store_and_apply(&state.pool, &event, grant).await
+        }
+        _ => storage::store_event(&state.pool, &event, decision).await,
+    };
+    let stored = stored
         .map_err(|e| {
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
             metrics::counter!("keyrelay_webhooks_total", "type" => event.event_type.clone(), "outcome" => "unavailable")

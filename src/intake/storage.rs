@@ -28,8 +28,8 @@ pub async fn store_event(
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING webhook_id
         ), job AS (
-            INSERT INTO jobs (grant_id, entitlement_id, customer_id, webhook_id, source)
-            SELECT $3, $5, $6, $1, 'webhook' FROM ev
+            INSERT INTO jobs (grant_id, entitlement_id, customer_id, webhook_id, source, grant_updated_at)
+            SELECT $3, $5, $6, $1, 'webhook', $9 FROM ev
             WHERE $7 AND ($8 OR EXISTS (SELECT 1 FROM pools WHERE entitlement_id = $5))
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
@@ -45,6 +45,7 @@ pub async fn store_event(
     .bind(grant.map(|g| g.customer_id.as_str()))
     .bind(decision != JobDecision::Skip)
     .bind(decision == JobDecision::Enqueue)
+    .bind(grant.and_then(|g| super::lifecycle::parse_time(g.updated_at.as_deref())))
     .fetch_one(pool)
     .await?;
     Ok(Stored {

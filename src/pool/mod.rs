@@ -6,6 +6,7 @@ pub mod keyfile;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor, Subject};
 use crate::fulfillment::storage::{lock_entitlement_keys, resume_waiting_for_keys};
 
 /// Keys inserted per statement during an import.
@@ -48,10 +49,11 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
     }
     let mut tx = pool.begin().await?;
     lock_entitlement_keys(&mut tx, &new.entitlement_id).await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query_scalar(
         r#"
         INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days)
         VALUES ($1, $2, $3, $4, $5)
+        RETURNING id
         "#,
     )
     .bind(new.name.trim())
@@ -59,7 +61,7 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
     .bind(new.low_stock as i32)
     .bind(new.activations_limit.map(|v| v as i32))
     .bind(new.expires_in_days.map(|v| v as i32))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
         match e.constraint() {
@@ -70,7 +72,18 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
             _ => {}
         }
     }
-    inserted?;
+    let pool_id: i64 = inserted?;
+    audit::record(
+        &mut *tx,
+        Actor::Cli,
+        "create_pool",
+        Subject {
+            pool_id: Some(pool_id),
+            detail: Some(&format!("entitlement {}", new.entitlement_id.trim())),
+            ..Default::default()
+        },
+    )
+    .await?;
     let resumed = resume_waiting_for_keys(&mut tx, new.entitlement_id.trim()).await?;
     tx.commit().await?;
     Ok(resumed)
@@ -135,6 +148,25 @@ pub async fn import_keys(
     } else {
         0
     };
+    audit::record(
+        &mut *tx,
+        Actor::Cli,
+        "import",
+        Subject {
+            pool_id: Some(pool_id),
+            batch_id: Some(&batch_id),
+            detail: Some(&format!("{imported} keys imported")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // A restock re-arms the low-stock alert.
+    sqlx::query(
+        "UPDATE pools SET low_stock_alerted = false WHERE id = $1 AND low_stock_alerted          AND (SELECT count(*) FROM keys WHERE pool_id = $1 AND state = 'available') >= low_stock",
+    )
+    .bind(pool_id)
+    .execute(&mut *tx)
+    .await?;
     if dry_run {
         tx.rollback().await?;
     } else {

@@ -132,6 +132,8 @@ impl Sandbox {
             delivered_at: None,
             revoked_at: None,
             revocation_reason: None,
+            error_code: None,
+            error_message: None,
             license_key: None,
             payment_id: Some(format!("pay_sbx{n:08}")),
         };

@@ -297,9 +297,13 @@ async fn giving_up_after_max_attempts_keeps_the_key_reserved() {
         (KeyState::Reserved, Some(grant.clone()))
     );
     // A human retries it: fresh budget, same key, delivered.
-    keyrelay::jobs::retry_jobs(&app.pool, std::slice::from_ref(&grant))
-        .await
-        .unwrap();
+    keyrelay::jobs::retry_jobs(
+        &app.pool,
+        std::slice::from_ref(&grant),
+        keyrelay::audit::Actor::Cli,
+    )
+    .await
+    .unwrap();
     step(&app).await;
     assert_eq!(app.job_state(&grant).await, JobState::Delivered);
     assert_eq!(app.key_state(K1).await.0, KeyState::Delivered);

@@ -1,0 +1,96 @@
+//! `keyrelay events list|show|replay` and `keyrelay reconcile`.
+
+use anyhow::bail;
+use clap::Subcommand;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::output::{json, or_dash, table};
+use crate::audit::Actor;
+use crate::configuration::Settings;
+use crate::events;
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Stored webhooks, newest first.
+    List {
+        /// Only this type, e.g. entitlement_grant.created.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        #[arg(long = "grant", value_name = "GRANT_ID")]
+        grant_id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One stored webhook with its payload.
+    Show { webhook_id: String },
+    /// Run intake again on a stored webhook; changes nothing already decided.
+    Replay {
+        #[arg(required = true)]
+        webhook_ids: Vec<String>,
+    },
+}
+
+pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
+    match command {
+        EventsCommand::List {
+            event_type,
+            grant_id,
+            limit,
+            json: as_json,
+        } => {
+            let list = events::list_events(pool, event_type.as_deref(), grant_id.as_deref(), limit)
+                .await?;
+            if as_json {
+                return json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.webhook_id.clone(),
+                        e.event_type.clone(),
+                        or_dash(e.grant_id.as_deref()),
+                        e.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]
+                })
+                .collect();
+            table(&["webhook id", "type", "grant", "received"], &rows);
+        }
+        EventsCommand::Show { webhook_id } => match events::show_event(pool, &webhook_id).await? {
+            Some(detail) => json(&detail)?,
+            None => {
+                bail!("no stored event with webhook-id {webhook_id}; see `keyrelay events list`")
+            }
+        },
+        EventsCommand::Replay { webhook_ids } => {
+            for id in webhook_ids {
+                let outcome = events::replay(pool, &id, Actor::Cli).await?;
+                println!(
+                    "{id}: {}",
+                    match outcome {
+                        events::ReplayOutcome::Queued => "queued a job for its grant",
+                        events::ReplayOutcome::Applied => "applied to its grant's job",
+                        events::ReplayOutcome::Unchanged => "nothing to change; already decided",
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
+    let pool = crate::db::connect(settings).await?;
+    let dodo = crate::startup::dodo_client(settings)?;
+    match crate::reconcile::reconcile(&pool, &dodo, &CancellationToken::new()).await? {
+        Some(r) => println!(
+            "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen",
+            r.entitlements, r.pending_seen, r.enqueued
+        ),
+        None => bail!("another keyrelay process is reconciling right now; try again in a minute"),
+    }
+    Ok(())
+}
