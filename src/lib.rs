@@ -1,6 +1,7 @@
 //! keyrelay: fulfil Dodo Payments license-key grants from your own key pools, exactly once.
 //! See README.md for use and ARCHITECTURE.md for how it works.
 
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod configuration;
@@ -15,4 +16,5 @@ pub mod pool;
 pub mod reconcile;
 pub mod sandbox;
 pub mod startup;
+pub mod stats;
 pub mod telemetry;

@@ -103,7 +103,8 @@ impl Application {
                 retention: Duration::from_secs(u64::from(settings.retention.days) * 86_400),
             });
         let worker = dodo.map(|dodo| {
-            let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker);
+            let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker)
+                .with_alert_webhook(settings.alerts.webhook_url.clone());
             Worker::new(ctx, &settings.worker, signal.clone())
         });
         Ok(Application {
@@ -234,10 +235,21 @@ async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
     }
 }
 
-async fn prometheus(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+/// This process's counters and histograms, then the database's gauges (omitted, with a
+/// comment, when the database does not answer in time).
+async fn prometheus(handle: web::Data<PrometheusHandle>, pool: web::Data<PgPool>) -> HttpResponse {
+    let mut body = handle.render();
+    match tokio::time::timeout(Duration::from_secs(5), crate::stats::read(pool.get_ref())).await {
+        Ok(Ok(stats)) => body.push_str(&crate::stats::render(&stats)),
+        Ok(Err(e)) => body.push_str(&format!(
+            "# database figures unavailable: {}\n",
+            e.to_string().replace('\n', " ")
+        )),
+        Err(_) => body.push_str("# database figures unavailable: timed out\n"),
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(handle.render())
+        .body(body)
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

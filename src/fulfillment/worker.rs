@@ -15,6 +15,7 @@ use super::answer::{ConflictResolution, Verdict, classify, resolve_conflict};
 use super::retry::RetryPolicy;
 use super::signal::JobSignal;
 use super::storage::{self, AttemptRecord, ClaimedJob, Completion, KeyAction, NextKey};
+use crate::alerts::Alerter;
 use crate::configuration::WorkerSettings;
 use crate::dodo::{DodoClient, FulfillRequest};
 use crate::domain::JobState;
@@ -29,6 +30,7 @@ const MAX_COMPLETE_BATCH: usize = 512;
 pub struct WorkerContext {
     pub pool: PgPool,
     pub dodo: DodoClient,
+    pub alerter: Alerter,
     pub retry: RetryPolicy,
     pub max_attempts: u32,
     pub lease: Duration,
@@ -39,6 +41,7 @@ impl WorkerContext {
         WorkerContext {
             pool,
             dodo,
+            alerter: Alerter::new(None),
             retry: RetryPolicy {
                 base: Duration::from_millis(settings.backoff_base_ms),
                 max: Duration::from_millis(settings.backoff_max_ms),
@@ -46,6 +49,28 @@ impl WorkerContext {
             max_attempts: settings.max_attempts,
             lease: settings.lease(),
         }
+    }
+
+    /// Sends low-stock alerts to `url` as well as to the log and metrics.
+    pub fn with_alert_webhook(mut self, url: Option<String>) -> WorkerContext {
+        self.alerter = Alerter::new(url);
+        self
+    }
+
+    /// After a claim: alert for pools that reservations just took below their threshold.
+    fn check_stock(&self, jobs: &[ClaimedJob]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
+        entitlements.sort();
+        entitlements.dedup();
+        let (alerter, pool) = (self.alerter.clone(), self.pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = alerter.check_low_stock(&pool, &entitlements).await {
+                tracing::warn!(error = %e, "low-stock check failed");
+            }
+        });
     }
 }
 
@@ -95,6 +120,7 @@ impl Worker {
                 }
             };
             let claimed = jobs.len();
+            self.ctx.check_stock(&jobs);
             for job in jobs {
                 record_pickup(&job);
                 let permit = batch.pop().expect("one permit per claimed job");
@@ -435,6 +461,12 @@ fn status_class(status: Option<i32>) -> &'static str {
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
     let jobs = storage::claim_batch(&ctx.pool, limit, ctx.lease).await?;
+    if !jobs.is_empty() {
+        let entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
+        ctx.alerter
+            .check_low_stock(&ctx.pool, &entitlements)
+            .await?;
+    }
     let runs = jobs.into_iter().map(|job| run_job(ctx, job));
     let completions: Vec<Completion> = futures_util::future::join_all(runs)
         .await

@@ -8,6 +8,7 @@ mod duplicates;
 mod grant_events;
 mod helpers;
 mod lifecycle;
+mod observability;
 mod operations;
 mod payloads;
 mod pools;

@@ -1,0 +1,193 @@
+//! Metrics that move as jobs run, and low-stock alerts that fire once per restock.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use keyrelay::fulfillment::run_batch;
+use keyrelay::pool::{NewPool, add_pool};
+
+use crate::helpers::{ENT, TestApp, wait_until};
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_expose_the_listed_series_and_move_as_jobs_run() {
+    let app = TestApp::spawn().await;
+    app.add_pool("pro", ENT, &["MET-1", "MET-2", "MET-3"]).await;
+    let url = app.url.replace("/webhooks/dodo", "/metrics");
+    let before = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&before, "keyrelay_jobs{state=\"delivered\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&before, "keyrelay_keys_available{pool=\"pro\"}"),
+        Some(3.0)
+    );
+    for _ in 0..2 {
+        app.sell().await;
+    }
+    wait_until(
+        "both grants are delivered",
+        Duration::from_secs(10),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+                .await
+                == 2
+        },
+    )
+    .await;
+    let after = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&after, "keyrelay_jobs{state=\"delivered\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&after, "keyrelay_keys_available{pool=\"pro\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&after, "keyrelay_oldest_queued_job_age_seconds"),
+        Some(0.0)
+    );
+    assert!(
+        metric(&after, "keyrelay_table_dead_tuples{table=\"jobs\"}").is_some(),
+        "{after}"
+    );
+    let counter = |text: &str, series: &str| metric(text, series).unwrap_or(0.0);
+    let queued = "keyrelay_webhooks_total{type=\"entitlement_grant.created\",outcome=\"queued\"}";
+    assert!(
+        counter(&after, queued) >= counter(&before, queued) + 2.0,
+        "{after}"
+    );
+    let ok_calls = "keyrelay_fulfill_calls_total{status=\"2xx\"}";
+    assert!(counter(&after, ok_calls) >= counter(&before, ok_calls) + 2.0);
+    for series in [
+        "keyrelay_pickup_latency_seconds",
+        "keyrelay_fulfill_duration_seconds",
+        "keyrelay_jobs_finished_total",
+    ] {
+        assert!(after.contains(series), "{series} missing");
+    }
+    app.stop().await;
+}
+
+/// A local receiver for alert POSTs.
+async fn alert_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let data = web::Data::from(received.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).route(
+            "/hook",
+            web::post().to(
+                |body: web::Json<serde_json::Value>,
+                 seen: web::Data<Mutex<Vec<serde_json::Value>>>| async move {
+                    seen.lock().unwrap().push(body.into_inner());
+                    HttpResponse::Ok().finish()
+                },
+            ),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    (url, received)
+}
+
+#[tokio::test]
+async fn low_stock_alerts_fire_once_per_restock() {
+    let app = TestApp::spawn_web().await;
+    let (url, received) = alert_receiver().await;
+    let ctx = app.worker().with_alert_webhook(Some(url));
+    add_pool(
+        &app.pool,
+        &NewPool {
+            name: "pro".into(),
+            entitlement_id: ENT.into(),
+            low_stock: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    app.import("pro", &["LOW-1", "LOW-2", "LOW-3", "LOW-4", "LOW-5"])
+        .await;
+    for _ in 0..3 {
+        app.sell().await;
+    }
+    run_batch(&ctx, 10).await.unwrap();
+    // 2 available < 3: one alert.
+    wait_until("the alert is received", Duration::from_secs(10), || async {
+        received.lock().unwrap().len() == 1
+    })
+    .await;
+    let alert = received.lock().unwrap()[0].clone();
+    assert_eq!(alert["pool"], "pro");
+    assert_eq!(alert["available"], 2);
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .contains("keyrelay pool import pro")
+    );
+    // Still low, but already alerted for this restock.
+    app.sell().await;
+    run_batch(&ctx, 10).await.unwrap();
+    assert!(
+        ctx.alerter
+            .check_low_stock(&app.pool, &[ENT.to_string()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A restock re-arms it; going low again alerts again.
+    app.import("pro", &["LOW-6", "LOW-7", "LOW-8"]).await;
+    assert!(
+        ctx.alerter
+            .check_low_stock(&app.pool, &[ENT.to_string()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "4 available is not low"
+    );
+    for _ in 0..2 {
+        app.sell().await;
+    }
+    run_batch(&ctx, 10).await.unwrap();
+    wait_until(
+        "the second alert is received",
+        Duration::from_secs(10),
+        || async { received.lock().unwrap().len() == 2 },
+    )
+    .await;
+    assert_eq!(received.lock().unwrap()[1]["available"], 2);
+    app.stop().await;
+}
