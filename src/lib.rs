@@ -1,6 +1,7 @@
 //! keyrelay: fulfil Dodo Payments license-key grants from your own key pools, exactly once.
 //! See README.md for use and ARCHITECTURE.md for how it works.
 
+pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod cli;

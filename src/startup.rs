@@ -199,6 +199,12 @@ fn web_server(
     settings: &Settings,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
+    let admin = settings.admin.token.clone().map(|token| {
+        web::Data::new(crate::admin::AdminState {
+            pool: pool.clone(),
+            auth: crate::admin::AdminAuth::new(token),
+        })
+    });
     let pool = web::Data::new(pool);
     let metrics = web::Data::new(metrics_handle());
     let server = HttpServer::new(move || {
@@ -211,6 +217,12 @@ fn web_server(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(prometheus))
+            .configure(|cfg| {
+                if let Some(admin) = &admin {
+                    cfg.app_data(admin.clone());
+                    crate::admin::configure(cfg);
+                }
+            })
     })
     .disable_signals()
     .shutdown_timeout(settings.worker.shutdown_grace_secs)

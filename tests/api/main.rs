@@ -1,5 +1,6 @@
 //! keyrelay's integration tests: real Postgres, real HTTP, the sandbox as Dodo.
 
+mod admin;
 mod answers;
 mod cli;
 mod concurrency;

@@ -1,0 +1,230 @@
+//! The dashboard's HTML: one small server-rendered page per view, no scripts.
+
+use crate::domain::{JobState, mask_key};
+use crate::jobs::{JobDetail, JobSummary};
+use crate::pool::PoolStock;
+use crate::stats::QueueStats;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn path_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}\
+header{background:#1d2330;color:#fff;padding:10px 24px;display:flex;justify-content:space-between;align-items:center}\
+header a{color:#fff;text-decoration:none;font-weight:600}main{padding:16px 24px;max-width:1200px}\
+h2{font-size:16px;margin:24px 0 8px}table{border-collapse:collapse;width:100%;background:#fff}\
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e3e6ea;vertical-align:top}th{background:#eceef2;font-weight:600}\
+.cards{display:flex;gap:10px;flex-wrap:wrap}.card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px 14px;min-width:90px}\
+.card b{display:block;font-size:20px}.failed{color:#b42318}.low{color:#b42318;font-weight:600}.ok{color:#067647}\
+.flash{background:#e8f1ff;border:1px solid #b3cdf5;padding:8px 12px;border-radius:6px}\
+button{cursor:pointer;padding:3px 10px;border:1px solid #98a2b3;border-radius:4px;background:#fff}\
+form.inline{display:inline}.muted{color:#667085}input{padding:6px;width:320px}";
+
+fn layout(title: &str, body: &str, csrf: Option<&str>) -> String {
+    let logout = csrf
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            format!(
+                "<form class=inline method=post action=\"/admin/logout\"><input type=hidden name=csrf value=\"{}\"><button>Sign out</button></form>",
+                esc(c)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · keyrelay</title>\
+         <meta name=viewport content=\"width=device-width\"><style>{STYLE}</style></head>\
+         <body><header><a href=\"/admin\">keyrelay on-call</a>{logout}</header><main>{body}</main></body></html>",
+        esc(title)
+    )
+}
+
+pub fn login(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=failed>{}</p>", esc(e)))
+        .unwrap_or_default();
+    layout(
+        "Sign in",
+        &format!(
+            "<h2>Sign in</h2>{error}<form method=post action=\"/admin/login\">\
+             <p><label>Admin token<br><input type=password name=token id=token autocomplete=current-password autofocus></label></p>\
+             <p><button id=sign-in>Sign in</button></p></form>\
+             <p class=muted>The token is the server's <code>KEYRELAY_ADMIN_TOKEN</code>.</p>"
+        ),
+        None,
+    )
+}
+
+fn action_button(grant_id: &str, action: &str, label: &str, csrf: &str) -> String {
+    format!(
+        "<form class=inline method=post action=\"/admin/jobs/{}/{action}\"><input type=hidden name=csrf value=\"{}\">\
+         <button id=\"{action}-{}\">{label}</button></form>",
+        path_segment(grant_id),
+        esc(csrf),
+        esc(grant_id)
+    )
+}
+
+fn flash(done: Option<&str>) -> String {
+    done.map(|d| format!("<p class=flash id=flash>{}</p>", esc(d)))
+        .unwrap_or_default()
+}
+
+pub fn dashboard(
+    stats: &QueueStats,
+    attention: &[JobSummary],
+    pools: &[PoolStock],
+    csrf: &str,
+    done: Option<&str>,
+) -> String {
+    let cards: String = stats
+        .jobs_by_state
+        .iter()
+        .map(|(state, n)| {
+            let class = if *state == JobState::Failed && *n > 0 {
+                " class=failed"
+            } else {
+                ""
+            };
+            format!(
+                "<div class=card id=\"count-{state}\"><span>{state}</span><b{class}>{n}</b></div>"
+            )
+        })
+        .collect();
+    let rows: String = attention
+        .iter()
+        .map(|j| {
+            let mut actions = String::new();
+            if j.state == JobState::Failed {
+                actions.push_str(&action_button(&j.grant_id, "retry", "Retry", csrf));
+                actions.push(' ');
+            }
+            actions.push_str(&action_button(&j.grant_id, "cancel", "Cancel", csrf));
+            format!(
+                "<tr id=\"job-{}\"><td><a href=\"/admin/jobs/{}\">{}</a></td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&j.grant_id),
+                path_segment(&j.grant_id),
+                esc(&j.grant_id),
+                if j.state == JobState::Failed { "failed" } else { "muted" },
+                j.state,
+                j.attempts,
+                j.last_http_status.map_or("-".into(), |s| s.to_string()),
+                esc(j.last_error.as_deref().unwrap_or("-")),
+                actions
+            )
+        })
+        .collect();
+    let attention_table = if attention.is_empty() {
+        "<p class=ok>Nothing failed or retrying.</p>".to_string()
+    } else {
+        format!(
+            "<table><tr><th>Grant</th><th>State</th><th>Attempts</th><th>HTTP</th><th>Last error</th><th></th></tr>{rows}</table>"
+        )
+    };
+    let pool_rows: String = pools
+        .iter()
+        .map(|p| {
+            let stock = if p.low_stock {
+                format!("<span class=low>LOW (below {})</span>", p.low_stock_threshold)
+            } else {
+                "<span class=ok>ok</span>".into()
+            };
+            format!(
+                "<tr id=\"pool-{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{stock}</td></tr>",
+                esc(&p.name), esc(&p.name), esc(&p.entitlement_id), p.available, p.reserved, p.delivered, p.rejected, p.revoked
+            )
+        })
+        .collect();
+    let body = format!(
+        "{}<h2>Jobs by state</h2><div class=cards>{cards}\
+         <div class=card id=oldest-queued><span>oldest queued</span><b>{:.0} s</b></div></div>\
+         <h2>Needs attention</h2>{attention_table}\
+         <h2>Pools</h2><table><tr><th>Pool</th><th>Entitlement</th><th>Available</th><th>Reserved</th><th>Delivered</th>\
+         <th>Rejected</th><th>Revoked</th><th>Stock</th></tr>{pool_rows}</table>",
+        flash(done),
+        stats.oldest_queued_age_secs
+    );
+    layout("Dashboard", &body, Some(csrf))
+}
+
+pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
+    let j = &detail.job;
+    let attempts: String = detail
+        .attempt_history
+        .iter()
+        .map(|a| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td></tr>",
+                a.started_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                a.http_status.map_or("-".into(), |s| s.to_string()),
+                esc(&a.outcome),
+                a.duration_ms,
+                esc(a.key.as_deref().unwrap_or("-")),
+                esc(a.error.as_deref().unwrap_or("-"))
+            )
+        })
+        .collect();
+    let audit: String = detail
+        .audit
+        .iter()
+        .map(|e| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                esc(&e.actor),
+                esc(&e.action),
+                esc(e.detail.as_deref().unwrap_or("-"))
+            )
+        })
+        .collect();
+    let mut actions = String::new();
+    if matches!(j.state, JobState::Failed | JobState::Cancelled) {
+        actions.push_str(&action_button(&j.grant_id, "retry", "Retry", csrf));
+    }
+    if !matches!(
+        j.state,
+        JobState::Delivered | JobState::Cancelled | JobState::Running
+    ) {
+        actions.push(' ');
+        actions.push_str(&action_button(&j.grant_id, "cancel", "Cancel", csrf));
+    }
+    let body = format!(
+        "{}<h2>Grant {}</h2><table>\
+         <tr><th>State</th><td id=job-state>{}</td></tr><tr><th>Attempts</th><td>{}</td></tr>\
+         <tr><th>Entitlement</th><td>{}</td></tr><tr><th>Customer</th><td>{}</td></tr>\
+         <tr><th>Key</th><td>{}</td></tr><tr><th>Last error</th><td>{}</td></tr></table>\
+         <p>{actions}</p><h2>Attempts</h2><table><tr><th>Time</th><th>HTTP</th><th>Outcome</th><th>Duration</th><th>Key</th><th>Error</th></tr>{attempts}</table>\
+         <h2>Audit trail</h2><table><tr><th>Time</th><th>Actor</th><th>Action</th><th>Detail</th></tr>{audit}</table>",
+        flash(done),
+        esc(&j.grant_id),
+        j.state,
+        j.attempts,
+        esc(&j.entitlement_id),
+        esc(&j.customer_id),
+        esc(&detail
+            .key
+            .as_deref()
+            .map(mask_key)
+            .unwrap_or_else(|| "-".into())),
+        esc(j.last_error.as_deref().unwrap_or("-")),
+    );
+    layout(&format!("Grant {}", j.grant_id), &body, Some(csrf))
+}
+
+pub fn not_found(grant_id: &str) -> String {
+    layout(
+        "Not found",
+        &format!(
+            "<h2>No job for grant {}</h2><p><a href=\"/admin\">Back to the dashboard</a></p>",
+            esc(grant_id)
+        ),
+        None,
+    )
+}
