@@ -127,13 +127,16 @@ impl Worker {
                 let ctx = self.ctx.clone();
                 let completions = completions.clone();
                 tracker.spawn(async move {
-                    if let Some(completion) = run_job(&ctx, job).await {
+                    let completion = run_job(&ctx, job).await;
+                    // The call is over: free the slot now. The job keeps its lease until its
+                    // outcome is recorded, and shutdown waits for that record.
+                    drop(permit);
+                    if let Some(completion) = completion {
                         let (ack, acked) = oneshot::channel();
                         if completions.send((completion, ack)).is_ok() {
                             let _ = acked.await;
                         }
                     }
-                    drop(permit);
                 });
             }
             drop(batch);
