@@ -135,6 +135,54 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     ] {
         assert!(jobs[0].get(field).is_some(), "{field}");
     }
+    let o = keyrelay(&env, &["pool", "history", "pro"]);
+    let history = text(&o.stdout);
+    assert!(
+        history.contains("import") && history.contains("imp_") && history.contains("deliver"),
+        "{history}"
+    );
+    let o = keyrelay(&env, &["jobs", "show", &grant]);
+    assert!(
+        text(&o.stdout).contains("worker  reserve"),
+        "jobs show lists the audit trail"
+    );
+
+    // Replaying every failed job asks first; a script without --yes changes nothing.
+    sqlx::query("UPDATE jobs SET state = 'failed', finished_at = now() WHERE grant_id = $1")
+        .bind(&grant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let o = keyrelay(&env, &["jobs", "retry", "--all-failed", "--dry-run"]);
+    assert_eq!(
+        text(&o.stdout).lines().next(),
+        Some(format!("would retry {grant}").as_str())
+    );
+    let o = keyrelay(&env, &["jobs", "retry", "--all-failed"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("--yes"), "{}", text(&o.stderr));
+    assert_eq!(
+        app.job_state(&grant).await,
+        keyrelay::domain::JobState::Failed
+    );
+    let o = keyrelay(&env, &["jobs", "retry", "--all-failed", "--yes"]);
+    assert!(text(&o.stdout).contains("queued again"));
+    sqlx::query("UPDATE jobs SET state = 'delivered', finished_at = now() WHERE grant_id = $1")
+        .bind(&grant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let o = keyrelay(&env, &["events", "list", "--json"]);
+    let events: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let webhook_id = events[0]["webhook_id"].as_str().unwrap().to_string();
+    let o = keyrelay(&env, &["events", "replay", &webhook_id]);
+    assert!(
+        text(&o.stdout).contains("already decided"),
+        "{}",
+        text(&o.stdout)
+    );
+
     let o = keyrelay(&env, &["jobs", "cancel", &grant]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("not possible while the job is delivered"));

@@ -91,6 +91,28 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
         handle.await.unwrap().unwrap();
     }
 
+    // Late, repeated and reordered lifecycle webhooks change nothing already decided.
+    let late = futures_util::stream::iter(sold.iter().chain(sold.iter()).rev())
+        .map(|grant_id| async move {
+            let grant = app_ref.sandbox.grant(grant_id).unwrap();
+            let hook = app_ref
+                .sandbox
+                .webhook_for(&grant, "entitlement_grant.delivered");
+            assert_eq!(app_ref.post(&hook).await.status(), 200);
+        })
+        .buffer_unordered(32);
+    late.collect::<Vec<_>>().await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+            .await,
+        GRANTS as i64
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM keys WHERE state = 'delivered'")
+            .await,
+        GRANTS as i64
+    );
+
     // Dodo's side: every grant holds exactly one key, and no key is on two grants.
     let mut holder: HashMap<String, String> = HashMap::new();
     for grant_id in &sold {
