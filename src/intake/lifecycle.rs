@@ -207,13 +207,7 @@ pub async fn apply(
         audit::record(&mut **tx, actor, action, subject).await?;
     }
     if let Some(state) = job_state {
-        let detail = format!("job {state}: {note}");
-        let subject = Subject {
-            grant_id: Some(&grant.id),
-            detail: Some(&detail),
-            ..Default::default()
-        };
-        audit::record(&mut **tx, actor, "settle", subject).await?;
+        record_settled(tx, actor, &grant.id, &format!("job {state}: {note}")).await?;
     }
     Ok(LifecycleOutcome::Applied)
 }
@@ -255,12 +249,27 @@ async fn record_unseen_grant(
     if inserted == 0 {
         return Ok(LifecycleOutcome::NotOurs);
     }
-    let detail = format!("job {state}: {event_type} before created");
+    record_settled(
+        tx,
+        actor,
+        &grant.id,
+        &format!("job {state}: {event_type} before created"),
+    )
+    .await?;
+    Ok(LifecycleOutcome::Applied)
+}
+
+/// Audits a job settled by a lifecycle event.
+async fn record_settled(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: Actor,
+    grant_id: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
     let subject = Subject {
-        grant_id: Some(&grant.id),
-        detail: Some(&detail),
+        grant_id: Some(grant_id),
+        detail: Some(detail),
         ..Default::default()
     };
-    audit::record(&mut **tx, actor, "settle", subject).await?;
-    Ok(LifecycleOutcome::Applied)
+    audit::record(&mut **tx, actor, "settle", subject).await
 }

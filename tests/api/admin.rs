@@ -20,6 +20,20 @@ async fn admin_app() -> TestApp {
     .await
 }
 
+/// Sells a grant that Dodo refuses with 422, and waits until its job has failed.
+async fn failed_grant(app: &TestApp) -> keyrelay::dodo::Grant {
+    let grant = app.sandbox.create_grant(ENT, None);
+    app.sandbox
+        .script_faults(&grant.id, [Fault::Status { status: 422 }]);
+    let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
+    assert_eq!(app.post(&hook).await.status(), 200);
+    wait_until("the job fails", Duration::from_secs(10), || async {
+        app.job_state(&grant.id).await == JobState::Failed
+    })
+    .await;
+    grant
+}
+
 fn base(app: &TestApp) -> String {
     app.url.trim_end_matches("/webhooks/dodo").to_string()
 }
@@ -98,19 +112,7 @@ async fn the_admin_api_is_off_without_a_token_and_needs_the_right_one() {
 
     // A page action without the CSRF token is refused, even with a valid session.
     app.add_pool("pro", ENT, &["ADM-1"]).await;
-    let grant = app.sandbox.create_grant(ENT, None);
-    app.sandbox
-        .script_faults(&grant.id, [Fault::Status { status: 422 }]);
-    assert_eq!(
-        app.post(&app.sandbox.webhook_for(&grant, "entitlement_grant.created"))
-            .await
-            .status(),
-        200
-    );
-    wait_until("the job fails", Duration::from_secs(10), || async {
-        app.job_state(&grant.id).await == JobState::Failed
-    })
-    .await;
+    let grant = failed_grant(&app).await;
     let retry = format!("{}/admin/jobs/{}/retry", base(&app), grant.id);
     let r = no_redirects
         .post(&retry)
@@ -214,19 +216,7 @@ async fn an_on_call_engineer_retries_a_failed_job_from_the_dashboard() {
     let app = admin_app().await;
     app.add_pool("pro", ENT, &["WEB-AAAA-BBBB-0001", "WEB-AAAA-BBBB-0002"])
         .await;
-    let grant = app.sandbox.create_grant(ENT, None);
-    app.sandbox
-        .script_faults(&grant.id, [Fault::Status { status: 422 }]);
-    assert_eq!(
-        app.post(&app.sandbox.webhook_for(&grant, "entitlement_grant.created"))
-            .await
-            .status(),
-        200
-    );
-    wait_until("the job fails", Duration::from_secs(10), || async {
-        app.job_state(&grant.id).await == JobState::Failed
-    })
-    .await;
+    let grant = failed_grant(&app).await;
 
     let mut caps = serde_json::Map::new();
     caps.insert(
