@@ -1,6 +1,7 @@
 //! The SQL of the queue: claim due jobs with their keys, record outcomes under the lease
 //! (fencing), reject a key and reserve the next, park and resume jobs waiting for keys.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -68,6 +69,8 @@ pub async fn claim_batch(
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // The claim also takes the shared key lock of every entitlement that needs a key, so the
+    // reservation below (a new statement, a new snapshot) sees any import that committed first.
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         r#"
         WITH due AS (
@@ -76,19 +79,25 @@ pub async fn claim_batch(
             ORDER BY run_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE jobs SET state = 'running',
+                            lease_token = nextval('job_lease_tokens'),
+                            run_at = now() + make_interval(secs => $2),
+                            attempts = jobs.attempts + 1,
+                            updated_at = now()
+            FROM due WHERE jobs.grant_id = due.grant_id
+            RETURNING jobs.grant_id, jobs.entitlement_id, jobs.customer_id, jobs.lease_token,
+                      jobs.attempts, jobs.created_at, jobs.key_id
+        ), locked AS (
+            SELECT count(pg_advisory_xact_lock_shared($3, hashtext(e))) AS n
+            FROM (SELECT DISTINCT entitlement_id AS e FROM claimed WHERE key_id IS NULL ORDER BY 1) AS ents
         )
-        UPDATE jobs SET state = 'running',
-                        lease_token = nextval('job_lease_tokens'),
-                        run_at = now() + make_interval(secs => $2),
-                        attempts = jobs.attempts + 1,
-                        updated_at = now()
-        FROM due WHERE jobs.grant_id = due.grant_id
-        RETURNING jobs.grant_id, jobs.entitlement_id, jobs.customer_id, jobs.lease_token,
-                  jobs.attempts, jobs.created_at, jobs.key_id
+        SELECT claimed.* FROM claimed, locked
         "#,
     )
     .bind(limit as i64)
     .bind(lease.as_secs_f64())
+    .bind(KEY_LOCK_CLASS)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -100,30 +109,34 @@ pub async fn claim_batch(
         .filter(|r| r.key_id.is_none())
         .map(|r| (r.grant_id.clone(), r.entitlement_id.clone()))
         .collect();
-    let mut bound: std::collections::HashMap<String, i64> = rows
-        .iter()
-        .filter_map(|r| r.key_id.map(|k| (r.grant_id.clone(), k)))
-        .collect();
+    let sticky: Vec<i64> = rows.iter().filter_map(|r| r.key_id).collect();
+    let mut keys: HashMap<String, ReservedKey> = HashMap::new();
     if !keyless.is_empty() {
-        let reserved = reserve_keys(&mut tx, &keyless).await?;
+        keys.extend(reserve_keys(&mut tx, &keyless).await?);
         let parked: Vec<String> = keyless
             .iter()
-            .filter(|(g, _)| !reserved.iter().any(|(rg, _)| rg == g))
+            .filter(|(g, _)| !keys.contains_key(g))
             .map(|(g, _)| g.clone())
             .collect();
         park_waiting_for_keys(&mut tx, &parked).await?;
-        bound.extend(reserved);
     }
-    let key_ids: Vec<i64> = bound.values().copied().collect();
-    let keys = reserved_keys(&mut tx, &key_ids).await?;
+    if !sticky.is_empty() {
+        let by_id: HashMap<i64, ReservedKey> = reserved_keys(&mut tx, &sticky)
+            .await?
+            .into_iter()
+            .map(|k| (k.key_id, k))
+            .collect();
+        for r in &rows {
+            if let Some(key) = r.key_id.and_then(|id| by_id.get(&id)) {
+                keys.insert(r.grant_id.clone(), key.clone());
+            }
+        }
+    }
     tx.commit().await?;
-
-    let keys: std::collections::HashMap<i64, ReservedKey> =
-        keys.into_iter().map(|k| (k.key_id, k)).collect();
     Ok(rows
         .into_iter()
         .filter_map(|r| {
-            let key = keys.get(bound.get(&r.grant_id)?)?.clone();
+            let key = keys.remove(&r.grant_id)?;
             Some(ClaimedJob {
                 grant_id: r.grant_id,
                 entitlement_id: r.entitlement_id,
@@ -155,24 +168,21 @@ async fn reserved_keys(
 }
 
 /// Reserves one available key per (grant, entitlement), oldest import first, skipping keys
-/// another transaction holds. Binds each key to its grant on both rows. Returns the pairs made;
-/// grants missing from the answer found no key.
+/// another transaction holds. Binds each key to its grant on both rows. Returns each grant's
+/// key; grants missing from the answer found no key. The caller holds the entitlements' shared
+/// key lock (taken before this statement, so its snapshot sees every committed import).
 async fn reserve_keys(
     tx: &mut Transaction<'_, Postgres>,
     wanted: &[(String, String)],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<(String, ReservedKey)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Reserved {
+        grant_id: String,
+        #[sqlx(flatten)]
+        key: ReservedKey,
+    }
     let (grants, entitlements): (Vec<String>, Vec<String>) = wanted.iter().cloned().unzip();
-    let mut sorted = entitlements.clone();
-    sorted.sort();
-    sorted.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock_shared($1, hashtext(e)) FROM unnest($2::text[]) AS e ORDER BY e",
-    )
-    .bind(KEY_LOCK_CLASS)
-    .bind(&sorted)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query_as(
+    let reserved: Vec<Reserved> = sqlx::query_as(
         r#"
         WITH need AS (
             SELECT n.grant_id, n.entitlement_id,
@@ -205,13 +215,30 @@ async fn reserve_keys(
             INSERT INTO audit_log (actor, action, grant_id, key_id)
             SELECT 'worker', 'reserve', grant_id, key_id FROM pairs
         )
-        SELECT grant_id, key_id FROM pairs
+        SELECT pairs.grant_id, k.id AS key_id, k.value, p.activations_limit, p.expires_in_days
+        FROM pairs JOIN keys k ON k.id = pairs.key_id JOIN pools p ON p.id = k.pool_id
         "#,
     )
     .bind(&grants)
     .bind(&entitlements)
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(reserved.into_iter().map(|r| (r.grant_id, r.key)).collect())
+}
+
+/// Takes the shared key lock of each entitlement until the transaction ends.
+async fn lock_entitlements_shared(
+    tx: &mut Transaction<'_, Postgres>,
+    entitlements: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext(e)) FROM unnest($2::text[]) AS e ORDER BY e",
+    )
+    .bind(KEY_LOCK_CLASS)
+    .bind(entitlements)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Parks claimed jobs that found no key, giving back the attempt their claim counted.
@@ -472,13 +499,10 @@ pub async fn reject_key_and_reserve_next(
         },
     )
     .await?;
+    lock_entitlements_shared(&mut tx, &[job.entitlement_id.as_str()]).await?;
     let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
-    let reserved = reserve_keys(&mut tx, &wanted).await?;
-    let next = match reserved.first() {
-        Some((_, key_id)) => {
-            let key = reserved_keys(&mut tx, &[*key_id]).await?.remove(0);
-            NextKey::Reserved(key)
-        }
+    let next = match reserve_keys(&mut tx, &wanted).await?.pop() {
+        Some((_, key)) => NextKey::Reserved(key),
         None => {
             park_waiting_for_keys(&mut tx, std::slice::from_ref(&job.grant_id)).await?;
             NextKey::Parked

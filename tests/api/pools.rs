@@ -121,3 +121,43 @@ async fn a_failing_import_stores_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM keys").await, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
+    use keyrelay::fulfillment::storage::{KEY_LOCK_CLASS, claim_batch, resume_waiting_for_keys};
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &[]).await;
+    let grant = app.sell().await;
+    // An import is half-way: it holds the entitlement's key lock and has inserted a key.
+    let mut import = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KEY_LOCK_CLASS)
+        .bind(ENT)
+        .execute(&mut *import)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO keys (pool_id, value, batch_id) SELECT id, 'RACE-1', 'imp_race' FROM pools WHERE name = 'pro'")
+        .execute(&mut *import)
+        .await
+        .unwrap();
+    // A worker claims meanwhile; it must wait for the import rather than park the job.
+    let pool = app.pool.clone();
+    let claim = tokio::spawn(async move { claim_batch(&pool, 10, Duration::from_secs(30)).await });
+    wait_until(
+        "the claim waits on the key lock",
+        Duration::from_secs(10),
+        || async {
+            app.count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                .await
+                == 1
+        },
+    )
+    .await;
+    resume_waiting_for_keys(&mut import, ENT).await.unwrap();
+    import.commit().await.unwrap();
+    let claimed = claim.await.unwrap().unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].key.value, "RACE-1");
+    assert_eq!(app.job_state(&grant).await, JobState::Running);
+    app.stop().await;
+}
