@@ -31,6 +31,8 @@ pub fn base_settings() -> Settings {
     s.worker.shutdown_grace_secs = 10;
     s.dodo.max_requests_per_sec = 0;
     s.dodo.timeout_secs = 2;
+    // Tests that need the reconciler run it themselves, or turn the periodic one on.
+    s.reconciler.interval_secs = 0;
     s
 }
 

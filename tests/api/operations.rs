@@ -206,3 +206,30 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
     other_pool.close().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn serve_reconciles_periodically_and_delivers_lost_grants() {
+    let app = TestApp::spawn_with(keyrelay::startup::Role::All, |s| {
+        s.reconciler.interval_secs = 1
+    })
+    .await;
+    app.add_pool("pro", ENT, &["LOOP-1"]).await;
+    let lost = app.sandbox.create_grant(ENT, None);
+    crate::helpers::wait_until(
+        "the lost grant is delivered",
+        Duration::from_secs(15),
+        || async {
+            app.count(
+                "SELECT count(*) FROM jobs WHERE state = 'delivered' AND source = 'reconciler'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        app.sandbox.grant(&lost.id).unwrap().key_value(),
+        Some("LOOP-1")
+    );
+    app.stop().await;
+}
