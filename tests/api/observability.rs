@@ -17,20 +17,18 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+async fn scrape(app: &TestApp, url: &str) -> String {
+    let response = app.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn metrics_expose_the_listed_series_and_move_as_jobs_run() {
     let app = TestApp::spawn().await;
     app.add_pool("pro", ENT, &["MET-1", "MET-2", "MET-3"]).await;
     let url = app.url.replace("/webhooks/dodo", "/metrics");
-    let before = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = scrape(&app, &url).await;
     assert_eq!(
         metric(&before, "keyrelay_jobs{state=\"delivered\"}"),
         Some(0.0)
@@ -52,15 +50,7 @@ async fn metrics_expose_the_listed_series_and_move_as_jobs_run() {
         },
     )
     .await;
-    let after = app
-        .http
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = scrape(&app, &url).await;
     assert_eq!(
         metric(&after, "keyrelay_jobs{state=\"delivered\"}"),
         Some(2.0)
