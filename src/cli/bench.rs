@@ -312,6 +312,12 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     )
     .fetch_one(&pool)
     .await?;
+    let (call_p50, call_p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms)::float8, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms)::float8 FROM attempts",
+    )
+    .fetch_one(&pool)
+    .await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
     println!(
         "\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}",
@@ -326,6 +332,9 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     println!(
         "  jobs/s              {rate:.0}  ({delivered} delivered in {:.2} s)",
         elapsed.as_secs_f64()
+    );
+    println!(
+        "  fulfill call        p50 {call_p50:.0} ms  p99 {call_p99:.0} ms (as recorded per attempt)"
     );
     if latency_ms > 0 {
         let ideal = args.concurrency as f64 * 1000.0 / latency_ms as f64;
