@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dodo::{DodoClient, GrantStatus};
 use crate::fulfillment::storage::notify_jobs_ready;
+use crate::intake::event::{JobDecision, ownership};
 
 /// Session advisory lock held while reconciling.
 const RECONCILE_LOCK: i64 = 0x6b72_7265_636f_6e31;
@@ -73,7 +74,7 @@ async fn reconcile_locked(
             let pending: Vec<_> = items
                 .iter()
                 .filter(|g| g.status == GrantStatus::Pending && g.license_key.is_none())
-                .filter(|g| g.is_license_key() != Some(false))
+                .filter(|g| ownership(g) != JobDecision::Skip)
                 .collect();
             report.pending_seen += pending.len();
             let ids: Vec<&str> = pending.iter().map(|g| g.id.as_str()).collect();

@@ -79,10 +79,17 @@ impl<'a> IncomingEvent<'a> {
         {
             return JobDecision::Skip;
         }
-        match grant.is_license_key() {
-            Some(true) => JobDecision::Enqueue,
-            Some(false) => JobDecision::Skip,
-            None => JobDecision::EnqueueIfPooled,
-        }
+        ownership(grant)
+    }
+}
+
+/// Whether keyrelay serves a grant, by its integration type alone: license-key grants yes,
+/// other integrations no, and grants that do not say (older payloads) when a pool serves
+/// their entitlement.
+pub fn ownership(grant: &Grant) -> JobDecision {
+    match grant.is_license_key() {
+        Some(true) => JobDecision::Enqueue,
+        Some(false) => JobDecision::Skip,
+        None => JobDecision::EnqueueIfPooled,
     }
 }

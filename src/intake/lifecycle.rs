@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::event::IncomingEvent;
+use super::event::{IncomingEvent, JobDecision, ownership};
 use super::storage::Stored;
 use crate::audit::{self, Actor, Subject};
 use crate::dodo::Grant;
@@ -221,6 +221,7 @@ async fn record_unseen_grant(
     at: Option<DateTime<Utc>>,
     actor: Actor,
 ) -> Result<LifecycleOutcome, sqlx::Error> {
+    let decision = ownership(grant);
     let state = match event_type {
         DELIVERED => JobState::Delivered,
         FAILED => JobState::Failed,
@@ -231,7 +232,7 @@ async fn record_unseen_grant(
         INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, finished_at, grant_updated_at,
                           last_error, source)
         SELECT $1, $2, $3, $4, now(), $5, $6, 'webhook'
-        WHERE $7 OR ($8 AND EXISTS (SELECT 1 FROM pools WHERE entitlement_id = $2))
+        WHERE $7 AND ($8 OR EXISTS (SELECT 1 FROM pools WHERE entitlement_id = $2))
         ON CONFLICT (grant_id) DO NOTHING
         "#,
     )
@@ -241,8 +242,8 @@ async fn record_unseen_grant(
     .bind(state)
     .bind(at)
     .bind(format!("{event_type} arrived before entitlement_grant.created"))
-    .bind(grant.is_license_key() == Some(true))
-    .bind(grant.is_license_key().is_none())
+    .bind(decision != JobDecision::Skip)
+    .bind(decision == JobDecision::Enqueue)
     .execute(&mut **tx)
     .await?
     .rows_affected();
