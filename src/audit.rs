@@ -27,7 +27,7 @@ impl Actor {
 }
 
 /// What an entry is about; unset parts are NULL.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Subject<'a> {
     pub pool_id: Option<i64>,
     pub grant_id: Option<&'a str>,

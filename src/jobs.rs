@@ -239,11 +239,6 @@ pub async fn cancel_jobs(
                 };
                 audit::record(&mut *tx, actor, "cancel", subject).await?;
                 if release {
-                    let subject = Subject {
-                        grant_id: Some(grant_id),
-                        key_id,
-                        ..Default::default()
-                    };
                     audit::record(&mut *tx, actor, "release", subject).await?;
                 }
                 if key_id.is_some() && !release {

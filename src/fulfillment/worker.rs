@@ -57,21 +57,23 @@ impl WorkerContext {
         self
     }
 
-    /// After a claim: alert for pools that reservations just took below their threshold.
-    fn check_stock(&self, jobs: &[ClaimedJob]) {
-        if jobs.is_empty() {
-            return;
+    /// Alerts for pools of `entitlements` that reservations just took below their threshold.
+    async fn check_stock(&self, entitlements: &[String]) -> Result<(), sqlx::Error> {
+        if !entitlements.is_empty() {
+            self.alerter
+                .check_low_stock(&self.pool, entitlements)
+                .await?;
         }
-        let mut entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
-        entitlements.sort();
-        entitlements.dedup();
-        let (alerter, pool) = (self.alerter.clone(), self.pool.clone());
-        tokio::spawn(async move {
-            if let Err(e) = alerter.check_low_stock(&pool, &entitlements).await {
-                tracing::warn!(error = %e, "low-stock check failed");
-            }
-        });
+        Ok(())
     }
+}
+
+/// The distinct entitlements of claimed jobs.
+fn claimed_entitlements(jobs: &[ClaimedJob]) -> Vec<String> {
+    let mut entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
+    entitlements.sort();
+    entitlements.dedup();
+    entitlements
 }
 
 pub struct Worker {
@@ -120,7 +122,15 @@ impl Worker {
                 }
             };
             let claimed = jobs.len();
-            self.ctx.check_stock(&jobs);
+            let entitlements = claimed_entitlements(&jobs);
+            if !entitlements.is_empty() {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ctx.check_stock(&entitlements).await {
+                        tracing::warn!(error = %e, "low-stock check failed");
+                    }
+                });
+            }
             for job in jobs {
                 record_pickup(&job);
                 let permit = batch.pop().expect("one permit per claimed job");
@@ -464,12 +474,7 @@ fn status_class(status: Option<i32>) -> &'static str {
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
     let jobs = storage::claim_batch(&ctx.pool, limit, ctx.lease).await?;
-    if !jobs.is_empty() {
-        let entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
-        ctx.alerter
-            .check_low_stock(&ctx.pool, &entitlements)
-            .await?;
-    }
+    ctx.check_stock(&claimed_entitlements(&jobs)).await?;
     let runs = jobs.into_iter().map(|job| run_job(ctx, job));
     let completions: Vec<Completion> = futures_util::future::join_all(runs)
         .await
