@@ -156,7 +156,7 @@ impl Application {
         }
         if let Some(m) = self.maintenance {
             let pool = self.pool.clone();
-            tasks.push(tokio::spawn(crate::reconcile::run_maintenance(
+            tasks.push(tokio::spawn(crate::ops::reconcile::run_maintenance(
                 pool,
                 m.dodo,
                 m.interval,
@@ -251,8 +251,13 @@ async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
 /// comment, when the database does not answer in time).
 async fn prometheus(handle: web::Data<PrometheusHandle>, pool: web::Data<PgPool>) -> HttpResponse {
     let mut body = handle.render();
-    match tokio::time::timeout(Duration::from_secs(5), crate::stats::read(pool.get_ref())).await {
-        Ok(Ok(stats)) => body.push_str(&crate::stats::render(&stats)),
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::ops::stats::read(pool.get_ref()),
+    )
+    .await
+    {
+        Ok(Ok(stats)) => body.push_str(&crate::ops::stats::render(&stats)),
         Ok(Err(e)) => body.push_str(&format!(
             "# database figures unavailable: {}\n",
             e.to_string().replace('\n', " ")

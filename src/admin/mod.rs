@@ -3,17 +3,19 @@
 //! HttpOnly, SameSite=Strict session cookie. Page actions carry a CSRF token.
 
 mod auth;
+mod extract;
 mod pages;
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use sqlx::PgPool;
 
-use crate::audit::Actor;
-use crate::domain::JobState;
-use crate::jobs::{self, ActionResult};
+use crate::domain::{Actor, GrantId, JobState};
+use crate::ops::jobs::{self, ActionResult};
 pub use auth::{AdminAuth, Credential};
+use extract::redirect;
+pub use extract::{AdminError, Bearer, SignedIn};
 
 pub struct AdminState {
     pub pool: PgPool,
@@ -41,7 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn html(status: actix_web::http::StatusCode, body: String) -> HttpResponse {
+fn html(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((
@@ -53,79 +55,52 @@ fn html(status: actix_web::http::StatusCode, body: String) -> HttpResponse {
         .body(body)
 }
 
-fn redirect(to: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, to))
-        .finish()
-}
-
-fn api_error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": message }))
-}
-
-fn unauthorized() -> HttpResponse {
-    api_error(
-        actix_web::http::StatusCode::UNAUTHORIZED,
-        "send the admin token as `Authorization: Bearer <token>`",
-    )
-}
-
-fn internal(e: impl std::fmt::Display) -> HttpResponse {
-    tracing::error!(error = %e, "admin request failed");
-    api_error(
-        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-        "the database is unavailable; try again",
-    )
-}
-
-/// The session of a signed-in person, or a redirect to the login page.
-fn session(state: &AdminState, request: &HttpRequest) -> Result<Credential, HttpResponse> {
-    state
-        .auth
-        .credential(request)
-        .ok_or_else(|| redirect("/admin/login"))
-}
-
 #[derive(Deserialize)]
 struct Flash {
     done: Option<String>,
 }
 
-async fn dashboard(
-    request: HttpRequest,
-    state: web::Data<AdminState>,
-    flash: web::Query<Flash>,
-) -> HttpResponse {
-    let credential = match session(&state, &request) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let data = async {
-        let stats = crate::stats::read(&state.pool).await?;
-        let mut attention = jobs::list_jobs(&state.pool, Some(JobState::Failed), 50).await?;
-        attention.extend(jobs::list_jobs(&state.pool, Some(JobState::Retrying), 50).await?);
-        let pools = crate::pool::list_pools(&state.pool).await?;
-        Ok::<_, sqlx::Error>((stats, attention, pools))
-    };
-    match data.await {
-        Ok((stats, attention, pools)) => {
-            let csrf = csrf(&state, &credential);
-            let page = pages::dashboard(&stats, &attention, &pools, &csrf, flash.done.as_deref());
-            html(actix_web::http::StatusCode::OK, page)
-        }
-        Err(e) => internal(e),
-    }
-}
-
-fn csrf(state: &AdminState, credential: &Credential) -> String {
+/// The CSRF token a signed-in person's forms carry (none for bearer requests).
+fn csrf(state: &AdminState, SignedIn(credential): &SignedIn) -> String {
     match credential {
         Credential::Session(s) => state.auth.csrf_for(s),
         Credential::Bearer => String::new(),
     }
 }
 
+/// Refuses a form whose CSRF token does not belong to the signed-in session.
+fn check_csrf(
+    state: &AdminState,
+    SignedIn(credential): &SignedIn,
+    token: &str,
+) -> Result<(), AdminError> {
+    match credential {
+        Credential::Session(s) if !state.auth.csrf_valid(s, token) => Err(AdminError::Csrf),
+        _ => Ok(()),
+    }
+}
+
+async fn dashboard(
+    who: SignedIn,
+    state: web::Data<AdminState>,
+    flash: web::Query<Flash>,
+) -> Result<HttpResponse, AdminError> {
+    let stats = crate::ops::stats::read(&state.pool).await?;
+    let mut attention = jobs::list_jobs(&state.pool, Some(JobState::Failed), 50).await?;
+    attention.extend(jobs::list_jobs(&state.pool, Some(JobState::Retrying), 50).await?);
+    let pools = crate::pool::list_pools(&state.pool).await?;
+    let page = pages::dashboard(
+        &stats,
+        &attention,
+        &pools,
+        &csrf(&state, &who),
+        flash.done.as_deref(),
+    );
+    Ok(html(StatusCode::OK, page))
+}
+
 async fn login_form() -> HttpResponse {
-    html(actix_web::http::StatusCode::OK, pages::login(None))
+    html(StatusCode::OK, pages::login(None))
 }
 
 #[derive(Deserialize)]
@@ -137,7 +112,7 @@ async fn login(state: web::Data<AdminState>, form: web::Form<LoginForm>) -> Http
     if !state.auth.token_matches(form.token.trim()) {
         tracing::warn!("admin sign-in with a wrong token");
         return html(
-            actix_web::http::StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
             pages::login(Some("That is not the admin token.")),
         );
     }
@@ -158,121 +133,90 @@ async fn logout(
     request: HttpRequest,
     state: web::Data<AdminState>,
     form: web::Form<CsrfForm>,
-) -> HttpResponse {
-    if let Some(Credential::Session(s)) = state.auth.credential(&request)
-        && !state.auth.csrf_valid(&s, &form.csrf)
-    {
-        return api_error(
-            actix_web::http::StatusCode::FORBIDDEN,
-            "missing or wrong CSRF token",
-        );
+) -> Result<HttpResponse, AdminError> {
+    if let Some(credential) = state.auth.credential(&request) {
+        check_csrf(&state, &SignedIn(credential), &form.csrf)?;
     }
     let mut gone = state.auth.session_cookie(String::new());
     gone.make_removal();
-    HttpResponse::SeeOther()
+    Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/admin/login"))
         .cookie(gone)
-        .finish()
+        .finish())
 }
 
 async fn job_page(
-    request: HttpRequest,
+    who: SignedIn,
     state: web::Data<AdminState>,
     path: web::Path<String>,
     flash: web::Query<Flash>,
-) -> HttpResponse {
-    let credential = match session(&state, &request) {
-        Ok(c) => c,
-        Err(r) => return r,
+) -> Result<HttpResponse, AdminError> {
+    let raw = path.into_inner();
+    let detail = match GrantId::parse(&raw) {
+        Ok(grant_id) => jobs::show_job(&state.pool, &grant_id, false).await?,
+        Err(_) => None,
     };
-    let grant_id = path.into_inner();
-    match jobs::show_job(&state.pool, &grant_id, false).await {
-        Ok(Some(detail)) => html(
-            actix_web::http::StatusCode::OK,
-            pages::job(&detail, &csrf(&state, &credential), flash.done.as_deref()),
+    Ok(match detail {
+        Some(detail) => html(
+            StatusCode::OK,
+            pages::job(&detail, &csrf(&state, &who), flash.done.as_deref()),
         ),
-        Ok(None) => html(
-            actix_web::http::StatusCode::NOT_FOUND,
-            pages::not_found(&grant_id),
-        ),
-        Err(e) => internal(e),
-    }
+        None => html(StatusCode::NOT_FOUND, pages::not_found(&raw)),
+    })
 }
 
+/// Runs `action` on one job; `Ok` with what happened, or `AdminError` saying why not.
 async fn run_action(
     state: &AdminState,
     grant_id: &str,
     action: &str,
-) -> Result<Result<String, String>, sqlx::Error> {
-    let ids = [grant_id.to_string()];
+) -> Result<String, AdminError> {
+    let grant_id = GrantId::parse(grant_id)
+        .map_err(|e| AdminError::NotFound(format!("no job for grant {grant_id}: {e}")))?;
+    let ids = std::slice::from_ref(&grant_id);
     let results = match action {
-        "retry" => jobs::retry_jobs(&state.pool, &ids, Actor::Admin).await?,
-        "cancel" => jobs::cancel_jobs(&state.pool, &ids, Actor::Admin).await?,
-        other => return Ok(Err(format!("unknown action `{other}`"))),
+        "retry" => jobs::retry_jobs(&state.pool, ids, Actor::Admin).await?,
+        "cancel" => jobs::cancel_jobs(&state.pool, ids, Actor::Admin).await?,
+        other => return Err(AdminError::BadRequest(format!("unknown action `{other}`"))),
     };
-    Ok(match &results[0].1 {
+    match &results[0].1 {
         ActionResult::Done => Ok(format!("{grant_id}: {action} done")),
         ActionResult::DoneKeyKept => Ok(format!(
             "{grant_id}: cancelled; its key stays reserved because Dodo may hold it"
         )),
-        ActionResult::NotFound => Err(format!("no job for grant {grant_id}")),
-        ActionResult::WrongState { state } => {
-            Err(format!("cannot {action} {grant_id} while it is {state}"))
-        }
-    })
+        ActionResult::NotFound => Err(AdminError::NotFound(format!("no job for grant {grant_id}"))),
+        ActionResult::WrongState { state } => Err(AdminError::Conflict(format!(
+            "cannot {action} {grant_id} while it is {state}"
+        ))),
+    }
 }
 
 async fn job_action_form(
-    request: HttpRequest,
+    who: SignedIn,
     state: web::Data<AdminState>,
     path: web::Path<(String, String)>,
     form: web::Form<CsrfForm>,
-) -> HttpResponse {
-    let credential = match session(&state, &request) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    if let Credential::Session(s) = &credential
-        && !state.auth.csrf_valid(s, &form.csrf)
-    {
-        return api_error(
-            actix_web::http::StatusCode::FORBIDDEN,
-            "missing or wrong CSRF token; reload the page",
-        );
-    }
+) -> Result<HttpResponse, AdminError> {
+    check_csrf(&state, &who, &form.csrf)?;
     let (grant_id, action) = path.into_inner();
-    match run_action(&state, &grant_id, &action).await {
-        Ok(Ok(message)) | Ok(Err(message)) => {
-            let to = format!(
-                "/admin/jobs/{}?done={}",
-                url_encode(&grant_id),
-                url_encode(&message)
-            );
-            redirect(&to)
-        }
-        Err(e) => internal(e),
-    }
+    let message = match run_action(&state, &grant_id, &action).await {
+        Ok(message) => message,
+        Err(e @ AdminError::Database(_)) => return Err(e),
+        Err(refused) => refused.to_string(),
+    };
+    Ok(redirect(&format!(
+        "/admin/jobs/{}?done={}",
+        url_encode(&grant_id),
+        url_encode(&message)
+    )))
 }
 
 fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn bearer_only(state: &AdminState, request: &HttpRequest) -> Result<(), HttpResponse> {
-    match state.auth.credential(request) {
-        Some(Credential::Bearer) => Ok(()),
-        _ => Err(unauthorized()),
-    }
-}
-
-async fn api_stats(request: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(r) = bearer_only(&state, &request) {
-        return r;
-    }
-    match crate::stats::read(&state.pool).await {
-        Ok(stats) => HttpResponse::Ok().json(stats),
-        Err(e) => internal(e),
-    }
+async fn api_stats(_: Bearer, state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
+    Ok(HttpResponse::Ok().json(crate::ops::stats::read(&state.pool).await?))
 }
 
 #[derive(Deserialize)]
@@ -282,57 +226,37 @@ struct JobsQuery {
 }
 
 async fn api_jobs(
-    request: HttpRequest,
+    _: Bearer,
     state: web::Data<AdminState>,
     query: web::Query<JobsQuery>,
-) -> HttpResponse {
-    if let Err(r) = bearer_only(&state, &request) {
-        return r;
-    }
-    let job_state = match query.state.as_deref().map(JobState::parse) {
-        Some(None) => return api_error(actix_web::http::StatusCode::BAD_REQUEST, "unknown state"),
-        Some(s) => s,
+) -> Result<HttpResponse, AdminError> {
+    let job_state = match query.state.as_deref() {
+        Some(raw) => Some(
+            JobState::parse(raw).ok_or_else(|| AdminError::BadRequest("unknown state".into()))?,
+        ),
         None => None,
     };
-    match jobs::list_jobs(
-        &state.pool,
-        job_state,
-        query.limit.unwrap_or(50).clamp(1, 1000),
-    )
-    .await
-    {
-        Ok(list) => HttpResponse::Ok().json(list),
-        Err(e) => internal(e),
-    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(HttpResponse::Ok().json(jobs::list_jobs(&state.pool, job_state, limit).await?))
 }
 
 async fn api_job(
-    request: HttpRequest,
+    _: Bearer,
     state: web::Data<AdminState>,
     path: web::Path<String>,
-) -> HttpResponse {
-    if let Err(r) = bearer_only(&state, &request) {
-        return r;
-    }
-    match jobs::show_job(&state.pool, &path, false).await {
-        Ok(Some(detail)) => HttpResponse::Ok().json(detail),
-        Ok(None) => api_error(actix_web::http::StatusCode::NOT_FOUND, "no such job"),
-        Err(e) => internal(e),
-    }
+) -> Result<HttpResponse, AdminError> {
+    let no_such_job = || AdminError::NotFound("no such job".into());
+    let grant_id = GrantId::parse(&path).map_err(|_| no_such_job())?;
+    let detail = jobs::show_job(&state.pool, &grant_id, false).await?;
+    Ok(HttpResponse::Ok().json(detail.ok_or_else(no_such_job)?))
 }
 
 async fn api_job_action(
-    request: HttpRequest,
+    _: Bearer,
     state: web::Data<AdminState>,
     path: web::Path<(String, String)>,
-) -> HttpResponse {
-    if let Err(r) = bearer_only(&state, &request) {
-        return r;
-    }
+) -> Result<HttpResponse, AdminError> {
     let (grant_id, action) = path.into_inner();
-    match run_action(&state, &grant_id, &action).await {
-        Ok(Ok(message)) => HttpResponse::Ok().json(serde_json::json!({ "result": message })),
-        Ok(Err(message)) => api_error(actix_web::http::StatusCode::CONFLICT, &message),
-        Err(e) => internal(e),
-    }
+    let message = run_action(&state, &grant_id, &action).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": message })))
 }

@@ -1,9 +1,9 @@
 //! The dashboard's HTML: one small server-rendered page per view, no scripts.
 
 use crate::domain::{JobState, mask_key};
-use crate::jobs::{JobDetail, JobSummary};
+use crate::ops::jobs::{JobDetail, JobSummary};
+use crate::ops::stats::QueueStats;
 use crate::pool::PoolStock;
-use crate::stats::QueueStats;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -103,15 +103,15 @@ pub fn dashboard(
         .map(|j| {
             let mut actions = String::new();
             if j.state == JobState::Failed {
-                actions.push_str(&action_button(&j.grant_id, "retry", "Retry", csrf));
+                actions.push_str(&action_button(j.grant_id.as_str(), "retry", "Retry", csrf));
                 actions.push(' ');
             }
-            actions.push_str(&action_button(&j.grant_id, "cancel", "Cancel", csrf));
+            actions.push_str(&action_button(j.grant_id.as_str(), "cancel", "Cancel", csrf));
             format!(
                 "<tr id=\"job-{}\"><td><a href=\"/admin/jobs/{}\">{}</a></td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&j.grant_id),
-                path_segment(&j.grant_id),
-                esc(&j.grant_id),
+                esc(j.grant_id.as_str()),
+                path_segment(j.grant_id.as_str()),
+                esc(j.grant_id.as_str()),
                 if j.state == JobState::Failed { "failed" } else { "muted" },
                 j.state,
                 j.attempts,
@@ -186,14 +186,19 @@ pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
         .collect();
     let mut actions = String::new();
     if matches!(j.state, JobState::Failed | JobState::Cancelled) {
-        actions.push_str(&action_button(&j.grant_id, "retry", "Retry", csrf));
+        actions.push_str(&action_button(j.grant_id.as_str(), "retry", "Retry", csrf));
     }
     if !matches!(
         j.state,
         JobState::Delivered | JobState::Cancelled | JobState::Running
     ) {
         actions.push(' ');
-        actions.push_str(&action_button(&j.grant_id, "cancel", "Cancel", csrf));
+        actions.push_str(&action_button(
+            j.grant_id.as_str(),
+            "cancel",
+            "Cancel",
+            csrf,
+        ));
     }
     let body = format!(
         "{}<h2>Grant {}</h2><table>\
@@ -203,11 +208,11 @@ pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
          <p>{actions}</p><h2>Attempts</h2><table><tr><th>Time</th><th>HTTP</th><th>Outcome</th><th>Duration</th><th>Key</th><th>Error</th></tr>{attempts}</table>\
          <h2>Audit trail</h2><table><tr><th>Time</th><th>Actor</th><th>Action</th><th>Detail</th></tr>{audit}</table>",
         flash(done),
-        esc(&j.grant_id),
+        esc(j.grant_id.as_str()),
         j.state,
         j.attempts,
-        esc(&j.entitlement_id),
-        esc(&j.customer_id),
+        esc(j.entitlement_id.as_str()),
+        esc(j.customer_id.as_str()),
         esc(&detail
             .key
             .as_deref()

@@ -13,12 +13,18 @@ use secrecy::ExposeSecret;
 
 use super::demo::ms;
 use crate::configuration::Settings;
+use crate::domain::{EntitlementId, LicenseKey};
+use crate::harness::{LocalStack, start_sandbox};
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
-use crate::sandbox::stack::{LocalStack, start_sandbox};
 use crate::sandbox::{FaultRates, Sandbox};
 use crate::startup::{Application, Role};
+use crate::store::{enqueue, prune, read, stock};
 
 const ENTITLEMENT: &str = "ent_bench";
+
+fn entitlement() -> EntitlementId {
+    EntitlementId::parse(ENTITLEMENT).expect("a valid entitlement id")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
@@ -102,8 +108,8 @@ async fn import_generated_keys(
     count: usize,
 ) -> anyhow::Result<()> {
     let keys = (0..count)
-        .map(|i| format!("{prefix}-{i:08}-{:08x}", rand::random::<u32>()))
-        .collect();
+        .map(|i| LicenseKey::parse(&format!("{prefix}-{i:08}-{:08x}", rand::random::<u32>())))
+        .collect::<Result<_, _>>()?;
     let parsed = ParsedKeys {
         keys,
         ..Default::default()
@@ -258,14 +264,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     let pool = crate::db::connect(&settings).await?;
     if args.history > 0 {
         let t = Instant::now();
-        sqlx::query(
-            "INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, attempts, finished_at) \
-             SELECT 'grant_hist_' || i, $1, 'cus_hist', 'delivered', 1, now() FROM generate_series(1, $2) i",
-        )
-        .bind(ENTITLEMENT)
-        .bind(args.history as i64)
-        .execute(&pool)
-        .await?;
+        enqueue::insert_history_for_benchmark(&pool, &entitlement(), args.history).await?;
         println!(
             "\n(inserted {} finished jobs in {:.1} s)",
             args.history,
@@ -273,32 +272,22 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
         );
     }
     import_generated_keys(&pool, "BENCH", args.jobs).await?;
-    let grants: Vec<(String, String)> = (0..args.jobs)
+    let grants: Vec<_> = (0..args.jobs)
         .map(|_| {
             let g = sandbox.sandbox.create_grant(ENTITLEMENT, None);
-            (g.id, g.customer_id)
+            let facts = crate::intake::event::GrantFacts::from_grant(&g)?;
+            anyhow::Ok((facts.id, facts.customer_id))
         })
-        .collect();
-    let (ids, customers): (Vec<String>, Vec<String>) = grants.into_iter().unzip();
-    sqlx::query("INSERT INTO jobs (grant_id, entitlement_id, customer_id) SELECT g, $3, c FROM unnest($1::text[], $2::text[]) AS t(g, c)")
-        .bind(&ids)
-        .bind(&customers)
-        .bind(ENTITLEMENT)
-        .execute(&pool)
-        .await?;
-    sqlx::query("VACUUM ANALYZE jobs").execute(&pool).await?;
-    sqlx::query("VACUUM ANALYZE keys").execute(&pool).await?;
+        .collect::<Result<_, _>>()?;
+    enqueue::enqueue_grants(&pool, &entitlement(), &grants, "bench", "benchmark").await?;
+    prune::vacuum_analyze(&pool).await?;
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();
     let started = Instant::now();
     let running = tokio::spawn(app.run_until_stopped());
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')",
-        )
-        .fetch_one(&pool)
-        .await?;
+        let left = stock::count_unsettled_jobs(&pool).await?;
         if left == 0 {
             break;
         }
@@ -307,17 +296,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     let elapsed = started.elapsed();
     token.cancel();
     running.await??;
-    let delivered: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE state = 'delivered' AND grant_id NOT LIKE 'grant_hist_%'",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let (call_p50, call_p99): (f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms)::float8, \
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms)::float8 FROM attempts",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let (delivered, call_p50, call_p99) = read::bench_figures(&pool).await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
     println!(
         "\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}",

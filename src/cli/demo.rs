@@ -9,11 +9,12 @@ use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::configuration::Settings;
-use crate::domain::JobState;
+use crate::domain::{JobState, LicenseKey};
+use crate::harness::LocalStack;
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
 use crate::sandbox::FaultRates;
-use crate::sandbox::stack::LocalStack;
 use crate::startup::Role;
+use crate::store::{read, stock};
 
 const ENTITLEMENT: &str = "ent_demo_pro_license";
 
@@ -54,18 +55,18 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     println!("  sandbox    {}", stack.sandbox.base_url);
 
     let extra = options.grants / 5 + 5;
-    let keys: Vec<String> = (0..options.grants + extra)
+    let keys: Vec<LicenseKey> = (0..options.grants + extra)
         .map(|i| {
-            format!(
+            LicenseKey::parse(&format!(
                 "DEMO-{:04X}-{:04X}-{:04}",
                 rand::random::<u16>(),
                 rand::random::<u16>(),
                 i
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     // Dodo already holds the first key: keyrelay must reject it and use the next.
-    sandbox.add_existing_key(&keys[0]);
+    sandbox.add_existing_key(keys[0].reveal());
     add_pool(
         &stack.pool,
         &NewPool {
@@ -77,7 +78,7 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     )
     .await?;
     let parsed = ParsedKeys {
-        keys: keys.clone(),
+        keys,
         ..Default::default()
     };
     let report = import_keys(&stack.pool, "demo-pro", &parsed, false, |_| {}).await?;
@@ -133,7 +134,7 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     let counts = loop {
-        let counts: HashMap<JobState, i64> = crate::jobs::count_by_state(&stack.pool)
+        let counts: HashMap<JobState, i64> = stock::count_jobs_by_state(&stack.pool)
             .await?
             .into_iter()
             .collect();
@@ -165,11 +166,9 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         })
         .collect();
     pickup.sort();
-    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE attempts > 1")
-        .fetch_one(&stack.pool)
-        .await?;
-    let stock = crate::pool::list_pools(&stack.pool).await?;
-    let demo_pool = &stock[0];
+    let (retried, ours_match) = read::demo_figures(&stack.pool).await?;
+    let pools = crate::pool::list_pools(&stack.pool).await?;
+    let demo_pool = &pools[0];
     let faults = log
         .iter()
         .filter(|r| r.status != 200 && r.status != 409)
@@ -179,11 +178,6 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     let grants = sandbox.grants();
     let delivered_at_dodo = grants.iter().filter(|g| g.license_key.is_some()).count();
     let distinct_keys: HashSet<&str> = grants.iter().filter_map(|g| g.key_value()).collect();
-    let ours_match: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs j JOIN keys k ON k.id = j.key_id WHERE j.state = 'delivered' AND k.state = 'delivered'",
-    )
-    .fetch_one(&stack.pool)
-    .await?;
 
     println!("\nSummary ({:.1} s)", elapsed.as_secs_f64());
     println!("  grants sold                 {}", options.grants);

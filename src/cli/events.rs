@@ -6,9 +6,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{json, or_dash, table};
-use crate::audit::Actor;
 use crate::configuration::Settings;
-use crate::events;
+use crate::domain::Actor;
+use crate::ops::events;
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -85,7 +85,7 @@ pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
 pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
     let pool = crate::db::connect(settings).await?;
     let dodo = crate::startup::dodo_client(settings)?;
-    match crate::reconcile::reconcile(&pool, &dodo, &CancellationToken::new()).await? {
+    match crate::ops::reconcile::reconcile(&pool, &dodo, &CancellationToken::new()).await? {
         Some(r) => println!(
             "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen",
             r.entitlements, r.pending_seen, r.enqueued

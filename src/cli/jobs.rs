@@ -5,9 +5,8 @@ use clap::Subcommand;
 use sqlx::PgPool;
 
 use super::output::{json, or_dash, table};
-use crate::audit::Actor;
-use crate::domain::JobState;
-use crate::jobs::{self, ActionResult};
+use crate::domain::{Actor, GrantId, JobState};
+use crate::ops::jobs::{self, ActionResult};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -22,7 +21,8 @@ pub enum JobsCommand {
     },
     /// One job, its key (masked) and every attempt.
     Show {
-        grant_id: String,
+        #[arg(value_parser = parse_grant_id)]
+        grant_id: GrantId,
         #[arg(long)]
         json: bool,
         /// Print the key in full.
@@ -31,8 +31,12 @@ pub enum JobsCommand {
     },
     /// Replay failed or cancelled jobs with a fresh attempt budget.
     Retry {
-        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
-        grant_ids: Vec<String>,
+        #[arg(
+            required_unless_present = "all_failed",
+            conflicts_with = "all_failed",
+            value_parser = parse_grant_id
+        )]
+        grant_ids: Vec<GrantId>,
         /// Every failed job (asks first unless --yes).
         #[arg(long)]
         all_failed: bool,
@@ -45,8 +49,8 @@ pub enum JobsCommand {
     },
     /// Stop trying; a reserved key Dodo cannot have accepted goes back to the pool.
     Cancel {
-        #[arg(required = true)]
-        grant_ids: Vec<String>,
+        #[arg(required = true, value_parser = parse_grant_id)]
+        grant_ids: Vec<GrantId>,
     },
 }
 
@@ -55,6 +59,10 @@ fn parse_state(s: &str) -> Result<JobState, String> {
         let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
         format!("unknown state `{s}`; one of {}", names.join(", "))
     })
+}
+
+fn parse_grant_id(s: &str) -> Result<GrantId, String> {
+    GrantId::parse(s).map_err(|e| e.to_string())
 }
 
 pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
@@ -72,10 +80,10 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|j| {
                     vec![
-                        j.grant_id.clone(),
+                        j.grant_id.to_string(),
                         j.state.to_string(),
                         j.attempts.to_string(),
-                        j.entitlement_id.clone(),
+                        j.entitlement_id.to_string(),
                         j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                         or_dash(j.last_http_status),
                         or_dash(j.last_error.as_deref().map(|e| truncate(e, 60))),
@@ -204,7 +212,7 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(results: Vec<(String, ActionResult)>, done: &str) -> anyhow::Result<()> {
+fn report(results: Vec<(GrantId, ActionResult)>, done: &str) -> anyhow::Result<()> {
     let mut failures = 0;
     for (grant_id, result) in results {
         match result {

@@ -86,7 +86,7 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
             limit,
             json: as_json,
         } => {
-            let Some(entries) = crate::audit::for_pool(pool, &name, limit).await? else {
+            let Some(entries) = crate::store::audit::for_pool(pool, &name, limit).await? else {
                 anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
             };
             if as_json {

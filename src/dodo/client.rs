@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use super::{ErrorBody, Grant, GrantStatus, RateLimiter};
+use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey};
 
 const PAGE_SIZE: u32 = 100;
 /// A 429 without `Retry-After` holds every worker back this long.
@@ -16,7 +17,7 @@ const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct DodoClient {
     http: reqwest::Client,
-    base_url: String,
+    base_url: reqwest::Url,
     api_key: SecretString,
     limiter: Arc<RateLimiter>,
 }
@@ -24,11 +25,17 @@ pub struct DodoClient {
 /// The body of `POST /grants/{id}/license-key`; unset options are omitted.
 #[derive(Debug, Clone, Serialize)]
 pub struct FulfillRequest {
-    pub key: String,
+    #[serde(serialize_with = "reveal_key")]
+    pub key: LicenseKey,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activations_limit: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+}
+
+/// The key goes to Dodo in full: the one place a request body carries it.
+fn reveal_key<S: serde::Serializer>(key: &LicenseKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(key.reveal())
 }
 
 /// Dodo's HTTP answer to a fulfill request.
@@ -58,12 +65,13 @@ pub enum CallError {
 impl std::fmt::Debug for DodoClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DodoClient")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_str())
             .finish_non_exhaustive()
     }
 }
 
 impl DodoClient {
+    /// A client for the API at `base_url`; an unusable URL is an error now, naming the setting.
     pub fn new(
         base_url: &str,
         api_key: SecretString,
@@ -76,9 +84,17 @@ impl DodoClient {
             .pool_max_idle_per_host(256)
             .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base_url = reqwest::Url::parse(base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "dodo.base_url (DODO_PAYMENTS_BASE_URL) must be an http(s) URL, not `{base_url}`"
+                )
+            })?;
         Ok(DodoClient {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url,
             api_key,
             limiter,
         })
@@ -88,10 +104,10 @@ impl DodoClient {
     /// missing answer (timeout, connection error) is an error.
     pub async fn fulfill(
         &self,
-        grant_id: &str,
+        grant_id: &GrantId,
         body: &FulfillRequest,
     ) -> Result<FulfillAnswer, CallError> {
-        let url = self.url(&["grants", grant_id, "license-key"], &[]);
+        let url = self.url(&["grants", grant_id.as_str(), "license-key"], &[]);
         let response = self.send(self.http.post(url).json(body)).await?;
         let status = response.status().as_u16();
         let retry_after = parse_retry_after(response.headers());
@@ -110,8 +126,8 @@ impl DodoClient {
     /// One page of `GET /entitlements/{ent}/grants`.
     pub async fn list_grants(
         &self,
-        entitlement_id: &str,
-        customer_id: Option<&str>,
+        entitlement_id: &EntitlementId,
+        customer_id: Option<&CustomerId>,
         status: Option<&GrantStatus>,
         page_number: u32,
     ) -> Result<Vec<Grant>, CallError> {
@@ -119,12 +135,12 @@ impl DodoClient {
         let size = PAGE_SIZE.to_string();
         let mut query = vec![("page_number", page.as_str()), ("page_size", size.as_str())];
         if let Some(c) = customer_id {
-            query.push(("customer_id", c));
+            query.push(("customer_id", c.as_str()));
         }
         if let Some(s) = status {
             query.push(("status", s.as_api_str()));
         }
-        let url = self.url(&["entitlements", entitlement_id, "grants"], &query);
+        let url = self.url(&["entitlements", entitlement_id.as_str(), "grants"], &query);
         let response = self.send(self.http.get(url)).await?;
         let status = response.status().as_u16();
         if status != 200 {
@@ -147,9 +163,9 @@ impl DodoClient {
     /// entitlement page by page and match the id.
     pub async fn find_grant(
         &self,
-        entitlement_id: &str,
-        customer_id: &str,
-        grant_id: &str,
+        entitlement_id: &EntitlementId,
+        customer_id: &CustomerId,
+        grant_id: &GrantId,
     ) -> Result<Option<Grant>, CallError> {
         for page in 0.. {
             let items = self
@@ -158,7 +174,7 @@ impl DodoClient {
             if items.is_empty() {
                 break;
             }
-            if let Some(grant) = items.into_iter().find(|g| g.id == grant_id) {
+            if let Some(grant) = items.into_iter().find(|g| g.id == grant_id.as_str()) {
                 return Ok(Some(grant));
             }
         }
@@ -166,11 +182,10 @@ impl DodoClient {
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> reqwest::Url {
-        let mut url = reqwest::Url::parse(&self.base_url).expect("base URL validated at start");
-        url.path_segments_mut()
-            .expect("http(s) base URL")
-            .pop_if_empty()
-            .extend(segments);
+        let mut url = self.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
@@ -246,6 +261,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[test]
+    fn an_unusable_base_url_fails_when_the_client_is_built() {
+        for bad in ["not a url", "ftp://dodo.example", "mailto:ops@example.com"] {
+            let err = DodoClient::new(
+                bad,
+                SecretString::from("sk"),
+                Duration::from_secs(1),
+                Arc::new(RateLimiter::new(0)),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("dodo.base_url"), "{bad}: {err}");
+        }
+        let ok = DodoClient::new(
+            "http://127.0.0.1:9/v1/",
+            SecretString::from("sk"),
+            Duration::from_secs(1),
+            Arc::new(RateLimiter::new(0)),
+        )
+        .unwrap();
+        let grant = GrantId::parse("grant 1/x").unwrap();
+        assert_eq!(
+            ok.url(&["grants", grant.as_str(), "license-key"], &[])
+                .as_str(),
+            "http://127.0.0.1:9/v1/grants/grant%201%2Fx/license-key"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::storage::{JOBS_CHANNEL, notify_jobs_ready};
+use crate::store::{JOBS_CHANNEL, notify_jobs_ready};
 
 #[derive(Clone, Default)]
 pub struct JobSignal {

@@ -3,7 +3,7 @@
 //! Shutdown stops claiming, lets in-flight calls finish (bounded) and records their outcomes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -11,66 +11,33 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::answer::{ConflictResolution, Verdict, classify, resolve_conflict};
 use super::retry::RetryPolicy;
+use super::run::{WorkerContext, run_job};
 use super::signal::JobSignal;
-use super::storage::{self, AttemptRecord, ClaimedJob, Completion, KeyAction, NextKey};
-use crate::alerts::Alerter;
 use crate::configuration::WorkerSettings;
-use crate::dodo::{DodoClient, FulfillRequest};
-use crate::domain::JobState;
+use crate::store::{self, ClaimedJob, Completion};
 
 /// Most jobs claimed in one transaction.
 const MAX_CLAIM_BATCH: usize = 128;
-/// Most outcomes recorded in one statement.
+/// Most outcomes recorded in one transaction.
 const MAX_COMPLETE_BATCH: usize = 512;
+/// How soon to retry recording outcomes while the database is unavailable.
+const RECORD_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(50),
+    max: Duration::from_secs(5),
+};
 
-/// Everything a job needs to run.
-#[derive(Clone)]
-pub struct WorkerContext {
-    pub pool: PgPool,
-    pub dodo: DodoClient,
-    pub alerter: Alerter,
-    pub retry: RetryPolicy,
-    pub max_attempts: u32,
-    pub lease: Duration,
-}
-
-impl WorkerContext {
-    pub fn new(pool: PgPool, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
-        WorkerContext {
-            pool,
-            dodo,
-            alerter: Alerter::new(None),
-            retry: RetryPolicy {
-                base: Duration::from_millis(settings.backoff_base_ms),
-                max: Duration::from_millis(settings.backoff_max_ms),
-            },
-            max_attempts: settings.max_attempts,
-            lease: settings.lease(),
-        }
+/// Alerts for pools of `entitlements` that reservations just took below their threshold.
+async fn check_stock(ctx: &WorkerContext, entitlements: &[String]) -> Result<(), sqlx::Error> {
+    if !entitlements.is_empty() {
+        ctx.alerter.check_low_stock(&ctx.pool, entitlements).await?;
     }
-
-    /// Sends low-stock alerts to `url` as well as to the log and metrics.
-    pub fn with_alert_webhook(mut self, url: Option<String>) -> WorkerContext {
-        self.alerter = Alerter::new(url);
-        self
-    }
-
-    /// Alerts for pools of `entitlements` that reservations just took below their threshold.
-    async fn check_stock(&self, entitlements: &[String]) -> Result<(), sqlx::Error> {
-        if !entitlements.is_empty() {
-            self.alerter
-                .check_low_stock(&self.pool, entitlements)
-                .await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// The distinct entitlements of claimed jobs.
 fn claimed_entitlements(jobs: &[ClaimedJob]) -> Vec<String> {
-    let mut entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.clone()).collect();
+    let mut entitlements: Vec<String> = jobs.iter().map(|j| j.entitlement_id.to_string()).collect();
     entitlements.sort();
     entitlements.dedup();
     entitlements
@@ -114,7 +81,7 @@ impl Worker {
                 }
             }
             let wanted = batch.len();
-            let jobs = match storage::claim_batch(&self.ctx.pool, wanted, self.ctx.lease).await {
+            let jobs = match store::claim_batch(&self.ctx.pool, wanted, self.ctx.lease).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming jobs failed; retrying after the poll interval");
@@ -126,7 +93,7 @@ impl Worker {
             if !entitlements.is_empty() {
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = ctx.check_stock(&entitlements).await {
+                    if let Err(e) = check_stock(&ctx, &entitlements).await {
                         tracing::warn!(error = %e, "low-stock check failed");
                     }
                 });
@@ -200,9 +167,9 @@ fn spawn_completer(
         while rx.recv_many(&mut buffer, MAX_COMPLETE_BATCH).await > 0 {
             let (batch, acks): (Vec<Completion>, Vec<oneshot::Sender<()>>) =
                 buffer.drain(..).unzip();
-            let mut delay = Duration::from_millis(50);
+            let mut failures = 0;
             loop {
-                match storage::complete_batch(&pool, &batch).await {
+                match store::complete_batch(&pool, &batch).await {
                     Ok(applied) => {
                         if applied.len() < batch.len() {
                             for c in batch.iter().filter(|c| !applied.contains(&c.grant_id)) {
@@ -217,8 +184,9 @@ fn spawn_completer(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, jobs = batch.len(), "recording outcomes failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        failures += 1;
+                        let wait = RECORD_RETRY.delay(failures, None, &mut rand::rng());
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
@@ -230,251 +198,11 @@ fn spawn_completer(
     (tx, handle)
 }
 
-/// Runs one claimed job to an outcome. `None` when the job needs no completion record (it was
-/// parked waiting for keys, or its lease was lost).
-pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Completion> {
-    loop {
-        let request = FulfillRequest {
-            key: job.key.value.clone(),
-            activations_limit: job.key.activations_limit,
-            expires_at: job.key.expires_in_days.map(|days| {
-                (Utc::now() + chrono::Duration::days(days.into()))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            }),
-        };
-        let started_at = Utc::now();
-        let clock = Instant::now();
-        let result = ctx.dodo.fulfill(&job.grant_id, &request).await;
-        let duration = clock.elapsed();
-        let http_status = result.as_ref().ok().map(|a| i32::from(a.status));
-        metrics::histogram!("keyrelay_fulfill_duration_seconds").record(duration.as_secs_f64());
-        metrics::counter!("keyrelay_fulfill_calls_total", "status" => status_class(http_status))
-            .increment(1);
-        let attempt = |outcome: &'static str, error: Option<String>| AttemptRecord {
-            key_id: job.key.key_id,
-            started_at,
-            duration,
-            http_status,
-            outcome,
-            error,
-        };
-        let verdict = classify(&result);
-        let finish = |state, key_action, outcome, error: Option<String>| {
-            finish(
-                &job,
-                state,
-                key_action,
-                http_status,
-                attempt(outcome, error),
-            )
-        };
-        match verdict {
-            Verdict::Delivered => {
-                tracing::info!(grant_id = %job.grant_id, "delivered");
-                return Some(finish(
-                    JobState::Delivered,
-                    KeyAction::Deliver,
-                    "delivered",
-                    None,
-                ));
-            }
-            Verdict::Permanent(error) => {
-                tracing::warn!(grant_id = %job.grant_id, %error, "permanent failure; job failed");
-                return Some(finish(
-                    JobState::Failed,
-                    KeyAction::Release,
-                    "permanent_error",
-                    Some(error),
-                ));
-            }
-            Verdict::Retry {
-                error,
-                retry_after,
-                config_problem,
-            } => {
-                if config_problem {
-                    tracing::error!(grant_id = %job.grant_id, %error, "Dodo refused our API key");
-                } else {
-                    tracing::warn!(grant_id = %job.grant_id, %error, attempt = job.attempts, "will retry");
-                }
-                return Some(retry_later(
-                    ctx,
-                    &job,
-                    http_status,
-                    attempt("retry", Some(error)),
-                    retry_after,
-                ));
-            }
-            Verdict::Conflict => {}
-        }
-        let lookup = ctx
-            .dodo
-            .find_grant(&job.entitlement_id, &job.customer_id, &job.grant_id)
-            .await;
-        let resolution = match lookup {
-            Ok(grant) => resolve_conflict(grant.as_ref(), &job.key.value),
-            Err(e) => {
-                let error = format!("409 from Dodo and the grant look-up failed: {e}");
-                tracing::warn!(grant_id = %job.grant_id, %error, "will retry with the same key");
-                return Some(retry_later(
-                    ctx,
-                    &job,
-                    http_status,
-                    attempt("conflict_unresolved", Some(error)),
-                    None,
-                ));
-            }
-        };
-        tracing::info!(grant_id = %job.grant_id, ?resolution, "409 resolved by look-up");
-        return Some(match resolution {
-            ConflictResolution::DeliveredWithOurKey => finish(
-                JobState::Delivered,
-                KeyAction::Deliver,
-                "conflict_delivered",
-                None,
-            ),
-            ConflictResolution::DeliveredElsewhere => finish(
-                JobState::Delivered,
-                KeyAction::Release,
-                "conflict_delivered_elsewhere",
-                Some(
-                    "409: the grant was fulfilled elsewhere with another key; our key was released"
-                        .into(),
-                ),
-            ),
-            ConflictResolution::Revoked { with_our_key: true } => finish(
-                JobState::Cancelled,
-                KeyAction::Revoke,
-                "conflict_revoked",
-                Some("409: the grant was delivered with our key, then revoked".into()),
-            ),
-            ConflictResolution::Revoked {
-                with_our_key: false,
-            } => finish(
-                JobState::Cancelled,
-                KeyAction::Release,
-                "conflict_revoked",
-                Some("409: the grant was revoked before fulfillment; our key was released".into()),
-            ),
-            ConflictResolution::FailedAtDodo { with_our_key } => finish(
-                JobState::Failed,
-                if with_our_key {
-                    KeyAction::Keep
-                } else {
-                    KeyAction::Release
-                },
-                "conflict_failed",
-                Some("409: Dodo reports the grant as Failed".into()),
-            ),
-            ConflictResolution::NotFound => retry_later(
-                ctx,
-                &job,
-                http_status,
-                attempt(
-                    "conflict_unresolved",
-                    Some("409 from Dodo but the grant is not in its listing yet".into()),
-                ),
-                None,
-            ),
-            ConflictResolution::KeyAlreadyExists => {
-                let record = attempt(
-                    "key_rejected",
-                    Some("409: Dodo already has this key value; it is rejected and the next key is tried".into()),
-                );
-                tracing::warn!(grant_id = %job.grant_id, key_id = job.key.key_id, "key value already exists at Dodo; rejected");
-                match storage::reject_key_and_reserve_next(&ctx.pool, &job, &record).await {
-                    Ok(NextKey::Reserved(next)) => {
-                        job.key = next;
-                        continue;
-                    }
-                    Ok(NextKey::Parked | NextKey::LeaseLost) => return None,
-                    Err(e) => {
-                        let error = format!("rejecting a duplicate key failed: {e}");
-                        retry_later(
-                            ctx,
-                            &job,
-                            http_status,
-                            attempt("conflict_unresolved", Some(error)),
-                            None,
-                        )
-                    }
-                }
-            }
-        });
-    }
-}
-
-fn retry_later(
-    ctx: &WorkerContext,
-    job: &ClaimedJob,
-    http_status: Option<i32>,
-    attempt: AttemptRecord,
-    retry_after: Option<Duration>,
-) -> Completion {
-    if job.attempts as u32 >= ctx.max_attempts {
-        let mut attempt = attempt;
-        let error = format!(
-            "gave up after {} attempts; last error: {}",
-            job.attempts,
-            attempt.error.as_deref().unwrap_or("unknown")
-        );
-        tracing::error!(grant_id = %job.grant_id, %error, "job failed; the key stays reserved to it until a human retries or cancels");
-        attempt.outcome = "gave_up";
-        let mut c = finish(job, JobState::Failed, KeyAction::Keep, http_status, attempt);
-        c.error = Some(error);
-        return c;
-    }
-    let delay = ctx
-        .retry
-        .delay(job.attempts as u32, retry_after, &mut rand::rng());
-    let mut c = finish(
-        job,
-        JobState::Retrying,
-        KeyAction::Keep,
-        http_status,
-        attempt,
-    );
-    c.run_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-    c
-}
-
-fn finish(
-    job: &ClaimedJob,
-    state: JobState,
-    key_action: KeyAction,
-    http_status: Option<i32>,
-    attempt: AttemptRecord,
-) -> Completion {
-    Completion {
-        grant_id: job.grant_id.clone(),
-        lease_token: job.lease_token,
-        key_id: job.key.key_id,
-        state,
-        run_at: Utc::now(),
-        key_action,
-        error: attempt.error.clone(),
-        http_status,
-        attempt,
-    }
-}
-
-fn status_class(status: Option<i32>) -> &'static str {
-    match status {
-        Some(200..=299) => "2xx",
-        Some(409) => "409",
-        Some(429) => "429",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) => "other",
-        None => "no_answer",
-    }
-}
-
 /// Claims one batch, runs every job in it concurrently and records the outcomes; returns the
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
-    let jobs = storage::claim_batch(&ctx.pool, limit, ctx.lease).await?;
-    ctx.check_stock(&claimed_entitlements(&jobs)).await?;
+    let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease).await?;
+    check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs.into_iter().map(|job| run_job(ctx, job));
     let completions: Vec<Completion> = futures_util::future::join_all(runs)
         .await
@@ -482,7 +210,7 @@ pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<
         .flatten()
         .collect();
     if !completions.is_empty() {
-        storage::complete_batch(&ctx.pool, &completions).await?;
+        store::complete_batch(&ctx.pool, &completions).await?;
     }
     Ok(completions)
 }

@@ -1,16 +1,16 @@
-//! Webhook intake: `POST /webhooks/dodo`. Verify the raw body, parse leniently, store the event
-//! and its job in one transaction, wake the workers, and answer 2xx only after the commit.
+//! Webhook intake: `POST /webhooks/dodo`. Verify the raw body, parse leniently, record the
+//! event and what it asks for (`record`), wake the workers, and answer 2xx only after the commit.
 
 pub mod event;
-pub mod lifecycle;
+pub mod record;
 pub mod signature;
-pub mod storage;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use sqlx::PgPool;
 
 use crate::fulfillment::JobSignal;
 use event::{IncomingEvent, ParseError};
+use record::Recording;
 use signature::{VerifyError, WebhookVerifier};
 
 /// Bodies above this are refused with 413.
@@ -62,14 +62,8 @@ pub async fn receive_webhook(
         metrics::counter!("keyrelay_webhooks_total", "type" => "unknown", "outcome" => "invalid")
             .increment(1);
     })?;
-    let decision = event.job_decision();
-    let stored = match &event.grant {
-        Some(grant) if lifecycle::is_lifecycle(&event.event_type) => {
-            lifecycle::store_and_apply(&state.pool, &event, grant).await
-        }
-        _ => storage::store_event(&state.pool, &event, decision).await,
-    };
-    let stored = stored
+    let stored = record::record(&state.pool, &event, Recording::Received)
+        .await
         .map_err(|e| {
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
             metrics::counter!("keyrelay_webhooks_total", "type" => event.event_type.clone(), "outcome" => "unavailable")

@@ -100,10 +100,3 @@ fn header_name(short: &str) -> &'static str {
         _ => HEADER_WEBHOOK_SIGNATURE,
     }
 }
-
-/// Signs `body` the way Dodo does; used by the sandbox, the benchmark and tests.
-pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-    Webhook::from_bytes(key.to_vec())
-        .and_then(|h| h.sign(webhook_id, timestamp, body))
-        .expect("webhook bodies are UTF-8 JSON")
-}

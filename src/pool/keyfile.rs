@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 
-/// Longest key value accepted.
-pub const MAX_KEY_LEN: usize = 256;
+use crate::domain::LicenseKey;
+pub use crate::domain::MAX_KEY_LEN;
 
 #[derive(Debug, Default)]
 pub struct ParsedKeys {
     /// Unique keys in file order.
-    pub keys: Vec<String>,
+    pub keys: Vec<LicenseKey>,
     /// Keys that appeared again later in the same file.
     pub duplicates_in_file: usize,
     /// Line number and reason for each line that is not a usable key.
@@ -40,12 +40,10 @@ pub fn parse_keys(text: &str) -> ParsedKeys {
             },
             None => line.to_string(),
         };
-        if let Err(reason) = validate_key(&value) {
-            parsed.invalid.push((line_no, reason));
-        } else if seen.insert(value.clone()) {
-            parsed.keys.push(value);
-        } else {
-            parsed.duplicates_in_file += 1;
+        match LicenseKey::parse(&value) {
+            Err(reason) => parsed.invalid.push((line_no, reason.to_string())),
+            Ok(key) if seen.insert(value) => parsed.keys.push(key),
+            Ok(_) => parsed.duplicates_in_file += 1,
         }
     }
     parsed
@@ -77,27 +75,18 @@ fn read_csv_record(line: &str) -> Result<csv::StringRecord, csv::Error> {
     Ok(record)
 }
 
-fn validate_key(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("empty key".into());
-    }
-    if value.chars().count() > MAX_KEY_LEN {
-        return Err(format!("key longer than {MAX_KEY_LEN} characters"));
-    }
-    if value.chars().any(|c| c.is_control()) {
-        return Err("key contains control characters".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn values(p: &ParsedKeys) -> Vec<&str> {
+        p.keys.iter().map(LicenseKey::reveal).collect()
+    }
+
     #[test]
     fn plain_lines_are_trimmed_and_comments_skipped() {
         let p = parse_keys("# vendor batch 7\n  PRO-1  \n\nPRO-2\r\nPRO-1\n#PRO-3\n");
-        assert_eq!(p.keys, vec!["PRO-1", "PRO-2"]);
+        assert_eq!(values(&p), vec!["PRO-1", "PRO-2"]);
         assert_eq!(p.duplicates_in_file, 1);
         assert!(p.invalid.is_empty());
     }
@@ -105,7 +94,7 @@ mod tests {
     #[test]
     fn csv_with_a_key_column_reads_that_column() {
         let p = parse_keys("serial,Key,batch\n1,PRO-A,x\n2,\"PRO-B\",y\n3,,z\n4\n");
-        assert_eq!(p.keys, vec!["PRO-A", "PRO-B"]);
+        assert_eq!(values(&p), vec!["PRO-A", "PRO-B"]);
         assert_eq!(p.invalid.len(), 2);
         assert_eq!((p.invalid[0].0, p.invalid[1].0), (4, 5));
         assert!(p.invalid[1].1.contains("no column"), "{:?}", p.invalid);
@@ -115,7 +104,7 @@ mod tests {
     fn bad_values_are_reported_with_their_line() {
         let long = "X".repeat(MAX_KEY_LEN + 1);
         let p = parse_keys(&format!("OK-1\n{long}\nBAD\u{7}KEY\n"));
-        assert_eq!(p.keys, vec!["OK-1"]);
+        assert_eq!(values(&p), vec!["OK-1"]);
         assert_eq!(
             p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
             vec![2, 3]

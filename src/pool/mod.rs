@@ -1,16 +1,16 @@
 //! Key pools: creating a pool bound to one entitlement, importing keys (all or nothing), and
-//! stock figures. Reservation and release live with the queue (`fulfillment::storage`).
+//! stock figures. The SQL is the store's (`store::pools`, `store::stock`); reservation and
+//! release happen in the queue (`store::claim`, `store::settle`).
 
 pub mod keyfile;
 
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::audit::{self, Actor, Subject};
-use crate::fulfillment::storage::{lock_entitlement_keys, resume_waiting_for_keys};
+use crate::domain::{EntitlementId, IdError};
+use crate::store::pools::{CreatePoolError, Import, NewPoolRow, create_pool};
 
-/// Keys inserted per statement during an import.
-const IMPORT_CHUNK: usize = 5_000;
+pub use crate::store::stock::{PoolStock, list_pools};
 
 #[derive(Debug, Clone, Default)]
 pub struct NewPool {
@@ -33,60 +33,52 @@ pub enum PoolError {
     NotFound(String),
     #[error("pool name and entitlement id must not be empty")]
     Empty,
-    #[error("activations limit and expiry must be at least 1")]
+    #[error("--entitlement: {0}; copy the entitlement id from Dodo's dashboard")]
+    BadEntitlement(IdError),
+    #[error("activations limit and expiry must be between 1 and {}", i32::MAX)]
     OutOfRange,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// Creates a pool and wakes any jobs that were waiting for one.
-pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
-    if new.name.trim().is_empty() || new.entitlement_id.trim().is_empty() {
-        return Err(PoolError::Empty);
-    }
-    if new.activations_limit == Some(0) || new.expires_in_days == Some(0) {
-        return Err(PoolError::OutOfRange);
-    }
-    let mut tx = pool.begin().await?;
-    lock_entitlement_keys(&mut tx, &new.entitlement_id).await?;
-    let inserted = sqlx::query_scalar(
-        r#"
-        INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days)
-        VALUES ($1, $2, $3, $4, $5)
-        RETURNING id
-        "#,
-    )
-    .bind(new.name.trim())
-    .bind(new.entitlement_id.trim())
-    .bind(new.low_stock as i32)
-    .bind(new.activations_limit.map(|v| v as i32))
-    .bind(new.expires_in_days.map(|v| v as i32))
-    .fetch_one(&mut *tx)
-    .await;
-    if let Err(sqlx::Error::Database(e)) = &inserted {
-        match e.constraint() {
-            Some("pools_name_key") => return Err(PoolError::NameTaken(new.name.clone())),
-            Some("pools_entitlement_id_key") => {
-                return Err(PoolError::EntitlementTaken(new.entitlement_id.clone()));
-            }
-            _ => {}
+impl From<CreatePoolError> for PoolError {
+    fn from(e: CreatePoolError) -> PoolError {
+        match e {
+            CreatePoolError::NameTaken(name) => PoolError::NameTaken(name),
+            CreatePoolError::EntitlementTaken(ent) => PoolError::EntitlementTaken(ent),
+            CreatePoolError::Database(e) => PoolError::Database(e),
         }
     }
-    let pool_id: i64 = inserted?;
-    audit::record(
-        &mut *tx,
-        Actor::Cli,
-        "create_pool",
-        Subject {
-            pool_id: Some(pool_id),
-            detail: Some(&format!("entitlement {}", new.entitlement_id.trim())),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let resumed = resume_waiting_for_keys(&mut tx, new.entitlement_id.trim()).await?;
-    tx.commit().await?;
-    Ok(resumed)
+}
+
+/// A setting that must be at least 1 and fit the database column.
+fn positive(value: Option<u32>) -> Result<Option<i32>, PoolError> {
+    value
+        .map(|v| {
+            i32::try_from(v)
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or(PoolError::OutOfRange)
+        })
+        .transpose()
+}
+
+/// Creates a pool and wakes any jobs that were waiting for one; returns how many.
+pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
+    let name = new.name.trim();
+    if name.is_empty() || new.entitlement_id.trim().is_empty() {
+        return Err(PoolError::Empty);
+    }
+    let entitlement_id =
+        EntitlementId::parse(new.entitlement_id.trim()).map_err(PoolError::BadEntitlement)?;
+    let row = NewPoolRow {
+        name,
+        entitlement_id: &entitlement_id,
+        low_stock: i32::try_from(new.low_stock).map_err(|_| PoolError::OutOfRange)?,
+        activations_limit: positive(new.activations_limit)?,
+        expires_in_days: positive(new.expires_in_days)?,
+    };
+    Ok(create_pool(pool, &row).await?)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +94,9 @@ pub struct ImportReport {
     pub dry_run: bool,
 }
 
+/// Keys stored per step of an import, and per progress report.
+const PROGRESS_STEP: usize = 5_000;
+
 /// Imports `keys` (unique, in file order) into the named pool in one transaction: either every
 /// new key is stored or none is. Keys already anywhere in the database are skipped and counted.
 /// With `dry_run` the transaction is rolled back, so the counts are exact but nothing changes.
@@ -112,109 +107,22 @@ pub async fn import_keys(
     dry_run: bool,
     mut progress: impl FnMut(u64),
 ) -> Result<ImportReport, PoolError> {
-    let mut tx = pool.begin().await?;
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, entitlement_id FROM pools WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (pool_id, entitlement_id) = row.ok_or_else(|| PoolError::NotFound(name.to_string()))?;
-    lock_entitlement_keys(&mut tx, &entitlement_id).await?;
-    let batch_id = format!(
-        "imp_{}_{:06x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-        rand::random::<u32>() & 0xff_ffff
-    );
-    let mut imported = 0u64;
-    for chunk in parsed.keys.chunks(IMPORT_CHUNK) {
-        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        imported += sqlx::query(
-            r#"
-            INSERT INTO keys (pool_id, value, batch_id)
-            SELECT $1, v, $3 FROM unnest($2::text[]) WITH ORDINALITY AS t(v, ord) ORDER BY ord
-            ON CONFLICT (value) DO NOTHING
-            "#,
-        )
-        .bind(pool_id)
-        .bind(&chunk)
-        .bind(&batch_id)
-        .execute(&mut *tx)
+    let mut import = Import::begin(pool, name)
         .await?
-        .rows_affected();
+        .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
+    let batch_id = import.batch_id().to_string();
+    for chunk in parsed.keys.chunks(PROGRESS_STEP) {
+        import.add(chunk).await?;
         progress(chunk.len() as u64);
     }
-    let resumed_jobs = if imported > 0 {
-        resume_waiting_for_keys(&mut tx, &entitlement_id).await?
-    } else {
-        0
-    };
-    audit::record(
-        &mut *tx,
-        Actor::Cli,
-        "import",
-        Subject {
-            pool_id: Some(pool_id),
-            batch_id: Some(&batch_id),
-            detail: Some(&format!("{imported} keys imported")),
-            ..Default::default()
-        },
-    )
-    .await?;
-    // A restock re-arms the low-stock alert.
-    sqlx::query(
-        "UPDATE pools SET low_stock_alerted = false WHERE id = $1 AND low_stock_alerted          AND (SELECT count(*) FROM keys WHERE pool_id = $1 AND state = 'available') >= low_stock",
-    )
-    .bind(pool_id)
-    .execute(&mut *tx)
-    .await?;
-    if dry_run {
-        tx.rollback().await?;
-    } else {
-        tx.commit().await?;
-    }
+    let done = import.finish(dry_run).await?;
     Ok(ImportReport {
         pool: name.to_string(),
         batch_id,
-        imported,
-        duplicates: (parsed.keys.len() as u64 - imported) + parsed.duplicates_in_file as u64,
+        imported: done.imported,
+        duplicates: (parsed.keys.len() as u64 - done.imported) + parsed.duplicates_in_file as u64,
         invalid: parsed.invalid.len() as u64,
-        resumed_jobs,
+        resumed_jobs: done.resumed_jobs,
         dry_run,
     })
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct PoolStock {
-    pub name: String,
-    pub entitlement_id: String,
-    pub available: i64,
-    pub reserved: i64,
-    pub delivered: i64,
-    pub rejected: i64,
-    pub revoked: i64,
-    pub low_stock_threshold: i32,
-    pub low_stock: bool,
-    pub activations_limit: Option<i32>,
-    pub expires_in_days: Option<i32>,
-}
-
-/// Every pool with its key counts by state.
-pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
-    sqlx::query_as(
-        r#"
-        SELECT p.name, p.entitlement_id,
-               count(k.id) FILTER (WHERE k.state = 'available') AS available,
-               count(k.id) FILTER (WHERE k.state = 'reserved')  AS reserved,
-               count(k.id) FILTER (WHERE k.state = 'delivered') AS delivered,
-               count(k.id) FILTER (WHERE k.state = 'rejected')  AS rejected,
-               count(k.id) FILTER (WHERE k.state = 'revoked')   AS revoked,
-               p.low_stock AS low_stock_threshold,
-               count(k.id) FILTER (WHERE k.state = 'available') < p.low_stock AS low_stock,
-               p.activations_limit, p.expires_in_days
-        FROM pools p LEFT JOIN keys k ON k.pool_id = p.id
-        GROUP BY p.id ORDER BY p.name
-        "#,
-    )
-    .fetch_all(pool)
-    .await
 }

@@ -2,20 +2,19 @@
 //! grants, revoke), following `shared/dodo/CONTRACT.md`. It sells grants, sends them as signed
 //! webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
 
+mod fulfill;
 mod server;
-pub mod stack;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use rand::Rng;
 use serde::Deserialize;
 
-use crate::dodo::{Grant, GrantStatus, LicenseKey};
-use crate::intake::signature;
+use crate::dodo::{Grant, GrantStatus};
 
+use fulfill::apply_key;
 pub use server::RunningSandbox;
 
 /// A fault the sandbox can inject into a fulfill call.
@@ -181,7 +180,7 @@ impl Sandbox {
     /// Signs `body` as webhook `id`, timestamped now.
     pub fn sign(&self, id: String, body: String) -> SignedWebhook {
         let timestamp = Utc::now().timestamp();
-        let signature = signature::sign(&self.webhook_key, &id, timestamp, body.as_bytes());
+        let signature = sign(&self.webhook_key, &id, timestamp, body.as_bytes());
         SignedWebhook {
             id,
             timestamp,
@@ -275,188 +274,11 @@ impl Sandbox {
     }
 }
 
-/// The result of a fulfill call, decided under the lock.
-enum FulfillResult {
-    Ok(Box<Grant>),
-    Error(u16, &'static str, String),
-    RateLimited(u64),
-}
-
-#[derive(Debug, Deserialize)]
-struct FulfillBody {
-    key: Option<serde_json::Value>,
-    #[serde(default)]
-    activations_limit: Option<serde_json::Value>,
-    #[serde(default)]
-    expires_at: Option<serde_json::Value>,
-}
-
-impl Sandbox {
-    /// Decides the fault for one call: a scripted one for the grant, else one drawn at random.
-    fn draw_fault(&self, grant_id: &str) -> (Option<Fault>, Duration) {
-        let mut state = self.lock();
-        let latency = Duration::from_millis(state.rates.latency_ms);
-        if let Some(f) = state
-            .scripted
-            .get_mut(grant_id)
-            .and_then(VecDeque::pop_front)
-        {
-            return (Some(f), latency);
-        }
-        let r = state.rates;
-        let roll: f64 = rand::rng().random();
-        let fault = if roll < r.server_error {
-            Some(Fault::Status { status: 500 })
-        } else if roll < r.server_error + r.apply_then_500 {
-            Some(Fault::ApplyThen500)
-        } else if roll < r.server_error + r.apply_then_500 + r.rate_limited {
-            Some(Fault::RateLimited {
-                retry_after_secs: r.retry_after_secs,
-            })
-        } else {
-            None
-        };
-        (fault, latency)
-    }
-
-    fn fulfill(&self, grant_id: &str, body: &[u8], fault: Option<Fault>) -> FulfillResult {
-        let mut state = self.lock();
-        let result = match fault {
-            Some(Fault::Status { status }) => {
-                FulfillResult::Error(status, "INTERNAL_SERVER_ERROR", "injected fault".into())
-            }
-            Some(Fault::RateLimited { retry_after_secs }) => {
-                FulfillResult::RateLimited(retry_after_secs)
-            }
-            Some(Fault::Hang) => unreachable!("hang is handled before the lock"),
-            Some(Fault::ApplyThen500) | None => {
-                match validate_and_apply(&mut state, grant_id, body) {
-                    FulfillResult::Ok(_) if fault == Some(Fault::ApplyThen500) => {
-                        FulfillResult::Error(
-                            500,
-                            "INTERNAL_SERVER_ERROR",
-                            "injected fault after apply".into(),
-                        )
-                    }
-                    other => other,
-                }
-            }
-        };
-        let key = serde_json::from_slice::<FulfillBody>(body)
-            .ok()
-            .and_then(|b| b.key)
-            .and_then(|k| k.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let status = match &result {
-            FulfillResult::Ok(_) => 200,
-            FulfillResult::Error(s, ..) => *s,
-            FulfillResult::RateLimited(_) => 429,
-        };
-        state.log.push(FulfillRecord {
-            grant_id: grant_id.to_string(),
-            key,
-            received: Instant::now(),
-            status,
-        });
-        result
-    }
-}
-
-fn validate_and_apply(state: &mut State, grant_id: &str, body: &[u8]) -> FulfillResult {
-    let Some(grant) = state.grants.get(grant_id) else {
-        return FulfillResult::Error(404, "NOT_FOUND", format!("grant {grant_id} not found"));
-    };
-    let body: FulfillBody = match serde_json::from_slice(body) {
-        Ok(b) => b,
-        Err(e) => return FulfillResult::Error(400, "INVALID_REQUEST_BODY", e.to_string()),
-    };
-    let key = match body.key {
-        None => {
-            return FulfillResult::Error(422, "UNPROCESSABLE_ENTITY", "missing field `key`".into());
-        }
-        Some(serde_json::Value::String(k)) => k.trim().to_string(),
-        Some(_) => {
-            return FulfillResult::Error(
-                422,
-                "UNPROCESSABLE_ENTITY",
-                "`key` must be a string".into(),
-            );
-        }
-    };
-    if key.is_empty() {
-        return FulfillResult::Error(400, "INVALID_LICENSE_KEY", "key must not be empty".into());
-    }
-    let activations_limit = match body.activations_limit {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(n) if n >= 1 => Some(n),
-            _ => {
-                return FulfillResult::Error(
-                    422,
-                    "UNPROCESSABLE_ENTITY",
-                    "activations_limit must be an integer >= 1".into(),
-                );
-            }
-        },
-    };
-    let expires_at = match body.expires_at {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if chrono::DateTime::parse_from_rfc3339(&s).is_ok() => {
-            Some(s)
-        }
-        Some(_) => {
-            return FulfillResult::Error(
-                422,
-                "UNPROCESSABLE_ENTITY",
-                "expires_at must be ISO 8601".into(),
-            );
-        }
-    };
-    if grant.integration_type.as_deref() != Some("license_key") {
-        return FulfillResult::Error(
-            400,
-            "INVALID_GRANT_TYPE",
-            "grant is not a license-key grant".into(),
-        );
-    }
-    if grant.status != GrantStatus::Pending {
-        return FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into());
-    }
-    if state.keys_in_use.contains_key(&key) {
-        return FulfillResult::Error(409, "CONFLICT", "license key already exists".into());
-    }
-    match apply_key(state, grant_id, &key, activations_limit, expires_at) {
-        Some(g) => FulfillResult::Ok(Box::new(g)),
-        None => FulfillResult::Error(409, "CONFLICT", "grant is not awaiting fulfillment".into()),
-    }
-}
-
-fn apply_key(
-    state: &mut State,
-    grant_id: &str,
-    key: &str,
-    activations_limit: Option<i64>,
-    expires_at: Option<String>,
-) -> Option<Grant> {
-    let grant = state.grants.get_mut(grant_id)?;
-    if grant.status != GrantStatus::Pending || state.keys_in_use.contains_key(key) {
-        return None;
-    }
-    let now = now_iso();
-    grant.status = GrantStatus::Delivered;
-    grant.delivered_at = Some(now.clone());
-    grant.updated_at = Some(now);
-    grant.license_key = Some(LicenseKey {
-        key: key.to_string(),
-        activations_used: Some(0),
-        activations_limit,
-        expires_at,
-    });
-    let grant = grant.clone();
-    state
-        .keys_in_use
-        .insert(key.to_string(), Some(grant_id.to_string()));
-    Some(grant)
+/// Signs `body` as Dodo does (Standard Webhooks, HMAC-SHA256 under `key`).
+pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+    standardwebhooks::Webhook::from_bytes(key.to_vec())
+        .and_then(|h| h.sign(webhook_id, timestamp, body))
+        .expect("webhook bodies are UTF-8 JSON")
 }
 
 fn now_iso() -> String {

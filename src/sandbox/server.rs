@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 use serde::Deserialize;
 
-use super::{Fault, FaultRates, FulfillResult, Sandbox};
+use super::fulfill::FulfillResult;
+use super::{Fault, FaultRates, Sandbox};
 use crate::dodo::GrantStatus;
 
 /// A sandbox serving on a local port.

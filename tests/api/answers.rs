@@ -297,10 +297,10 @@ async fn giving_up_after_max_attempts_keeps_the_key_reserved() {
         (KeyState::Reserved, Some(grant.clone()))
     );
     // A human retries it: fresh budget, same key, delivered.
-    keyrelay::jobs::retry_jobs(
+    keyrelay::ops::jobs::retry_jobs(
         &app.pool,
-        std::slice::from_ref(&grant),
-        keyrelay::audit::Actor::Cli,
+        &[crate::helpers::grant_id(&grant)],
+        keyrelay::domain::Actor::Cli,
     )
     .await
     .unwrap();

@@ -6,10 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use keyrelay::fulfillment::storage::claim_batch;
-use keyrelay::fulfillment::worker::run_job;
+use keyrelay::fulfillment::run_job;
 use keyrelay::sandbox::FaultRates;
 use keyrelay::startup::{Application, Role};
+use keyrelay::store::claim_batch;
 use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, wait_until};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use keyrelay::domain::{JobState, KeyState};
-use keyrelay::fulfillment::storage::{claim_batch, complete_batch};
-use keyrelay::fulfillment::{run_batch, worker::run_job};
+use keyrelay::fulfillment::{run_batch, run_job};
+use keyrelay::store::{claim_batch, complete_batch};
 
 use crate::helpers::{ENT, TestApp};
 

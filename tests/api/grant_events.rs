@@ -4,8 +4,8 @@
 use keyrelay::dodo::{Grant, GrantStatus, LicenseKey};
 use keyrelay::domain::{JobState, KeyState};
 use keyrelay::fulfillment::run_batch;
-use keyrelay::fulfillment::storage::claim_batch;
 use keyrelay::sandbox::Fault;
+use keyrelay::store::claim_batch;
 
 use crate::helpers::{ENT, TestApp};
 

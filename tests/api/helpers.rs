@@ -8,10 +8,10 @@ use std::sync::Once;
 use std::time::Duration;
 
 use keyrelay::configuration::Settings;
-use keyrelay::domain::{JobState, KeyState};
+use keyrelay::domain::{GrantId, JobState, KeyState, LicenseKey};
 use keyrelay::fulfillment::WorkerContext;
+use keyrelay::harness::LocalStack;
 use keyrelay::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
-use keyrelay::sandbox::stack::LocalStack;
 use keyrelay::sandbox::{Sandbox, SignedWebhook};
 use keyrelay::startup::{Role, dodo_client};
 use sqlx::PgPool;
@@ -162,7 +162,7 @@ impl TestApp {
 
     pub async fn import(&self, name: &str, keys: &[&str]) {
         let parsed = ParsedKeys {
-            keys: keys.iter().map(|k| k.to_string()).collect(),
+            keys: keys.iter().map(|k| LicenseKey::parse(k).unwrap()).collect(),
             ..Default::default()
         };
         import_keys(&self.pool, name, &parsed, false, |_| {})
@@ -279,4 +279,9 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A grant id as keyrelay's functions take it.
+pub fn grant_id(raw: &str) -> GrantId {
+    GrantId::parse(raw).unwrap()
 }

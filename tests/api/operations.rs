@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use keyrelay::audit::Actor;
+use keyrelay::domain::Actor;
 use keyrelay::domain::{JobState, KeyState};
-use keyrelay::events::{ReplayOutcome, prune, replay};
 use keyrelay::fulfillment::run_batch;
-use keyrelay::reconcile::reconcile;
+use keyrelay::ops::events::{ReplayOutcome, replay};
+use keyrelay::ops::reconcile::{prune, reconcile};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{ENT, TestApp};
@@ -77,7 +77,7 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
         .script_faults(&failing, [keyrelay::sandbox::Fault::Status { status: 422 }]);
     run_batch(&app.worker(), 10).await.unwrap();
     assert_eq!(app.job_state(&failing).await, JobState::Failed);
-    keyrelay::jobs::retry_jobs(&app.pool, std::slice::from_ref(&failing), Actor::Cli)
+    keyrelay::ops::jobs::retry_jobs(&app.pool, &[crate::helpers::grant_id(&failing)], Actor::Cli)
         .await
         .unwrap();
     run_batch(&app.worker(), 10).await.unwrap();

@@ -124,7 +124,7 @@ async fn a_failing_import_stores_nothing() {
 
 #[tokio::test]
 async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
-    use keyrelay::fulfillment::storage::{KEY_LOCK_CLASS, claim_batch, resume_waiting_for_keys};
+    use keyrelay::store::{KEY_LOCK_CLASS, claim_batch, pools::resume_waiting_for_keys};
     let app = TestApp::spawn_web().await;
     app.add_pool("pro", ENT, &[]).await;
     let grant = app.sell().await;
@@ -153,11 +153,14 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
         },
     )
     .await;
-    resume_waiting_for_keys(&mut import, ENT).await.unwrap();
+    let entitlement = keyrelay::domain::EntitlementId::parse(ENT).unwrap();
+    resume_waiting_for_keys(&mut import, &entitlement)
+        .await
+        .unwrap();
     import.commit().await.unwrap();
     let claimed = claim.await.unwrap().unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].key.value, "RACE-1");
+    assert_eq!(claimed[0].key.value.reveal(), "RACE-1");
     assert_eq!(app.job_state(&grant).await, JobState::Running);
     app.stop().await;
 }

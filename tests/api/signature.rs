@@ -1,7 +1,7 @@
 //! Standard Webhooks verification: only correctly signed, fresh requests are stored.
 
-use keyrelay::intake::signature::sign;
 use keyrelay::sandbox::Sandbox;
+use keyrelay::sandbox::sign;
 use keyrelay::startup::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

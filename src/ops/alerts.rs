@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use sqlx::PgPool;
+
+use crate::fulfillment::retry::RetryPolicy;
+
+pub use crate::store::stock::LowStock;
 
 /// POST attempts per alert.
 const SEND_ATTEMPTS: u32 = 4;
@@ -16,14 +19,6 @@ pub struct Alerter {
     http: reqwest::Client,
     webhook_url: Option<String>,
     first_retry: Duration,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct LowStock {
-    pub pool: String,
-    pub entitlement_id: String,
-    pub available: i64,
-    pub threshold: i32,
 }
 
 impl LowStock {
@@ -54,23 +49,7 @@ impl Alerter {
         pool: &PgPool,
         entitlements: &[String],
     ) -> Result<Vec<LowStock>, sqlx::Error> {
-        let low: Vec<LowStock> = sqlx::query_as(
-            r#"
-            WITH stock AS (
-                SELECT p.id, p.name, p.entitlement_id, p.low_stock,
-                       (SELECT count(*) FROM keys k WHERE k.pool_id = p.id AND k.state = 'available') AS available
-                FROM pools p
-                WHERE p.entitlement_id = ANY($1) AND p.low_stock > 0 AND NOT p.low_stock_alerted
-            )
-            UPDATE pools SET low_stock_alerted = true
-            FROM stock WHERE pools.id = stock.id AND stock.available < stock.low_stock
-              AND NOT pools.low_stock_alerted
-            RETURNING stock.name AS pool, stock.entitlement_id, stock.available, stock.low_stock AS threshold
-            "#,
-        )
-        .bind(entitlements)
-        .fetch_all(pool)
-        .await?;
+        let low = crate::store::stock::flag_low_stock(pool, entitlements).await?;
         for alert in &low {
             tracing::warn!(pool = %alert.pool, available = alert.available, threshold = alert.threshold, "pool is low on keys");
             metrics::counter!("keyrelay_low_stock_alerts_total", "pool" => alert.pool.clone())
@@ -93,7 +72,10 @@ async fn send(http: &reqwest::Client, url: &str, alert: &LowStock, first_retry: 
         "available": alert.available,
         "threshold": alert.threshold,
     });
-    let mut delay = first_retry;
+    let backoff = RetryPolicy {
+        base: first_retry,
+        max: first_retry * 2u32.pow(SEND_ATTEMPTS),
+    };
     for attempt in 1..=SEND_ATTEMPTS {
         match http.post(url).json(&body).send().await {
             Ok(r) if r.status().is_success() => return,
@@ -104,8 +86,8 @@ async fn send(http: &reqwest::Client, url: &str, alert: &LowStock, first_retry: 
             ),
             Err(e) => tracing::warn!(error = %e, attempt, "low-stock alert webhook unreachable"),
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        let wait = backoff.delay(attempt, None, &mut rand::rng());
+        tokio::time::sleep(wait).await;
     }
     tracing::error!(pool = %alert.pool, "gave up sending the low-stock alert; check alerts.webhook_url");
 }

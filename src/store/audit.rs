@@ -5,32 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-/// Who did it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Actor {
-    Cli,
-    Webhook,
-    Worker,
-    Admin,
-}
-
-impl Actor {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Actor::Cli => "cli",
-            Actor::Webhook => "webhook",
-            Actor::Worker => "worker",
-            Actor::Admin => "admin",
-        }
-    }
-}
+use crate::domain::{Actor, GrantId};
 
 /// What an entry is about; unset parts are NULL.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Subject<'a> {
     pub pool_id: Option<i64>,
-    pub grant_id: Option<&'a str>,
+    pub grant_id: Option<&'a GrantId>,
     pub key_id: Option<i64>,
     pub batch_id: Option<&'a str>,
     pub detail: Option<&'a str>,
@@ -73,7 +54,7 @@ pub struct AuditEntry {
 const COLUMNS: &str = "a.at, a.actor, a.action, a.grant_id, a.key_id, a.batch_id, a.detail";
 
 /// A grant's entries, oldest first.
-pub async fn for_grant(pool: &PgPool, grant_id: &str) -> Result<Vec<AuditEntry>, sqlx::Error> {
+pub async fn for_grant(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM audit_log a WHERE a.grant_id = $1 ORDER BY a.id"
     ))

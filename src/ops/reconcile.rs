@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
+
+pub use crate::store::prune::Pruned;
 use tokio_util::sync::CancellationToken;
 
 use crate::dodo::{DodoClient, GrantStatus};
-use crate::fulfillment::storage::notify_jobs_ready;
-use crate::intake::event::{JobDecision, ownership};
+use crate::domain::{CustomerId, GrantId, Serve};
+use crate::intake::event::GrantFacts;
+use crate::store::{self, enqueue, pools};
 
 /// Session advisory lock held while reconciling.
 const RECONCILE_LOCK: i64 = 0x6b72_7265_636f_6e31;
@@ -50,10 +53,7 @@ async fn reconcile_locked(
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ReconcileReport> {
-    let entitlements: Vec<String> =
-        sqlx::query_scalar("SELECT entitlement_id FROM pools ORDER BY name")
-            .fetch_all(pool)
-            .await?;
+    let entitlements = pools::pooled_entitlements(pool).await?;
     let mut report = ReconcileReport {
         entitlements: entitlements.len(),
         ..Default::default()
@@ -71,36 +71,31 @@ async fn reconcile_locked(
                 break;
             }
             // The list endpoint ignores integration filters: keep pending license-key grants.
-            let pending: Vec<_> = items
+            let pending: Vec<(GrantId, CustomerId)> = items
                 .iter()
-                .filter(|g| g.status == GrantStatus::Pending && g.license_key.is_none())
-                .filter(|g| ownership(g) != JobDecision::Skip)
+                .filter_map(|g| match GrantFacts::from_grant(g) {
+                    Ok(facts) => Some(facts),
+                    Err(e) => {
+                        let shown: String = g.id.chars().take(64).collect();
+                        tracing::warn!(grant_id = %shown.escape_debug(), error = %e, "skipping a grant Dodo listed");
+                        None
+                    }
+                })
+                .filter(|g| g.is_pending_without_key() && g.serve != Serve::No)
+                .map(|g| (g.id, g.customer_id))
                 .collect();
             report.pending_seen += pending.len();
-            let ids: Vec<&str> = pending.iter().map(|g| g.id.as_str()).collect();
-            let customers: Vec<&str> = pending.iter().map(|g| g.customer_id.as_str()).collect();
-            let enqueued: Vec<String> = sqlx::query_scalar(
-                r#"
-                WITH new AS (
-                    INSERT INTO jobs (grant_id, entitlement_id, customer_id, source)
-                    SELECT g, $3, c, 'reconciler' FROM unnest($1::text[], $2::text[]) AS t(g, c)
-                    ON CONFLICT (grant_id) DO NOTHING
-                    RETURNING grant_id
-                ), audited AS (
-                    INSERT INTO audit_log (actor, action, grant_id, detail)
-                    SELECT 'worker', 'enqueue', grant_id, 'found by polling Dodo' FROM new
-                )
-                SELECT grant_id FROM new
-                "#,
+            let enqueued = enqueue::enqueue_grants(
+                pool,
+                entitlement,
+                &pending,
+                "reconciler",
+                "found by polling Dodo",
             )
-            .bind(&ids)
-            .bind(&customers)
-            .bind(entitlement)
-            .fetch_all(pool)
             .await?;
             if !enqueued.is_empty() {
                 tracing::warn!(entitlement = %entitlement, grants = ?enqueued, "queued grants whose webhook never arrived");
-                notify_jobs_ready(pool).await?;
+                store::notify_jobs_ready(pool).await?;
                 report.enqueued += enqueued.len();
             }
         }
@@ -121,7 +116,7 @@ pub async fn run_maintenance(
         match reconcile(&pool, &dodo, &shutdown).await {
             Ok(Some(report)) => {
                 tracing::info!(?report, "reconciled with Dodo");
-                match crate::events::prune(&pool, retention).await {
+                match prune(&pool, retention).await {
                     Ok(p) if p.events + p.jobs > 0 => {
                         tracing::info!(events = p.events, jobs = p.jobs, "pruned old rows")
                     }
@@ -137,4 +132,14 @@ pub async fn run_maintenance(
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Deletes events and finished jobs older than `older_than`, in small batches; keys, pools and
+/// the audit trail are kept.
+pub async fn prune(pool: &PgPool, older_than: Duration) -> Result<Pruned, sqlx::Error> {
+    let age = chrono::TimeDelta::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
+    let cutoff = chrono::Utc::now()
+        .checked_sub_signed(age)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    store::prune::prune(pool, cutoff).await
 }

@@ -7,6 +7,7 @@ use std::fmt::Write;
 use sqlx::PgPool;
 
 use crate::domain::JobState;
+use crate::store::stock;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct QueueStats {
@@ -18,29 +19,11 @@ pub struct QueueStats {
 }
 
 pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
-    let jobs_by_state = crate::jobs::count_by_state(pool).await?;
-    let oldest_queued_age_secs: f64 = sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM jobs WHERE state = 'queued'",
-    )
-    .fetch_one(pool)
-    .await?;
-    let keys_available = sqlx::query_as(
-        "SELECT p.name, (SELECT count(*) FROM keys k WHERE k.pool_id = p.id AND k.state = 'available') \
-         FROM pools p ORDER BY p.name",
-    )
-    .fetch_all(pool)
-    .await?;
-    let dead_tuples = sqlx::query_as(
-        "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
-         WHERE relname IN ('events', 'jobs', 'attempts', 'keys', 'pools', 'audit_log') ORDER BY relname",
-    )
-    .fetch_all(pool)
-    .await?;
     Ok(QueueStats {
-        jobs_by_state,
-        oldest_queued_age_secs,
-        keys_available,
-        dead_tuples,
+        jobs_by_state: stock::count_jobs_by_state(pool).await?,
+        oldest_queued_age_secs: stock::oldest_queued_age_secs(pool).await?,
+        keys_available: stock::available_per_pool(pool).await?,
+        dead_tuples: stock::dead_tuples(pool).await?,
     })
 }
 

@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{RunningSandbox, Sandbox};
 use crate::configuration::{Settings, parse_webhook_secrets};
+use crate::sandbox::{RunningSandbox, Sandbox};
 use crate::startup::{Application, Role};
 
 pub struct LocalStack {

@@ -1,6 +1,15 @@
-//! The states of jobs and keys (Postgres enums), and how a key is shown to people.
+//! keyrelay's vocabulary: Dodo's ids and key values as types checked once at the boundary, the
+//! states of jobs and keys (Postgres enums), and who acts on them.
+
+mod ids;
+mod key;
+mod outcome;
 
 use serde::{Deserialize, Serialize};
+
+pub use ids::{CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN};
+pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, mask_key};
+pub use outcome::{AttemptOutcome, KeyAction, Serve};
 
 /// Where a fulfillment job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
@@ -57,6 +66,27 @@ impl std::fmt::Display for JobState {
     }
 }
 
+/// Who did something, as the audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    Cli,
+    Webhook,
+    Worker,
+    Admin,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Cli => "cli",
+            Actor::Webhook => "webhook",
+            Actor::Worker => "worker",
+            Actor::Admin => "admin",
+        }
+    }
+}
+
 /// Where a key is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[sqlx(type_name = "key_state", rename_all = "snake_case")]
@@ -69,46 +99,21 @@ pub enum KeyState {
     Revoked,
 }
 
-/// Hides a key for display: keeps a leading prefix group (when the key has three or more
-/// groups) and the last four characters, e.g. `PRO-AAAA-BBBB-DDDD` → `PRO-****-****-DDDD`.
-pub fn mask_key(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    let reveal_tail = if chars.len() >= 12 { 4 } else { 0 };
-    let groups = key.split('-').count();
-    let prefix_len = if groups >= 3 {
-        key.split('-').next().map_or(0, |g| g.chars().count())
-    } else {
-        0
-    };
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let visible = i < prefix_len || i >= chars.len() - reveal_tail;
-            if visible || !c.is_alphanumeric() {
-                c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Available => "available",
+            KeyState::Reserved => "reserved",
+            KeyState::Delivered => "delivered",
+            KeyState::Rejected => "rejected",
+            KeyState::Revoked => "revoked",
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_keep_prefix_and_last_four() {
-        assert_eq!(mask_key("PRO-AAAA-BBBB-DDDD"), "PRO-****-****-DDDD");
-        assert_eq!(
-            mask_key("PRO-AAAA-BBBB-CCCC-DDDD"),
-            "PRO-****-****-****-DDDD"
-        );
-        assert_eq!(mask_key("ABCDEFGHIJKLMNOP"), "************MNOP");
-        assert_eq!(mask_key("SHORT1"), "******");
-        assert_eq!(mask_key("AB-CDEFGHIJKLMN"), "**-********KLMN");
-    }
 
     #[test]
     fn states_round_trip_through_their_names() {

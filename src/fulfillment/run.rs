@@ -1,0 +1,200 @@
+//! One claimed job, run to an outcome: send its key to Dodo, look the grant up after a 409, ask
+//! `decide` what the answer means, and hand the decision to the store.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+
+use super::decide::{self, Budget, Decision, Next, Severity};
+use super::retry::RetryPolicy;
+use crate::configuration::WorkerSettings;
+use crate::dodo::{DodoClient, FulfillRequest};
+use crate::domain::{AttemptOutcome, JobState};
+use crate::ops::alerts::Alerter;
+use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
+
+/// Everything a job needs to run.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub pool: PgPool,
+    pub dodo: DodoClient,
+    pub alerter: Alerter,
+    pub retry: RetryPolicy,
+    pub max_attempts: u32,
+    pub lease: Duration,
+}
+
+impl WorkerContext {
+    pub fn new(pool: PgPool, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
+        WorkerContext {
+            pool,
+            dodo,
+            alerter: Alerter::new(None),
+            retry: RetryPolicy {
+                base: Duration::from_millis(settings.backoff_base_ms),
+                max: Duration::from_millis(settings.backoff_max_ms),
+            },
+            max_attempts: settings.max_attempts,
+            lease: settings.lease(),
+        }
+    }
+
+    /// Sends low-stock alerts to `url` as well as to the log and metrics.
+    pub fn with_alert_webhook(mut self, url: Option<String>) -> WorkerContext {
+        self.alerter = Alerter::new(url);
+        self
+    }
+
+    fn budget(&self, job: &ClaimedJob) -> Budget {
+        Budget {
+            attempt: job.attempts.max(0) as u32,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// Runs one claimed job to an outcome. `None` when the job needs no completion record (it was
+/// parked waiting for keys, or its lease was lost).
+pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Completion> {
+    loop {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let answer = ctx.dodo.fulfill(&job.grant_id, &request(&job.key)).await;
+        let duration = clock.elapsed();
+        let http_status = answer.as_ref().ok().map(|a| i32::from(a.status));
+        record_call_metrics(duration, http_status);
+        let lookup = match decide::needs_lookup(&answer) {
+            true => Some(
+                ctx.dodo
+                    .find_grant(&job.entitlement_id, &job.customer_id, &job.grant_id)
+                    .await,
+            ),
+            false => None,
+        };
+        let mut decision =
+            decide::decide(&answer, lookup.as_ref(), &job.key.value, ctx.budget(&job));
+        let attempt = |d: &Decision| AttemptRecord {
+            key_id: job.key.key_id,
+            started_at,
+            duration,
+            http_status,
+            outcome: d.outcome,
+            error: d.error.clone(),
+        };
+        if decision.next == Next::NextKey {
+            report(&job, &decision);
+            match store::reject_key_and_reserve_next(&ctx.pool, &job, &attempt(&decision)).await {
+                Ok(NextKey::Reserved(next)) => {
+                    job.key = next;
+                    continue;
+                }
+                Ok(NextKey::Parked | NextKey::LeaseLost) => return None,
+                Err(e) => {
+                    let error = format!("rejecting a duplicate key failed: {e}");
+                    decision = decide::retry(
+                        AttemptOutcome::ConflictUnresolved,
+                        error,
+                        None,
+                        false,
+                        ctx.budget(&job),
+                    );
+                }
+            }
+        }
+        report(&job, &decision);
+        let record = attempt(&decision);
+        return Some(completion(ctx, &job, decision, http_status, record));
+    }
+}
+
+/// The body of the fulfill call: the key, and the pool's options.
+fn request(key: &ReservedKey) -> FulfillRequest {
+    FulfillRequest {
+        key: key.value.clone(),
+        activations_limit: key.activations_limit,
+        expires_at: key
+            .expires_in_days
+            .and_then(|days| TimeDelta::try_days(days.into()))
+            .and_then(|days| Utc::now().checked_add_signed(days))
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    }
+}
+
+/// The decision as the store records it: the job's state, and when it runs next.
+fn completion(
+    ctx: &WorkerContext,
+    job: &ClaimedJob,
+    decision: Decision,
+    http_status: Option<i32>,
+    attempt: AttemptRecord,
+) -> Completion {
+    let now = Utc::now();
+    let (state, run_at) = match decision.next {
+        Next::Finish(state) => (state, now),
+        Next::RetryLater { retry_after } => {
+            let delay = ctx
+                .retry
+                .delay(job.attempts.max(0) as u32, retry_after, &mut rand::rng());
+            (JobState::Retrying, later(now, delay))
+        }
+        // Rejecting at once was not possible: the key is rejected with the outcome instead,
+        // and the next claim reserves a new one.
+        Next::NextKey => (JobState::Retrying, now),
+    };
+    Completion {
+        grant_id: job.grant_id.clone(),
+        lease_token: job.lease_token,
+        key_id: job.key.key_id,
+        state,
+        run_at,
+        key_action: decision.key,
+        error: decision.error,
+        http_status,
+        attempt,
+    }
+}
+
+fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
+
+fn report(job: &ClaimedJob, decision: &Decision) {
+    let grant_id = job.grant_id.as_str();
+    let outcome = decision.outcome.as_str();
+    let error = decision.error.as_deref().unwrap_or("");
+    let what = match decision.next {
+        Next::Finish(JobState::Delivered) => "delivered",
+        Next::Finish(JobState::Cancelled) => "job cancelled",
+        Next::Finish(_) => "job failed",
+        Next::RetryLater { .. } => "will retry",
+        Next::NextKey => "key value already exists at Dodo; rejected, trying the next key",
+    };
+    let attempt = job.attempts;
+    match decision.severity {
+        Severity::Info => tracing::info!(grant_id, outcome, "{what}"),
+        Severity::Warn => tracing::warn!(grant_id, outcome, error, attempt, "{what}"),
+        Severity::Error => tracing::error!(grant_id, outcome, error, attempt, "{what}"),
+    }
+}
+
+fn record_call_metrics(duration: Duration, http_status: Option<i32>) {
+    metrics::histogram!("keyrelay_fulfill_duration_seconds").record(duration.as_secs_f64());
+    metrics::counter!("keyrelay_fulfill_calls_total", "status" => status_class(http_status))
+        .increment(1);
+}
+
+fn status_class(status: Option<i32>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(409) => "409",
+        Some(429) => "429",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "no_answer",
+    }
+}

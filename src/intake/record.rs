@@ -1,0 +1,189 @@
+//! Recording a verified event: the one entry point for webhooks as they arrive and for replays
+//! of stored ones. A `created` event and its job are stored in one statement; a lifecycle event
+//! is stored and applied (as `lifecycle::settle` decides) in one transaction.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::event::{GrantFacts, IncomingEvent};
+use crate::domain::Actor;
+use crate::lifecycle::{self, EventFacts, GrantEvent, JobNow, Settlement};
+use crate::store::audit::{self, Subject};
+use crate::store::enqueue::{self, NewEvent};
+use crate::store::settle::{self as settle_store, EventSettlement};
+
+/// How the event came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// As a webhook: a webhook-id already stored is a redelivery and changes nothing.
+    Received,
+    /// Replayed by an operator from the event store: everything it asks for is re-applied,
+    /// which changes nothing already decided.
+    Replayed(Actor),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// false: the webhook-id was already stored.
+    pub new_event: bool,
+    /// A job was created for the grant.
+    pub job_created: bool,
+    /// A lifecycle event changed the grant's job or key.
+    pub settled: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// A job was created for the grant.
+    Queued,
+    /// A lifecycle event changed the job or its key.
+    Applied,
+    /// Everything it asks for was already decided.
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn replayed(self) -> ReplayOutcome {
+        if self.job_created {
+            ReplayOutcome::Queued
+        } else if self.settled {
+            ReplayOutcome::Applied
+        } else {
+            ReplayOutcome::Unchanged
+        }
+    }
+}
+
+/// Stores the event and does what it asks, atomically. Never answer a webhook 2xx unless this
+/// returned `Ok`.
+pub async fn record(
+    pool: &PgPool,
+    event: &IncomingEvent<'_>,
+    how: Recording,
+) -> Result<Outcome, sqlx::Error> {
+    let row = NewEvent {
+        webhook_id: event.webhook_id,
+        event_type: &event.event_type,
+        grant_id: event.grant.as_ref().map(|g| &g.id),
+        payload: event.payload,
+    };
+    let lifecycle_event = GrantEvent::from_type(&event.event_type);
+    if let (Some(grant), Some(kind)) = (&event.grant, lifecycle_event) {
+        let mut tx = pool.begin().await?;
+        let new_event = enqueue::insert_event(&mut tx, row).await?;
+        let settled = match how {
+            Recording::Received if !new_event => false,
+            Recording::Received => {
+                apply(&mut tx, kind, grant, event.timestamp, Actor::Webhook).await?
+            }
+            Recording::Replayed(actor) => {
+                apply(&mut tx, kind, grant, event.timestamp, actor).await?
+            }
+        };
+        let outcome = Outcome {
+            new_event,
+            job_created: false,
+            settled,
+        };
+        audit_replay(&mut tx, event, how, outcome).await?;
+        tx.commit().await?;
+        return Ok(outcome);
+    }
+    let (new_event, job_created) = match how {
+        Recording::Received => {
+            let recorded = enqueue::record_event(pool, row, event.new_job(), false).await?;
+            (recorded.new_event, recorded.job_created)
+        }
+        Recording::Replayed(_) => {
+            let mut tx = pool.begin().await?;
+            let recorded = enqueue::record_event(&mut *tx, row, event.new_job(), true).await?;
+            let outcome = Outcome {
+                new_event: recorded.new_event,
+                job_created: recorded.job_created,
+                settled: false,
+            };
+            if recorded.job_created {
+                crate::store::notify_jobs_ready(&mut *tx).await?;
+            }
+            audit_replay(&mut tx, event, how, outcome).await?;
+            tx.commit().await?;
+            (recorded.new_event, recorded.job_created)
+        }
+    };
+    Ok(Outcome {
+        new_event,
+        job_created,
+        settled: false,
+    })
+}
+
+/// Applies a lifecycle event to the grant's job and key; true if anything changed.
+async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: GrantEvent,
+    grant: &GrantFacts,
+    event_time: Option<DateTime<Utc>>,
+    actor: Actor,
+) -> Result<bool, sqlx::Error> {
+    let job = settle_store::lock_job_for_event(tx, &grant.id).await?;
+    let facts = EventFacts {
+        event: kind,
+        at: grant.updated_at.or(event_time),
+        carries_our_key: job
+            .as_ref()
+            .and_then(|j| j.key_value.as_ref())
+            .is_some_and(|ours| grant.carries(ours)),
+        reason: grant.reason(kind),
+    };
+    let now = job.as_ref().map(|j| JobNow {
+        state: j.state,
+        key: j.key_state,
+        seen: j.grant_updated_at,
+    });
+    let settlement = lifecycle::settle(now.as_ref(), &facts);
+    let applied = match &settlement {
+        Settlement::Stale => false,
+        Settlement::Apply {
+            job: next,
+            key,
+            note,
+        } => {
+            let key_id = job.as_ref().and_then(|j| j.key_id);
+            let change = EventSettlement {
+                at: facts.at,
+                job_state: *next,
+                key_action: *key,
+                note,
+            };
+            settle_store::settle_by_event(tx, &grant.id, key_id, change, actor).await?;
+            true
+        }
+        Settlement::Unseen { state, note } => {
+            enqueue::record_unseen_grant(tx, grant.as_new_job(), *state, note, actor).await?
+        }
+    };
+    tracing::info!(grant_id = %grant.id, event_type = kind.as_type(), applied, ?settlement, "lifecycle event");
+    Ok(applied)
+}
+
+/// Audits a replay (nothing, for a webhook as it arrives).
+async fn audit_replay(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &IncomingEvent<'_>,
+    how: Recording,
+    outcome: Outcome,
+) -> Result<(), sqlx::Error> {
+    let Recording::Replayed(actor) = how else {
+        return Ok(());
+    };
+    let detail = format!("replayed {}: {:?}", event.webhook_id, outcome.replayed());
+    let subject = Subject {
+        grant_id: event.grant.as_ref().map(|g| &g.id),
+        detail: Some(&detail),
+        ..Default::default()
+    };
+    audit::record(&mut **tx, actor, "replay", subject).await
+}

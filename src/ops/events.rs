@@ -1,0 +1,46 @@
+//! The event store as operators use it: list and show stored webhooks, and replay one through
+//! the same entry point intake uses (idempotent).
+
+use sqlx::PgPool;
+
+use crate::domain::Actor;
+use crate::intake::event::IncomingEvent;
+use crate::intake::record::{self, Recording};
+use crate::store::read;
+
+pub use crate::intake::record::ReplayOutcome;
+pub use crate::store::read::{EventDetail, EventSummary, list_events};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no stored event with webhook-id {0}; see `keyrelay events list`")]
+    NotFound(String),
+    #[error("stored event {0} is not a webhook envelope: {1}")]
+    Unparsable(String, String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One stored event with its payload.
+pub async fn show_event(
+    pool: &PgPool,
+    webhook_id: &str,
+) -> Result<Option<EventDetail>, sqlx::Error> {
+    read::event(pool, webhook_id).await
+}
+
+/// Re-runs intake on a stored event. Idempotent: a job that exists is not touched, and a
+/// lifecycle event already applied is stale.
+pub async fn replay(
+    pool: &PgPool,
+    webhook_id: &str,
+    actor: Actor,
+) -> Result<ReplayOutcome, ReplayError> {
+    let payload = read::event_payload(pool, webhook_id)
+        .await?
+        .ok_or_else(|| ReplayError::NotFound(webhook_id.to_string()))?;
+    let event = IncomingEvent::from_parts(webhook_id, payload.as_bytes())
+        .map_err(|e| ReplayError::Unparsable(webhook_id.to_string(), e.to_string()))?;
+    let outcome = record::record(pool, &event, Recording::Replayed(actor)).await?;
+    Ok(outcome.replayed())
+}

@@ -1,0 +1,106 @@
+//! Jobs as operators see them: list, show with attempts and audit trail, retry (replay) and
+//! cancel. Keys are shown masked unless the operator asks for them.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::domain::{Actor, GrantId, KeyState, LicenseKey};
+use crate::store::audit::{self, AuditEntry};
+use crate::store::{self, operator, read};
+
+pub use crate::store::ActionResult;
+pub use crate::store::read::{JobSummary, failed_grant_ids, list_jobs};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub http_status: Option<i32>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    /// Masked unless asked for.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    pub key: Option<String>,
+    pub key_state: Option<KeyState>,
+    pub attempt_history: Vec<AttemptView>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One job with its key (masked unless `reveal_key`), every attempt and its audit trail.
+pub async fn show_job(
+    pool: &PgPool,
+    grant_id: &GrantId,
+    reveal_key: bool,
+) -> Result<Option<JobDetail>, sqlx::Error> {
+    let Some(job) = read::job(pool, grant_id).await? else {
+        return Ok(None);
+    };
+    let show = |k: LicenseKey| {
+        if reveal_key {
+            k.reveal().to_string()
+        } else {
+            k.masked()
+        }
+    };
+    let key = read::live_key(pool, grant_id).await?;
+    let attempt_history = read::attempts(pool, grant_id)
+        .await?
+        .into_iter()
+        .map(|a| AttemptView {
+            started_at: a.started_at,
+            http_status: a.http_status,
+            outcome: a.outcome,
+            error: a.error,
+            duration_ms: a.duration_ms,
+            key: a.key.map(show),
+        })
+        .collect();
+    Ok(Some(JobDetail {
+        audit: audit::for_grant(pool, grant_id).await?,
+        job,
+        key_state: key.as_ref().map(|k| k.1),
+        key: key.map(|k| show(k.0)),
+        attempt_history,
+    }))
+}
+
+/// Replays failed or cancelled jobs: back to `queued` with a fresh attempt budget.
+pub async fn retry_jobs(
+    pool: &PgPool,
+    grant_ids: &[GrantId],
+    actor: Actor,
+) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
+    let mut results = Vec::new();
+    for grant_id in grant_ids {
+        results.push((
+            grant_id.clone(),
+            operator::requeue_job(pool, grant_id, actor).await?,
+        ));
+    }
+    if results.iter().any(|(_, r)| *r == ActionResult::Done) {
+        store::notify_jobs_ready(pool).await?;
+    }
+    Ok(results)
+}
+
+/// Stops trying jobs; see `store::operator::cancel_job` for what happens to their keys.
+pub async fn cancel_jobs(
+    pool: &PgPool,
+    grant_ids: &[GrantId],
+    actor: Actor,
+) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
+    let mut results = Vec::new();
+    for grant_id in grant_ids {
+        results.push((
+            grant_id.clone(),
+            operator::cancel_job(pool, grant_id, actor).await?,
+        ));
+    }
+    Ok(results)
+}

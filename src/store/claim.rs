@@ -1,0 +1,295 @@
+//! Claiming: due jobs are taken with their keys in one short transaction, committed before any
+//! call to Dodo. A key Dodo already holds is rejected and the next one reserved under the same
+//! lease. Jobs that find no key are parked until keys arrive.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::KEY_LOCK_CLASS;
+use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
+use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
+
+/// A job this worker now owns until its lease ends.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub grant_id: GrantId,
+    pub entitlement_id: EntitlementId,
+    pub customer_id: CustomerId,
+    pub lease_token: i64,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub key: ReservedKey,
+}
+
+/// The key bound to a job, with the pool's fulfillment options.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReservedKey {
+    pub key_id: i64,
+    pub value: LicenseKey,
+    pub activations_limit: Option<i32>,
+    pub expires_in_days: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    grant_id: GrantId,
+    entitlement_id: EntitlementId,
+    customer_id: CustomerId,
+    lease_token: i64,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    key_id: Option<i64>,
+}
+
+/// Claims up to `limit` due jobs (queued, retrying, or running with an expired lease), counts
+/// the attempt, sets a lease, and reserves a key for each job that has none — all in one
+/// short transaction, committed before any call to Dodo. Jobs for which no key exists are
+/// parked in `waiting_for_keys` without using an attempt and are not returned.
+pub async fn claim_batch(
+    pool: &PgPool,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The claim also takes the shared key lock of every entitlement that needs a key, so the
+    // reservation below (a new statement, a new snapshot) sees any import that committed first.
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        r#"
+        WITH due AS (
+            SELECT grant_id FROM jobs
+            WHERE state IN ('queued', 'retrying', 'running') AND run_at <= now()
+            ORDER BY run_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE jobs SET state = 'running',
+                            lease_token = nextval('job_lease_tokens'),
+                            run_at = now() + make_interval(secs => $2),
+                            attempts = jobs.attempts + 1,
+                            updated_at = now()
+            FROM due WHERE jobs.grant_id = due.grant_id
+            RETURNING jobs.grant_id, jobs.entitlement_id, jobs.customer_id, jobs.lease_token,
+                      jobs.attempts, jobs.created_at, jobs.key_id
+        ), key_locks AS (
+            SELECT count(pg_advisory_xact_lock_shared($3, hashtext(entitlement_id))) AS taken
+            FROM (SELECT DISTINCT entitlement_id FROM claimed WHERE key_id IS NULL ORDER BY 1) AS keyless
+        )
+        SELECT claimed.* FROM claimed, key_locks
+        "#,
+    )
+    .bind(limit as i64)
+    .bind(lease.as_secs_f64())
+    .bind(KEY_LOCK_CLASS)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let keyless: Vec<(GrantId, EntitlementId)> = rows
+        .iter()
+        .filter(|r| r.key_id.is_none())
+        .map(|r| (r.grant_id.clone(), r.entitlement_id.clone()))
+        .collect();
+    let sticky: Vec<i64> = rows.iter().filter_map(|r| r.key_id).collect();
+    let mut keys: HashMap<GrantId, ReservedKey> = HashMap::new();
+    if !keyless.is_empty() {
+        keys.extend(reserve_keys(&mut tx, &keyless).await?);
+        let parked: Vec<GrantId> = keyless
+            .into_iter()
+            .map(|(grant, _)| grant)
+            .filter(|grant| !keys.contains_key(grant))
+            .collect();
+        park_waiting_for_keys(&mut tx, &parked).await?;
+    }
+    if !sticky.is_empty() {
+        let by_id: HashMap<i64, ReservedKey> = key_details(&mut tx, &sticky)
+            .await?
+            .into_iter()
+            .map(|k| (k.key_id, k))
+            .collect();
+        for r in &rows {
+            if let Some(key) = r.key_id.and_then(|id| by_id.get(&id)) {
+                keys.insert(r.grant_id.clone(), key.clone());
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let key = keys.remove(&r.grant_id)?;
+            Some(ClaimedJob {
+                grant_id: r.grant_id,
+                entitlement_id: r.entitlement_id,
+                customer_id: r.customer_id,
+                lease_token: r.lease_token,
+                attempts: r.attempts,
+                created_at: r.created_at,
+                key,
+            })
+        })
+        .collect())
+}
+
+/// The keys with these ids, with their pool's fulfillment options.
+async fn key_details(
+    tx: &mut Transaction<'_, Postgres>,
+    key_ids: &[i64],
+) -> Result<Vec<ReservedKey>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT keys.id AS key_id, keys.value, pools.activations_limit, pools.expires_in_days
+        FROM keys JOIN pools ON pools.id = keys.pool_id
+        WHERE keys.id = ANY($1)
+        "#,
+    )
+    .bind(key_ids)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Reserves one available key per (grant, entitlement), oldest import first, skipping keys
+/// another transaction holds. Binds each key to its grant on both rows, audited. Grants missing
+/// from the answer found no key. The caller holds the entitlements' shared key lock (taken
+/// before this statement, so its snapshot sees every committed import).
+async fn reserve_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    wanted: &[(GrantId, EntitlementId)],
+) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Reserved {
+        grant_id: GrantId,
+        #[sqlx(flatten)]
+        key: ReservedKey,
+    }
+    let (grants, entitlements): (Vec<&GrantId>, Vec<&EntitlementId>) =
+        wanted.iter().map(|(g, e)| (g, e)).unzip();
+    let reserved: Vec<Reserved> = sqlx::query_as(
+        r#"
+        WITH need AS (
+            SELECT n.grant_id, n.entitlement_id,
+                   row_number() OVER (PARTITION BY n.entitlement_id ORDER BY n.grant_id) AS rank
+            FROM unnest($1::text[], $2::text[]) AS n(grant_id, entitlement_id)
+        ), need_per_entitlement AS (
+            SELECT entitlement_id, count(*) AS wanted FROM need GROUP BY entitlement_id
+        ), picked AS (
+            SELECT free.id, n.entitlement_id,
+                   row_number() OVER (PARTITION BY n.entitlement_id ORDER BY free.id) AS rank
+            FROM need_per_entitlement n
+            JOIN pools ON pools.entitlement_id = n.entitlement_id
+            CROSS JOIN LATERAL (
+                SELECT keys.id FROM keys
+                WHERE keys.pool_id = pools.id AND keys.state = 'available'
+                ORDER BY keys.id
+                LIMIT n.wanted
+                FOR UPDATE SKIP LOCKED
+            ) free
+        ), pairs AS (
+            SELECT need.grant_id, picked.id AS key_id
+            FROM need JOIN picked USING (entitlement_id, rank)
+        ), reserved AS (
+            UPDATE keys SET state = 'reserved', grant_id = pairs.grant_id, updated_at = now()
+            FROM pairs WHERE keys.id = pairs.key_id
+        ), bound AS (
+            UPDATE jobs SET key_id = pairs.key_id, updated_at = now()
+            FROM pairs WHERE jobs.grant_id = pairs.grant_id
+        ), audited AS (
+            INSERT INTO audit_log (actor, action, grant_id, key_id)
+            SELECT 'worker', 'reserve', grant_id, key_id FROM pairs
+        )
+        SELECT pairs.grant_id, keys.id AS key_id, keys.value, pools.activations_limit,
+               pools.expires_in_days
+        FROM pairs JOIN keys ON keys.id = pairs.key_id JOIN pools ON pools.id = keys.pool_id
+        "#,
+    )
+    .bind(&grants)
+    .bind(&entitlements)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(reserved.into_iter().map(|r| (r.grant_id, r.key)).collect())
+}
+
+/// Parks claimed jobs that found no key, giving back the attempt their claim counted.
+async fn park_waiting_for_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_ids: &[GrantId],
+) -> Result<(), sqlx::Error> {
+    if grant_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        r#"
+        UPDATE jobs SET state = 'waiting_for_keys', lease_token = NULL, run_at = now(),
+                        attempts = attempts - 1, updated_at = now(),
+                        last_error = 'no available key in the pool for entitlement ' || entitlement_id
+        WHERE grant_id = ANY($1)
+        "#,
+    )
+    .bind(grant_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The answer to "our key already exists at Dodo".
+#[derive(Debug)]
+pub enum NextKey {
+    /// Try again at once with this key.
+    Reserved(ReservedKey),
+    /// The pool is empty: the job now waits for keys.
+    Parked,
+    /// Another worker owns the job now; stop.
+    LeaseLost,
+}
+
+/// Marks the job's key `rejected` (never offered again), records the attempt, and reserves the
+/// next key for the same grant — or parks the job if the pool is empty. Fenced by the lease.
+pub async fn reject_key_and_reserve_next(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    attempt: &AttemptRecord,
+) -> Result<NextKey, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let owned = sqlx::query(
+        "SELECT 1 FROM jobs WHERE grant_id = $1 AND lease_token = $2 AND state = 'running' \
+         AND key_id = $3 FOR UPDATE",
+    )
+    .bind(&job.grant_id)
+    .bind(job.lease_token)
+    .bind(job.key.key_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .is_some();
+    insert_attempts(&mut tx, std::slice::from_ref(&job.grant_id), &[attempt]).await?;
+    if !owned {
+        tx.commit().await?;
+        return Ok(NextKey::LeaseLost);
+    }
+    let rejected = KeyChange {
+        key_id: job.key.key_id,
+        grant_id: &job.grant_id,
+        action: KeyAction::Reject,
+        detail: "Dodo already has this key value",
+    };
+    change_keys(&mut tx, &[rejected], Actor::Worker).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+        .bind(KEY_LOCK_CLASS)
+        .bind(&job.entitlement_id)
+        .execute(&mut *tx)
+        .await?;
+    let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
+    let next = match reserve_keys(&mut tx, &wanted).await?.pop() {
+        Some((_, key)) => NextKey::Reserved(key),
+        None => {
+            park_waiting_for_keys(&mut tx, std::slice::from_ref(&job.grant_id)).await?;
+            NextKey::Parked
+        }
+    };
+    tx.commit().await?;
+    Ok(next)
+}

@@ -1,0 +1,47 @@
+//! The store: every SQL statement keyrelay runs against its own tables. It is the only code that
+//! writes `jobs`, `keys`, `events` and `audit_log`, and each function says in one line what it
+//! guarantees. Everything above it (intake, fulfillment, lifecycle events, operators, the
+//! reconciler, the benchmark) decides; the store records the decision atomically.
+//!
+//! - `enqueue`: events and the jobs they create; the one rule for which grants are served.
+//! - `claim`: claiming due jobs with their keys, rejecting a key and reserving the next,
+//!   parking and resuming jobs that wait for keys.
+//! - `settle`: recording worker outcomes under the lease, lifecycle events, and the one
+//!   statement that moves keys between states.
+//! - `operator`: retry and cancel.
+//! - `pools`: pools and key imports.
+//! - `stock`: counts (keys per pool and state, jobs per state) and low-stock flags.
+//! - `read`: what operators and the dashboard look at.
+//! - `audit`, `prune`.
+
+pub mod audit;
+pub mod claim;
+pub mod enqueue;
+pub mod operator;
+pub mod pools;
+pub mod prune;
+pub mod read;
+pub mod settle;
+pub mod stock;
+
+pub use claim::{ClaimedJob, NextKey, ReservedKey, claim_batch, reject_key_and_reserve_next};
+pub use enqueue::{NewEvent, Recorded};
+pub use operator::ActionResult;
+pub use settle::{AttemptRecord, Completion, complete_batch};
+
+/// Advisory-lock class for "keys of an entitlement": workers reserving keys hold it shared,
+/// importers and pool creation hold it exclusively, so a job cannot be parked just as keys
+/// for it arrive.
+pub const KEY_LOCK_CLASS: i32 = 0x6b72_6b31;
+
+/// The NOTIFY channel that says "a job is ready".
+pub const JOBS_CHANNEL: &str = "keyrelay_jobs";
+
+/// Sends the "job ready" notification (on commit, when inside a transaction).
+pub async fn notify_jobs_ready<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(JOBS_CHANNEL)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! What operators do to jobs, from the CLI or the dashboard: replay a failed or cancelled job,
+//! or stop trying one. Each change is audited with its actor.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::audit::{self, Subject};
+use super::settle::{KeyChange, change_keys};
+use crate::domain::{Actor, GrantId, JobState, KeyAction};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ActionResult {
+    Done,
+    /// Cancelled, but the key stays bound to the grant: Dodo may hold it.
+    DoneKeyKept,
+    NotFound,
+    WrongState {
+        state: JobState,
+    },
+}
+
+/// Puts a failed or cancelled job back in the queue with a fresh attempt budget, audited. Any
+/// other state is left alone and reported. The caller wakes the workers (`notify_jobs_ready`).
+pub async fn requeue_job(
+    pool: &PgPool,
+    grant_id: &GrantId,
+    actor: Actor,
+) -> Result<ActionResult, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let state: Option<JobState> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE grant_id = $1 FOR UPDATE")
+            .bind(grant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let result = match state {
+        None => ActionResult::NotFound,
+        Some(JobState::Failed | JobState::Cancelled) => {
+            sqlx::query(
+                r#"
+                UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+                                updated_at = now()
+                WHERE grant_id = $1
+                "#,
+            )
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+            let subject = Subject {
+                grant_id: Some(grant_id),
+                ..Default::default()
+            };
+            audit::record(&mut *tx, actor, "retry", subject).await?;
+            ActionResult::Done
+        }
+        Some(state) => ActionResult::WrongState { state },
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Stops trying a job. Its reserved key goes back to the pool only if Dodo cannot have accepted
+/// it: no attempt with that key ended without a clear answer (timeout, 5xx). A running job
+/// cannot be cancelled until its current attempt ends.
+pub async fn cancel_job(
+    pool: &PgPool,
+    grant_id: &GrantId,
+    actor: Actor,
+) -> Result<ActionResult, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(JobState, Option<i64>, bool)> = sqlx::query_as(
+        r#"
+        SELECT state, key_id,
+               EXISTS (SELECT 1 FROM attempts
+                       WHERE attempts.grant_id = jobs.grant_id AND attempts.key_id = jobs.key_id
+                         AND (http_status IS NULL OR http_status >= 500)) AS unclear
+        FROM jobs WHERE grant_id = $1 FOR UPDATE
+        "#,
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let result = match row {
+        None => ActionResult::NotFound,
+        Some((state @ (JobState::Running | JobState::Delivered | JobState::Cancelled), ..)) => {
+            ActionResult::WrongState { state }
+        }
+        Some((_, key_id, unclear)) => {
+            sqlx::query(
+                r#"
+                UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
+                                last_error = 'cancelled by an operator'
+                WHERE grant_id = $1
+                "#,
+            )
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+            let subject = Subject {
+                grant_id: Some(grant_id),
+                key_id,
+                ..Default::default()
+            };
+            audit::record(&mut *tx, actor, "cancel", subject).await?;
+            match key_id {
+                Some(key_id) if !unclear => {
+                    let release = KeyChange {
+                        key_id,
+                        grant_id,
+                        action: KeyAction::Release,
+                        detail: "cancelled by an operator",
+                    };
+                    change_keys(&mut tx, &[release], actor).await?;
+                    ActionResult::Done
+                }
+                Some(_) => ActionResult::DoneKeyKept,
+                None => ActionResult::Done,
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(result)
+}

@@ -1,0 +1,215 @@
+//! Pools and key imports. Both take the entitlement's key lock exclusively and resume the jobs
+//! waiting for keys in the same transaction, so no job is parked just as its keys arrive.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::audit::{self, Subject};
+use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
+use crate::domain::{Actor, EntitlementId, LicenseKey};
+
+/// Keys inserted per statement during an import.
+const IMPORT_CHUNK: usize = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct NewPoolRow<'a> {
+    pub name: &'a str,
+    pub entitlement_id: &'a EntitlementId,
+    pub low_stock: i32,
+    pub activations_limit: Option<i32>,
+    pub expires_in_days: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreatePoolError {
+    #[error("a pool named `{0}` already exists")]
+    NameTaken(String),
+    #[error(
+        "entitlement {0} already has a pool (one pool per entitlement); see `keyrelay pool list`"
+    )]
+    EntitlementTaken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Creates a pool (audited) and queues the jobs that were waiting for one; returns how many.
+pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, CreatePoolError> {
+    let mut tx = pool.begin().await?;
+    lock_entitlement_keys(&mut tx, new.entitlement_id).await?;
+    let inserted = sqlx::query_scalar(
+        r#"
+        INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING id
+        "#,
+    )
+    .bind(new.name)
+    .bind(new.entitlement_id)
+    .bind(new.low_stock)
+    .bind(new.activations_limit)
+    .bind(new.expires_in_days)
+    .fetch_one(&mut *tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &inserted {
+        match e.constraint() {
+            Some("pools_name_key") => return Err(CreatePoolError::NameTaken(new.name.into())),
+            Some("pools_entitlement_id_key") => {
+                return Err(CreatePoolError::EntitlementTaken(
+                    new.entitlement_id.to_string(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let pool_id: i64 = inserted?;
+    let subject = Subject {
+        pool_id: Some(pool_id),
+        detail: Some(&format!("entitlement {}", new.entitlement_id)),
+        ..Default::default()
+    };
+    audit::record(&mut *tx, Actor::Cli, "create_pool", subject).await?;
+    let resumed = resume_waiting_for_keys(&mut tx, new.entitlement_id).await?;
+    tx.commit().await?;
+    Ok(resumed)
+}
+
+/// An import's transaction: the pool is locked for keys until `finish`.
+pub struct Import<'c> {
+    tx: Transaction<'c, Postgres>,
+    pool_id: i64,
+    entitlement_id: EntitlementId,
+    batch_id: String,
+    imported: u64,
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Imported {
+    pub imported: u64,
+    /// Jobs that were waiting for keys and are queued again.
+    pub resumed_jobs: u64,
+}
+
+impl Import<'_> {
+    /// Starts importing into the named pool; `None` if there is no such pool.
+    pub async fn begin(pool: &PgPool, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let row: Option<(i64, EntitlementId)> =
+            sqlx::query_as("SELECT id, entitlement_id FROM pools WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((pool_id, entitlement_id)) = row else {
+            return Ok(None);
+        };
+        lock_entitlement_keys(&mut tx, &entitlement_id).await?;
+        let batch_id = format!(
+            "imp_{}_{:06x}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            rand::random::<u32>() & 0xff_ffff
+        );
+        Ok(Some(Import {
+            tx,
+            pool_id,
+            entitlement_id,
+            batch_id,
+            imported: 0,
+        }))
+    }
+
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
+
+    /// Adds keys in file order, skipping values already anywhere in the database; returns how
+    /// many were new. Nothing is visible to others until `finish`.
+    pub async fn add(&mut self, keys: &[LicenseKey]) -> Result<u64, sqlx::Error> {
+        let mut added = 0;
+        for chunk in keys.chunks(IMPORT_CHUNK) {
+            added += sqlx::query(
+                r#"
+                INSERT INTO keys (pool_id, value, batch_id)
+                SELECT $1, value, $3 FROM unnest($2::text[]) WITH ORDINALITY AS t(value, ord)
+                ORDER BY ord
+                ON CONFLICT (value) DO NOTHING
+                "#,
+            )
+            .bind(self.pool_id)
+            .bind(chunk)
+            .bind(&self.batch_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        }
+        self.imported += added;
+        Ok(added)
+    }
+
+    /// Audits the import, resumes waiting jobs, re-arms the low-stock alert if the pool is
+    /// restocked, and commits — or, with `dry_run`, rolls everything back.
+    pub async fn finish(mut self, dry_run: bool) -> Result<Imported, sqlx::Error> {
+        let resumed_jobs = if self.imported > 0 {
+            resume_waiting_for_keys(&mut self.tx, &self.entitlement_id).await?
+        } else {
+            0
+        };
+        let subject = Subject {
+            pool_id: Some(self.pool_id),
+            batch_id: Some(&self.batch_id),
+            detail: Some(&format!("{} keys imported", self.imported)),
+            ..Default::default()
+        };
+        audit::record(&mut *self.tx, Actor::Cli, "import", subject).await?;
+        stock::rearm_low_stock_alert(&mut self.tx, self.pool_id).await?;
+        if dry_run {
+            self.tx.rollback().await?;
+        } else {
+            self.tx.commit().await?;
+        }
+        Ok(Imported {
+            imported: self.imported,
+            resumed_jobs,
+        })
+    }
+}
+
+/// Puts jobs waiting for keys of `entitlement_id` back in the queue and wakes workers on
+/// commit. The caller holds the entitlement's key lock exclusively (`lock_entitlement_keys`).
+pub async fn resume_waiting_for_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    entitlement_id: &EntitlementId,
+) -> Result<u64, sqlx::Error> {
+    let resumed = sqlx::query(
+        r#"
+        UPDATE jobs SET state = 'queued', run_at = now(), updated_at = now(), last_error = NULL
+        WHERE state = 'waiting_for_keys' AND entitlement_id = $1
+        "#,
+    )
+    .bind(entitlement_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if resumed > 0 {
+        notify_jobs_ready(&mut **tx).await?;
+    }
+    Ok(resumed)
+}
+
+/// Takes the entitlement's key lock exclusively until the transaction ends.
+pub async fn lock_entitlement_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    entitlement_id: &EntitlementId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KEY_LOCK_CLASS)
+        .bind(entitlement_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The entitlements that have a pool, by pool name.
+pub async fn pooled_entitlements(pool: &PgPool) -> Result<Vec<EntitlementId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT entitlement_id FROM pools ORDER BY name")
+        .fetch_all(pool)
+        .await
+}

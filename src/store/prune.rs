@@ -1,0 +1,62 @@
+//! Pruning: old events and finished jobs go, in small batches so no lock is held long. Keys,
+//! pools and the audit trail are kept.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// Rows deleted per statement while pruning.
+const PRUNE_BATCH: i64 = 1_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub events: u64,
+    pub jobs: u64,
+}
+
+/// Deletes events received and finished jobs (with their attempts) settled before `cutoff`.
+pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
+    let mut pruned = Pruned::default();
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM events WHERE webhook_id IN \
+             (SELECT webhook_id FROM events WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        pruned.events += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM jobs WHERE grant_id IN \
+             (SELECT grant_id FROM jobs WHERE finished_at < $1 \
+              AND state IN ('delivered', 'failed', 'cancelled') LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        pruned.jobs += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Vacuums and analyzes the queue's tables, so a measurement starts from fresh statistics.
+pub async fn vacuum_analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
+    for table in ["jobs", "keys"] {
+        sqlx::query(&format!("VACUUM ANALYZE {table}"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}

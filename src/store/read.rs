@@ -1,0 +1,191 @@
+//! What people look at: jobs, their attempts and keys, stored events, and the figures the demo
+//! and the benchmark report. Nothing here writes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, KeyState, LicenseKey};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobSummary {
+    pub grant_id: GrantId,
+    pub state: JobState,
+    pub attempts: i32,
+    pub entitlement_id: EntitlementId,
+    pub customer_id: CustomerId,
+    pub last_error: Option<String>,
+    pub last_http_status: Option<i32>,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+}
+
+const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement_id, customer_id, last_error, \
+     last_http_status, source, created_at, updated_at, run_at";
+
+/// Newest first, optionally in one state.
+pub async fn list_jobs(
+    pool: &PgPool,
+    state: Option<JobState>,
+    limit: i64,
+) -> Result<Vec<JobSummary>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE ($1::job_state IS NULL OR state = $1) \
+         ORDER BY created_at DESC, grant_id LIMIT $2"
+    ))
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One job.
+pub async fn job(pool: &PgPool, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE grant_id = $1"
+    ))
+    .bind(grant_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The grant's live key (reserved, delivered or revoked), if it has one.
+pub async fn live_key(
+    pool: &PgPool,
+    grant_id: &GrantId,
+) -> Result<Option<(LicenseKey, KeyState)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT value, state FROM keys \
+         WHERE grant_id = $1 AND state IN ('reserved', 'delivered', 'revoked')",
+    )
+    .bind(grant_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// One recorded fulfill attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub started_at: DateTime<Utc>,
+    pub http_status: Option<i32>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub key: Option<LicenseKey>,
+}
+
+/// The grant's attempts, oldest first.
+pub async fn attempts(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT attempts.started_at, attempts.http_status, attempts.outcome, attempts.error,
+               attempts.duration_ms, keys.value AS key
+        FROM attempts LEFT JOIN keys ON keys.id = attempts.key_id
+        WHERE attempts.grant_id = $1 ORDER BY attempts.id
+        "#,
+    )
+    .bind(grant_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every failed job's grant id, oldest failure first.
+pub async fn failed_grant_ids(pool: &PgPool) -> Result<Vec<GrantId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT grant_id FROM jobs WHERE state = 'failed' ORDER BY updated_at")
+        .fetch_all(pool)
+        .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventSummary {
+    pub webhook_id: String,
+    pub event_type: String,
+    pub grant_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Stored events, newest first, optionally of one type or for one grant.
+pub async fn list_events(
+    pool: &PgPool,
+    event_type: Option<&str>,
+    grant_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EventSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT webhook_id, event_type, grant_id, received_at FROM events \
+         WHERE ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR grant_id = $2) \
+         ORDER BY received_at DESC, webhook_id LIMIT $3",
+    )
+    .bind(event_type)
+    .bind(grant_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    pub payload: serde_json::Value,
+}
+
+/// One stored event with its payload.
+pub async fn event(pool: &PgPool, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        summary: EventSummary,
+        payload: serde_json::Value,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT webhook_id, event_type, grant_id, received_at, payload FROM events \
+         WHERE webhook_id = $1",
+    )
+    .bind(webhook_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| EventDetail {
+        summary: r.summary,
+        payload: r.payload,
+    }))
+}
+
+/// A stored event's body, as text.
+pub async fn event_payload(pool: &PgPool, webhook_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT payload::text FROM events WHERE webhook_id = $1")
+        .bind(webhook_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// How the demo's grants went: jobs that needed more than one attempt, and delivered jobs
+/// whose own key is delivered.
+pub async fn demo_figures(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT (SELECT count(*) FROM jobs WHERE attempts > 1),
+               (SELECT count(*) FROM jobs JOIN keys ON keys.id = jobs.key_id
+                WHERE jobs.state = 'delivered' AND keys.state = 'delivered')
+        "#,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Delivered jobs that are not benchmark history, and the p50 and p99 of recorded
+/// fulfill-call durations in ms.
+pub async fn bench_figures(pool: &PgPool) -> Result<(i64, f64, f64), sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT (SELECT count(*) FROM jobs WHERE state = 'delivered' AND source <> 'bench_history'),
+               coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0)::float8,
+               coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms), 0)::float8
+        FROM attempts
+        "#,
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,288 @@
+//! Settling: worker outcomes recorded under the lease (fencing), lifecycle events applied to a
+//! job, and `change_keys`, the one statement that moves keys between states.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState, LicenseKey};
+
+/// One call to Dodo's fulfill endpoint, as recorded in `attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub key_id: i64,
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub http_status: Option<i32>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// The outcome of a claimed job, recorded only if the lease is still ours.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub grant_id: GrantId,
+    pub lease_token: i64,
+    pub key_id: i64,
+    pub state: JobState,
+    pub run_at: DateTime<Utc>,
+    pub key_action: KeyAction,
+    pub error: Option<String>,
+    pub http_status: Option<i32>,
+    pub attempt: AttemptRecord,
+}
+
+/// A key bound to `grant_id` moving on; `detail` goes to the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyChange<'a> {
+    pub key_id: i64,
+    pub grant_id: &'a GrantId,
+    pub action: KeyAction,
+    pub detail: &'a str,
+}
+
+/// Applies key changes and audits each one. Only a key still bound to the named grant changes,
+/// and only a reserved key (never accepted by Dodo) can be released or rejected; a released or
+/// rejected key is also unbound from its job, and a released one from its grant.
+pub(super) async fn change_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[KeyChange<'_>],
+    actor: Actor,
+) -> Result<(), sqlx::Error> {
+    let changes: Vec<&KeyChange> = changes
+        .iter()
+        .filter(|c| c.action != KeyAction::Keep)
+        .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let key_ids: Vec<i64> = changes.iter().map(|c| c.key_id).collect();
+    let grant_ids: Vec<&GrantId> = changes.iter().map(|c| c.grant_id).collect();
+    let actions: Vec<&str> = changes.iter().map(|c| c.action.as_str()).collect();
+    let details: Vec<&str> = changes.iter().map(|c| c.detail).collect();
+    sqlx::query(
+        r#"
+        WITH change AS (
+            SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+                AS change(key_id, grant_id, action, detail)
+        ), changed AS (
+            UPDATE keys SET state = CASE change.action
+                                        WHEN 'deliver' THEN 'delivered'::key_state
+                                        WHEN 'release' THEN 'available'::key_state
+                                        WHEN 'reject'  THEN 'rejected'::key_state
+                                        ELSE 'revoked'::key_state END,
+                            grant_id = CASE WHEN change.action = 'release' THEN NULL
+                                            ELSE keys.grant_id END,
+                            updated_at = now()
+            FROM change
+            WHERE keys.id = change.key_id AND keys.grant_id = change.grant_id
+              AND (change.action NOT IN ('release', 'reject') OR keys.state = 'reserved')
+            RETURNING keys.id, change.grant_id, change.action, change.detail
+        ), unbound AS (
+            UPDATE jobs SET key_id = NULL, updated_at = now()
+            FROM changed
+            WHERE jobs.key_id = changed.id AND changed.action IN ('release', 'reject')
+        )
+        INSERT INTO audit_log (actor, action, grant_id, key_id, detail)
+        SELECT $5, action, grant_id, id, detail FROM changed
+        "#,
+    )
+    .bind(&key_ids)
+    .bind(&grant_ids)
+    .bind(&actions)
+    .bind(&details)
+    .bind(actor.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records attempts (one per grant, in order).
+pub(super) async fn insert_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_ids: &[GrantId],
+    attempts: &[&AttemptRecord],
+) -> Result<(), sqlx::Error> {
+    let key_ids: Vec<i64> = attempts.iter().map(|a| a.key_id).collect();
+    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+    let durations: Vec<i32> = attempts
+        .iter()
+        .map(|a| a.duration.as_millis().min(i32::MAX as u128) as i32)
+        .collect();
+    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.http_status).collect();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome.as_str()).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    sqlx::query(
+        r#"
+        INSERT INTO attempts (grant_id, key_id, started_at, duration_ms, http_status, outcome, error)
+        SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::int4[], $5::int4[],
+                             $6::text[], $7::text[])
+        "#,
+    )
+    .bind(grant_ids)
+    .bind(&key_ids)
+    .bind(&started)
+    .bind(&durations)
+    .bind(&statuses)
+    .bind(&outcomes)
+    .bind(&errors)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records many outcomes in one transaction. An outcome whose lease token no longer matches
+/// (the lease expired and another worker took the job) changes nothing but its attempt record.
+/// Returns the grant ids whose outcome was applied.
+pub async fn complete_batch(
+    pool: &PgPool,
+    batch: &[Completion],
+) -> Result<Vec<GrantId>, sqlx::Error> {
+    // One lock order for every batch, so two completers cannot deadlock.
+    let mut batch: Vec<&Completion> = batch.iter().collect();
+    batch.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    let grant_ids: Vec<GrantId> = batch.iter().map(|c| c.grant_id.clone()).collect();
+    let tokens: Vec<i64> = batch.iter().map(|c| c.lease_token).collect();
+    let states: Vec<JobState> = batch.iter().map(|c| c.state).collect();
+    let run_ats: Vec<DateTime<Utc>> = batch.iter().map(|c| c.run_at).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
+    let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.http_status).collect();
+    let mut tx = pool.begin().await?;
+    let applied: Vec<GrantId> = sqlx::query_scalar(
+        r#"
+        WITH outcome AS (
+            SELECT * FROM unnest($1::text[], $2::int8[], $3::job_state[], $4::timestamptz[],
+                                 $5::text[], $6::int4[])
+                AS outcome(grant_id, lease_token, state, run_at, last_error, http_status)
+        )
+        UPDATE jobs SET state = outcome.state,
+                        run_at = outcome.run_at,
+                        lease_token = NULL,
+                        last_error = outcome.last_error,
+                        last_http_status = outcome.http_status,
+                        finished_at = CASE WHEN outcome.state IN ('delivered', 'failed', 'cancelled')
+                                           THEN now() END,
+                        updated_at = now()
+        FROM outcome
+        WHERE jobs.grant_id = outcome.grant_id AND jobs.lease_token = outcome.lease_token
+          AND jobs.state = 'running'
+        RETURNING jobs.grant_id
+        "#,
+    )
+    .bind(&grant_ids)
+    .bind(&tokens)
+    .bind(&states)
+    .bind(&run_ats)
+    .bind(&errors)
+    .bind(&statuses)
+    .fetch_all(&mut *tx)
+    .await?;
+    let attempts: Vec<&AttemptRecord> = batch.iter().map(|c| &c.attempt).collect();
+    insert_attempts(&mut tx, &grant_ids, &attempts).await?;
+    let details: Vec<String> = batch.iter().map(|c| format!("job {}", c.state)).collect();
+    let changes: Vec<KeyChange> = batch
+        .iter()
+        .zip(&details)
+        .filter(|(c, _)| applied.contains(&c.grant_id))
+        .map(|(c, detail)| KeyChange {
+            key_id: c.key_id,
+            grant_id: &c.grant_id,
+            action: c.key_action,
+            detail,
+        })
+        .collect();
+    change_keys(&mut tx, &changes, Actor::Worker).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// A job as a lifecycle event finds it, locked until the transaction ends.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobForEvent {
+    pub state: JobState,
+    pub key_id: Option<i64>,
+    pub key_value: Option<LicenseKey>,
+    pub key_state: Option<KeyState>,
+    /// The grant's `updated_at` from the newest lifecycle event applied.
+    pub grant_updated_at: Option<DateTime<Utc>>,
+}
+
+/// Locks the grant's job (if any) and reads what a lifecycle event needs to decide.
+pub async fn lock_job_for_event(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_id: &GrantId,
+) -> Result<Option<JobForEvent>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT jobs.state, jobs.key_id, keys.value AS key_value, keys.state AS key_state,
+               jobs.grant_updated_at
+        FROM jobs LEFT JOIN keys ON keys.id = jobs.key_id
+        WHERE jobs.grant_id = $1 FOR UPDATE OF jobs
+        "#,
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// What a lifecycle event does to a job that exists.
+#[derive(Debug, Clone, Copy)]
+pub struct EventSettlement<'a> {
+    /// The grant's `updated_at` this event carries; later events older than it are stale.
+    pub at: Option<DateTime<Utc>>,
+    /// The job's new state, if it changes (then `note` becomes its last error).
+    pub job_state: Option<JobState>,
+    pub key_action: KeyAction,
+    pub note: &'a str,
+}
+
+/// Applies a lifecycle event to the grant's job and its key (both audited), inside `tx`.
+pub async fn settle_by_event(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_id: &GrantId,
+    key_id: Option<i64>,
+    settlement: EventSettlement<'_>,
+    actor: Actor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE jobs SET grant_updated_at = $2,
+                        state = coalesce($3, state),
+                        lease_token = CASE WHEN $3 IS NULL THEN lease_token END,
+                        finished_at = CASE WHEN $3 IS NULL THEN finished_at ELSE now() END,
+                        last_error = CASE WHEN $3 IS NULL THEN last_error ELSE $4 END,
+                        updated_at = now()
+        WHERE grant_id = $1
+        "#,
+    )
+    .bind(grant_id)
+    .bind(settlement.at)
+    .bind(settlement.job_state)
+    .bind(settlement.note)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(key_id) = key_id {
+        let change = KeyChange {
+            key_id,
+            grant_id,
+            action: settlement.key_action,
+            detail: settlement.note,
+        };
+        change_keys(tx, &[change], actor).await?;
+    }
+    if let Some(state) = settlement.job_state {
+        super::audit::record(
+            &mut **tx,
+            actor,
+            "settle",
+            super::audit::Subject {
+                grant_id: Some(grant_id),
+                detail: Some(&format!("job {state}: {}", settlement.note)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Counting: keys per pool and state, jobs per state, and the low-stock flag. A pool's
+//! available keys are counted in one place (`AVAILABLE_IN_POOL`), on the partial index
+//! `keys_available`.
+
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::domain::JobState;
+
+/// The available keys of the row `pools`.
+const AVAILABLE_IN_POOL: &str =
+    "(SELECT count(*) FROM keys WHERE keys.pool_id = pools.id AND keys.state = 'available')";
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PoolStock {
+    pub name: String,
+    pub entitlement_id: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub delivered: i64,
+    pub rejected: i64,
+    pub revoked: i64,
+    pub low_stock_threshold: i32,
+    pub low_stock: bool,
+    pub activations_limit: Option<i32>,
+    pub expires_in_days: Option<i32>,
+}
+
+/// Every pool with its keys counted by state, by name.
+pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        r#"
+        SELECT pools.name, pools.entitlement_id,
+               {AVAILABLE_IN_POOL} AS available,
+               count(keys.id) FILTER (WHERE keys.state = 'reserved')  AS reserved,
+               count(keys.id) FILTER (WHERE keys.state = 'delivered') AS delivered,
+               count(keys.id) FILTER (WHERE keys.state = 'rejected')  AS rejected,
+               count(keys.id) FILTER (WHERE keys.state = 'revoked')   AS revoked,
+               pools.low_stock AS low_stock_threshold,
+               {AVAILABLE_IN_POOL} < pools.low_stock AS low_stock,
+               pools.activations_limit, pools.expires_in_days
+        FROM pools LEFT JOIN keys ON keys.pool_id = pools.id AND keys.state <> 'available'
+        GROUP BY pools.id ORDER BY pools.name
+        "#
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// Available keys per pool, by pool name (cheap: read at every metrics scrape).
+pub async fn available_per_pool(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT pools.name, {AVAILABLE_IN_POOL} FROM pools ORDER BY pools.name"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LowStock {
+    pub pool: String,
+    pub entitlement_id: String,
+    pub available: i64,
+    pub threshold: i32,
+}
+
+/// Flags the pools of `entitlements` that are below their threshold and not yet flagged, and
+/// returns them: each restock alerts once.
+pub async fn flag_low_stock(
+    pool: &PgPool,
+    entitlements: &[String],
+) -> Result<Vec<LowStock>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        r#"
+        WITH stock AS (
+            SELECT pools.id, pools.name, pools.entitlement_id, pools.low_stock,
+                   {AVAILABLE_IN_POOL} AS available
+            FROM pools
+            WHERE pools.entitlement_id = ANY($1) AND pools.low_stock > 0
+              AND NOT pools.low_stock_alerted
+        )
+        UPDATE pools SET low_stock_alerted = true
+        FROM stock WHERE pools.id = stock.id AND stock.available < stock.low_stock
+          AND NOT pools.low_stock_alerted
+        RETURNING stock.name AS pool, stock.entitlement_id, stock.available,
+                  stock.low_stock AS threshold
+        "#
+    ))
+    .bind(entitlements)
+    .fetch_all(pool)
+    .await
+}
+
+/// Clears the pool's low-stock flag if it has enough keys again.
+pub async fn rearm_low_stock_alert(
+    tx: &mut Transaction<'_, Postgres>,
+    pool_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE pools SET low_stock_alerted = false \
+         WHERE id = $1 AND low_stock_alerted AND {AVAILABLE_IN_POOL} >= low_stock"
+    ))
+    .bind(pool_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Job counts by state (every state present, zero when empty).
+pub async fn count_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+    let rows: Vec<(JobState, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    Ok(JobState::ALL
+        .into_iter()
+        .map(|s| (s, rows.iter().find(|r| r.0 == s).map_or(0, |r| r.1)))
+        .collect())
+}
+
+/// Jobs still to be settled (queued, running or retrying).
+pub async fn count_unsettled_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
+        .fetch_one(pool)
+        .await
+}
+
+/// Seconds since the oldest queued job was created (0 when none waits).
+pub async fn oldest_queued_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
+         FROM jobs WHERE state = 'queued'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Dead tuples of keyrelay's tables, by table name.
+pub async fn dead_tuples(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
+         WHERE relname IN ('events', 'jobs', 'attempts', 'keys', 'pools', 'audit_log') ORDER BY relname",
+    )
+    .fetch_all(pool)
+    .await
+}
