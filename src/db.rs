@@ -1,4 +1,5 @@
-//! The one Postgres pool: connecting, creating the database if missing, and migrations.
+//! The one Postgres pool: connecting, creating the database if missing, migrations, and what
+//! concerns the connection rather than keyrelay's tables (a liveness ping, session locks).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -121,4 +122,38 @@ pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
     .execute(&mut admin)
     .await?;
     Ok(())
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .map(drop)
+}
+
+/// A Postgres session advisory lock, held on one pooled connection until released.
+pub struct SessionLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    key: i64,
+}
+
+impl SessionLock {
+    /// Takes the lock if no other session holds it.
+    pub async fn try_take(pool: &PgPool, key: i64) -> Result<Option<SessionLock>, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(taken.then_some(SessionLock { conn, key }))
+    }
+
+    /// Releases the lock (a lost connection releases it too).
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut *self.conn)
+            .await;
+    }
 }

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{Settings, parse_webhook_secrets};
 use crate::dodo::{DodoClient, RateLimiter};
-use crate::fulfillment::{JobSignal, Worker, WorkerContext};
+use crate::fulfillment::{Worker, WorkerContext};
 use crate::intake::{self, IntakeState, signature::WebhookVerifier};
+use crate::signal::JobSignal;
 
 /// The periodic reconcile-and-prune pass of worker roles.
 struct Maintenance {
@@ -237,7 +238,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool.get_ref());
+    let check = crate::db::ping(pool.get_ref());
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "database": "ok" })),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable()

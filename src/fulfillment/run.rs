@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
 use super::decide::{self, Budget, Decision, Next, Severity};
-use super::retry::RetryPolicy;
+use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::dodo::{DodoClient, FulfillRequest};
 use crate::domain::{AttemptOutcome, JobState};

@@ -11,10 +11,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::retry::RetryPolicy;
 use super::run::{WorkerContext, run_job};
-use super::signal::JobSignal;
+use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
+use crate::signal::JobSignal;
 use crate::store::{self, ClaimedJob, Completion};
 
 /// Most jobs claimed in one transaction.

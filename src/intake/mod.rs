@@ -8,7 +8,7 @@ pub mod signature;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use sqlx::PgPool;
 
-use crate::fulfillment::JobSignal;
+use crate::signal::JobSignal;
 use event::{IncomingEvent, ParseError};
 use record::Recording;
 use signature::{VerifyError, WebhookVerifier};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::fulfillment::retry::RetryPolicy;
+use crate::backoff::RetryPolicy;
 
 pub use crate::store::stock::LowStock;
 

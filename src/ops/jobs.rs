@@ -76,13 +76,10 @@ pub async fn retry_jobs(
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
-    let mut results = Vec::new();
-    for grant_id in grant_ids {
-        results.push((
-            grant_id.clone(),
-            operator::requeue_job(pool, grant_id, actor).await?,
-        ));
-    }
+    let results = each(grant_ids, async |id| {
+        operator::requeue_job(pool, id, actor).await
+    })
+    .await?;
     if results.iter().any(|(_, r)| *r == ActionResult::Done) {
         store::notify_jobs_ready(pool).await?;
     }
@@ -95,12 +92,20 @@ pub async fn cancel_jobs(
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
-    let mut results = Vec::new();
+    each(grant_ids, async |id| {
+        operator::cancel_job(pool, id, actor).await
+    })
+    .await
+}
+
+/// Runs `action` on each job in turn (each in its own transaction), pairing ids and results.
+async fn each(
+    grant_ids: &[GrantId],
+    action: impl AsyncFn(&GrantId) -> Result<ActionResult, sqlx::Error>,
+) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
+    let mut results = Vec::with_capacity(grant_ids.len());
     for grant_id in grant_ids {
-        results.push((
-            grant_id.clone(),
-            operator::cancel_job(pool, grant_id, actor).await?,
-        ));
+        results.push((grant_id.clone(), action(grant_id).await?));
     }
     Ok(results)
 }

@@ -32,19 +32,11 @@ pub async fn reconcile(
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReconcileReport>> {
-    let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(RECONCILE_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !locked {
+    let Some(lock) = crate::db::SessionLock::try_take(pool, RECONCILE_LOCK).await? else {
         return Ok(None);
-    }
+    };
     let result = reconcile_locked(pool, dodo, shutdown).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(RECONCILE_LOCK)
-        .execute(&mut *conn)
-        .await;
+    lock.release().await;
     result.map(Some)
 }
 

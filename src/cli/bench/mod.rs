@@ -3,20 +3,18 @@
 //! whose peak memory is read from /proc), draining queued jobs against the sandbox (with and
 //! without latency, optionally over a large finished history), and pickup latency.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use base64::Engine;
-use secrecy::ExposeSecret;
+use anyhow::bail;
+
+mod intake;
 
 use super::demo::ms;
 use crate::configuration::Settings;
 use crate::domain::{EntitlementId, LicenseKey};
 use crate::harness::{LocalStack, start_sandbox};
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
-use crate::sandbox::{FaultRates, Sandbox};
+use crate::sandbox::FaultRates;
 use crate::startup::{Application, Role};
 use crate::store::{enqueue, prune, read, stock};
 
@@ -67,7 +65,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if matches!(args.which, Which::Intake | Which::All) {
-        with_scratch(&settings, |s| intake(s, &args)).await?;
+        with_scratch(&settings, |s| intake::run(s, &args)).await?;
     }
     if matches!(args.which, Which::Drain | Which::All) {
         with_scratch(&settings, |s| drain(s, &args, 0)).await?;
@@ -115,138 +113,6 @@ async fn import_generated_keys(
         ..Default::default()
     };
     import_keys(pool, "bench", &parsed, false, |_| {}).await?;
-    Ok(())
-}
-
-fn webhook_body(grant_id: &str, customer: &str) -> String {
-    serde_json::json!({
-        "business_id": "bus_bench", "type": "entitlement_grant.created", "timestamp": "2026-11-20T09:14:03Z",
-        "data": {
-            "payload_type": "EntitlementGrant", "id": grant_id, "business_id": "bus_bench",
-            "customer_id": customer, "entitlement_id": ENTITLEMENT, "integration_type": "license_key",
-            "status": "Pending", "metadata": null, "license_key": null,
-            "created_at": "2026-11-20T09:14:03Z", "updated_at": "2026-11-20T09:14:03Z"
-        }
-    })
-    .to_string()
-}
-
-async fn intake(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
-    let key: [u8; 24] = rand::random();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--role", "web"])
-        .env("DATABASE_URL", settings.database.url.expose_secret())
-        .env(
-            "DODO_PAYMENTS_WEBHOOK_KEY",
-            format!(
-                "whsec_{}",
-                base64::engine::general_purpose::STANDARD.encode(key)
-            ),
-        )
-        .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
-        .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start `keyrelay serve --role web`")?;
-    let pid = child.id().context("child has no pid")?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
-    let up = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        if up.elapsed() > Duration::from_secs(15) {
-            bail!("keyrelay serve did not start listening");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let signer = Sandbox::new("unused", &key);
-    let url = format!("{base}/webhooks/dodo");
-    let stop = Arc::new(AtomicBool::new(false));
-    let warmup = Duration::from_secs(1);
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let (http, signer, url, stop) = (http.clone(), signer.clone(), url.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let begin = Instant::now();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let hook = signer.sign(
-                    format!("msg_b{c}_{n}"),
-                    webhook_body(&format!("grant_b{c}_{n}"), &format!("cus_{c}")),
-                );
-                let sent = Instant::now();
-                let ok = http
-                    .post(&url)
-                    .header("webhook-id", &hook.id)
-                    .header("webhook-timestamp", hook.timestamp.to_string())
-                    .header("webhook-signature", &hook.signature)
-                    .body(hook.body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if sent.duration_since(begin) >= warmup {
-                    if ok {
-                        latencies.push(sent.elapsed())
-                    } else {
-                        errors += 1
-                    }
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    tokio::time::sleep(warmup + Duration::from_secs(args.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    latencies.sort();
-    let rate = latencies.len() as f64 / args.seconds as f64;
-    println!(
-        "\nintake: {} connections, {} s",
-        args.connections, args.seconds
-    );
-    println!(
-        "  stored webhooks/s   {rate:.0}  ({} ok, {errors} errors)",
-        latencies.len()
-    );
-    println!(
-        "  latency             p50 {}  p99 {}",
-        ms(&latencies, 50),
-        ms(&latencies, 99)
-    );
-    match (field("VmHWM:"), field("VmRSS:")) {
-        (Some(peak), Some(rss)) => println!(
-            "  server memory       peak RSS {:.1} MiB (now {:.1} MiB)",
-            peak as f64 / 1024.0,
-            rss as f64 / 1024.0
-        ),
-        _ => println!("  server memory       unavailable (no /proc)"),
-    }
     Ok(())
 }
 

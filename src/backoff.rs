@@ -1,4 +1,5 @@
-//! When to try again: exponential backoff with jitter, capped, and `Retry-After` honoured.
+//! The one backoff: exponential with jitter, capped, and `Retry-After` honoured. Workers use it
+//! between attempts, the completer while the database is away, alerts between sends.
 
 use std::time::Duration;
 

@@ -1,0 +1,105 @@
+//! Loading, layering and validating settings.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_load_without_any_environment() {
+    let s = Settings::load_from(None, &env(&[])).unwrap();
+    assert_eq!(s.worker.concurrency, 16);
+    assert_eq!(s.dodo.max_requests_per_sec, 25);
+    assert_eq!(s.http.bind, "127.0.0.1:8080");
+    assert_eq!(s.dodo_base_url(), "https://test.dodopayments.com");
+}
+
+#[test]
+fn conventional_names_win_over_prefixed_ones() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("KEYRELAY_DATABASE__URL", "postgres://a@h/one"),
+            ("DATABASE_URL", "postgres://a@h/two"),
+            ("KEYRELAY_WORKER__CONCURRENCY", "3"),
+            ("DODO_PAYMENTS_ENVIRONMENT", "live_mode"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.database.url.expose_secret(), "postgres://a@h/two");
+    assert_eq!(s.worker.concurrency, 3);
+    assert_eq!(s.dodo_base_url(), "https://live.dodopayments.com");
+}
+
+#[test]
+fn a_misspelled_key_is_named_in_the_error() {
+    let err = Settings::load_from(None, &env(&[("KEYRELAY_WORKER__CONCURENCY", "3")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("concurency"), "{err}");
+    let err = Settings::load_from(None, &env(&[("KEYRELAY_WORKER_CONCURRENCY", "3")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("KEYRELAY_WORKER_CONCURRENCY"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let cases = [
+        ("DODO_PAYMENTS_ENVIRONMENT", "staging", "environment"),
+        ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_%%%", "webhook.secret"),
+        ("DODO_PAYMENTS_BASE_URL", "not a url", "dodo.base_url"),
+        ("DATABASE_URL", "nope", "database.url"),
+    ];
+    for (name, value, expected) in cases {
+        let err = Settings::load_from(None, &env(&[(name, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{name}={value}: {err}");
+    }
+}
+
+#[test]
+fn blank_conventional_values_count_as_unset() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("DODO_PAYMENTS_WEBHOOK_KEY", "  "),
+            ("DODO_PAYMENTS_API_KEY", ""),
+        ]),
+    )
+    .unwrap();
+    assert!(s.webhook.secret.is_none() && s.dodo.api_key.is_none());
+    let err = Settings::load_from(None, &env(&[("KEYRELAY_WEBHOOK__SECRET", " ")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("webhook.secret"), "{err}");
+}
+
+#[test]
+fn rotated_secrets_are_all_parsed() {
+    let keys = parse_webhook_secrets("whsec_c2VjcmV0MQ== whsec_c2VjcmV0Mg==").unwrap();
+    assert_eq!(keys, vec![b"secret1".to_vec(), b"secret2".to_vec()]);
+}
+
+#[test]
+fn secrets_do_not_appear_in_debug_output() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("DODO_PAYMENTS_API_KEY", "sk_live_very_secret"),
+            ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_c2VjcmV0MQ=="),
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+        ]),
+    )
+    .unwrap();
+    let debug = format!("{s:?}");
+    for secret in ["sk_live_very_secret", "c2VjcmV0MQ", "hunter2"] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+    assert_eq!(s.database_url_redacted(), "postgres://u:****@h/db");
+}
