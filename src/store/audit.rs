@@ -51,12 +51,13 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
-const COLUMNS: &str = "a.at, a.actor, a.action, a.grant_id, a.key_id, a.batch_id, a.detail";
+const COLUMNS: &str = "audit_log.at, audit_log.actor, audit_log.action, audit_log.grant_id, \
+     audit_log.key_id, audit_log.batch_id, audit_log.detail";
 
 /// A grant's entries, oldest first.
 pub async fn for_grant(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM audit_log a WHERE a.grant_id = $1 ORDER BY a.id"
+        "SELECT {COLUMNS} FROM audit_log WHERE audit_log.grant_id = $1 ORDER BY audit_log.id"
     ))
     .bind(grant_id)
     .fetch_all(pool)
@@ -76,10 +77,10 @@ pub async fn for_pool(
     let Some(id) = id else { return Ok(None) };
     let entries = sqlx::query_as(&format!(
         r#"
-        SELECT {COLUMNS} FROM audit_log a
-        WHERE a.pool_id = $1
-           OR a.key_id IN (SELECT k.id FROM keys k WHERE k.pool_id = $1)
-        ORDER BY a.id DESC LIMIT $2
+        SELECT {COLUMNS} FROM audit_log
+        WHERE audit_log.pool_id = $1
+           OR audit_log.key_id IN (SELECT keys.id FROM keys WHERE keys.pool_id = $1)
+        ORDER BY audit_log.id DESC LIMIT $2
         "#
     ))
     .bind(id)

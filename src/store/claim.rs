@@ -172,21 +172,21 @@ async fn reserve_keys(
     let reserved: Vec<Reserved> = sqlx::query_as(
         r#"
         WITH need AS (
-            SELECT n.grant_id, n.entitlement_id,
-                   row_number() OVER (PARTITION BY n.entitlement_id ORDER BY n.grant_id) AS rank
-            FROM unnest($1::text[], $2::text[]) AS n(grant_id, entitlement_id)
+            SELECT wanted.grant_id, wanted.entitlement_id,
+                   row_number() OVER (PARTITION BY wanted.entitlement_id ORDER BY wanted.grant_id) AS rank
+            FROM unnest($1::text[], $2::text[]) AS wanted(grant_id, entitlement_id)
         ), need_per_entitlement AS (
             SELECT entitlement_id, count(*) AS wanted FROM need GROUP BY entitlement_id
         ), picked AS (
-            SELECT free.id, n.entitlement_id,
-                   row_number() OVER (PARTITION BY n.entitlement_id ORDER BY free.id) AS rank
-            FROM need_per_entitlement n
-            JOIN pools ON pools.entitlement_id = n.entitlement_id
+            SELECT free.id, need_per_entitlement.entitlement_id,
+                   row_number() OVER (PARTITION BY need_per_entitlement.entitlement_id ORDER BY free.id) AS rank
+            FROM need_per_entitlement
+            JOIN pools ON pools.entitlement_id = need_per_entitlement.entitlement_id
             CROSS JOIN LATERAL (
                 SELECT keys.id FROM keys
                 WHERE keys.pool_id = pools.id AND keys.state = 'available'
                 ORDER BY keys.id
-                LIMIT n.wanted
+                LIMIT need_per_entitlement.wanted
                 FOR UPDATE SKIP LOCKED
             ) free
         ), pairs AS (

@@ -171,7 +171,8 @@ pub async fn enqueue_grants(
         r#"
         WITH new AS (
             INSERT INTO jobs (grant_id, entitlement_id, customer_id, source)
-            SELECT g, $3, c, $4 FROM unnest($1::text[], $2::text[]) AS t(g, c)
+            SELECT found.grant_id, $3, found.customer_id, $4
+            FROM unnest($1::text[], $2::text[]) AS found(grant_id, customer_id)
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
         ), audited AS (

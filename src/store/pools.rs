@@ -116,6 +116,7 @@ impl Import<'_> {
         }))
     }
 
+    /// The id every key of this import and its audit entry carry.
     pub fn batch_id(&self) -> &str {
         &self.batch_id
     }
@@ -128,8 +129,8 @@ impl Import<'_> {
             added += sqlx::query(
                 r#"
                 INSERT INTO keys (pool_id, value, batch_id)
-                SELECT $1, value, $3 FROM unnest($2::text[]) WITH ORDINALITY AS t(value, ord)
-                ORDER BY ord
+                SELECT $1, value, $3 FROM unnest($2::text[]) WITH ORDINALITY AS file(value, line)
+                ORDER BY line
                 ON CONFLICT (value) DO NOTHING
                 "#,
             )
