@@ -89,6 +89,7 @@ impl Application {
                     pool: pool.clone(),
                     verifier,
                     signal: signal.clone(),
+                    body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
                 };
                 let server = web_server(listener, state, pool.clone(), settings)?;
                 (Some(server), Some(port))
@@ -213,7 +214,6 @@ fn web_server(
             .app_data(state.clone())
             .app_data(pool.clone())
             .app_data(metrics.clone())
-            .app_data(web::PayloadConfig::new(intake::MAX_BODY_BYTES))
             .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
@@ -237,9 +237,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Readiness answers within this, database or not: probes should not hang on an outage.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(200);
+
 async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
     let check = crate::db::ping(pool.get_ref());
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
+    match tokio::time::timeout(READINESS_TIMEOUT, check).await {
         Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "database": "ok" })),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "database": "unavailable", "error": e.to_string() })),

@@ -32,6 +32,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("dodo.max_requests_per_sec", "25"),
     ("dodo.timeout_secs", "10"),
     ("http.bind", "127.0.0.1:8080"),
+    ("http.body_timeout_secs", "10"),
     ("worker.concurrency", "16"),
     ("worker.max_attempts", "90"),
     ("worker.backoff_base_ms", "1000"),
@@ -111,6 +112,8 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub bind: String,
+    /// A request body not received in full within this many seconds is answered 408.
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +229,9 @@ impl Settings {
             || self.worker.backoff_max_ms < self.worker.backoff_base_ms
         {
             bail!("worker.backoff_base_ms must be at least 1 and at most worker.backoff_max_ms");
+        }
+        if self.http.body_timeout_secs == 0 {
+            bail!("http.body_timeout_secs must be at least 1");
         }
         if self.worker.lease_secs == 0 {
             bail!("worker.lease_secs must be at least 1");

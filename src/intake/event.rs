@@ -1,6 +1,8 @@
 //! What a verified webhook says: its type, and the grant it carries with its ids checked. Only
 //! `IncomingEvent::parse` (or `from_parts`, for replay) makes one.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 
 use super::signature::VerifiedWebhook;
@@ -11,13 +13,18 @@ use crate::store::enqueue::NewJob;
 
 pub const CREATED: &str = "entitlement_grant.created";
 
+/// Longest webhook-id and event type accepted, in bytes.
+pub const MAX_WEBHOOK_ID_LEN: usize = 255;
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+
 /// A verified, parsed webhook ready to be recorded.
 #[derive(Debug)]
 pub struct IncomingEvent<'a> {
     pub webhook_id: &'a str,
     pub event_type: String,
-    /// The body as received (valid JSON).
-    pub payload: &'a str,
+    /// The body as received (valid JSON), with any NUL character in its strings replaced by
+    /// U+FFFD, since Postgres cannot store NUL.
+    pub payload: Cow<'a, str>,
     pub grant: Option<GrantFacts>,
     /// The envelope's event time.
     pub timestamp: Option<DateTime<Utc>>,
@@ -101,10 +108,24 @@ impl GrantFacts {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
+    #[error("webhook-id {0}")]
+    BadWebhookId(&'static str),
     #[error("body is not a JSON webhook envelope: {0}")]
     NotAnEnvelope(String),
-    #[error("`{event_type}` data is not a grant: {reason}")]
-    NotAGrant { event_type: String, reason: String },
+    /// Valid JSON that keyrelay cannot process; kept for operators (`Unprocessable::storable`).
+    #[error(transparent)]
+    Unprocessable(#[from] Unprocessable),
+}
+
+/// A verified JSON webhook keyrelay cannot act on, with what to store so operators see it.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unprocessable {
+    pub webhook_id: String,
+    /// The event type, with control characters replaced and cut to a storable length.
+    pub event_type: String,
+    pub payload: String,
+    pub reason: String,
 }
 
 impl<'a> IncomingEvent<'a> {
@@ -117,15 +138,36 @@ impl<'a> IncomingEvent<'a> {
         webhook_id: &'a str,
         body: &'a [u8],
     ) -> Result<IncomingEvent<'a>, ParseError> {
+        if webhook_id.len() > MAX_WEBHOOK_ID_LEN {
+            return Err(ParseError::BadWebhookId("is longer than 255 bytes"));
+        }
+        if webhook_id.chars().any(char::is_control) {
+            return Err(ParseError::BadWebhookId("contains a control character"));
+        }
         let payload =
             std::str::from_utf8(body).map_err(|_| ParseError::NotAnEnvelope("not UTF-8".into()))?;
         let envelope: Envelope =
             serde_json::from_str(payload).map_err(|e| ParseError::NotAnEnvelope(e.to_string()))?;
-        let not_a_grant = |reason: String| ParseError::NotAGrant {
-            event_type: envelope.event_type.clone(),
-            reason,
+        let payload = storable(payload);
+        let unprocessable = |reason: String| Unprocessable {
+            webhook_id: webhook_id.to_string(),
+            event_type: printable(&envelope.event_type, MAX_EVENT_TYPE_LEN),
+            payload: payload.to_string(),
+            reason: printable(&reason, 1_000),
         };
+        if envelope.event_type.len() > MAX_EVENT_TYPE_LEN
+            || envelope.event_type.chars().any(char::is_control)
+        {
+            let reason = "the event type is too long or contains control characters".into();
+            return Err(unprocessable(reason).into());
+        }
         let grant = if envelope.event_type.starts_with("entitlement_grant.") {
+            let not_a_grant = |reason: String| {
+                unprocessable(format!(
+                    "`{}` data is not a grant: {reason}",
+                    envelope.event_type
+                ))
+            };
             let grant = serde_json::from_value::<Grant>(envelope.data.clone())
                 .map_err(|e| not_a_grant(e.to_string()))?;
             Some(GrantFacts::from_grant(&grant).map_err(|e| not_a_grant(e.to_string()))?)
@@ -166,4 +208,71 @@ pub fn ownership(grant: &Grant) -> Serve {
 pub fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
     raw.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The payload as Postgres can store it: NUL characters in strings become U+FFFD. Everything
+/// else is kept byte for byte.
+fn storable(payload: &str) -> Cow<'_, str> {
+    if !payload.contains("\\u0000") {
+        return Cow::Borrowed(payload);
+    }
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => *s = s.replace('\0', "\u{FFFD}"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => {
+                let taken = std::mem::take(fields);
+                for (key, mut item) in taken {
+                    clean(&mut item);
+                    fields.insert(key.replace('\0', "\u{FFFD}"), item);
+                }
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(mut value) => {
+            clean(&mut value);
+            Cow::Owned(value.to_string())
+        }
+        Err(_) => Cow::Borrowed(payload),
+    }
+}
+
+/// `raw` with control characters replaced, cut to at most `max` bytes.
+pub fn printable(raw: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in raw
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+    {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters_and_nothing_else_changes() {
+        let raw = r#"{"a":"x\u0000y","b\u0000":[1,"\u0000"],"c":"\\u0000"}"#;
+        let clean: serde_json::Value = serde_json::from_str(&storable(raw)).unwrap();
+        assert_eq!(
+            clean,
+            serde_json::json!({"a": "x\u{FFFD}y", "b\u{FFFD}": [1, "\u{FFFD}"], "c": "\\u0000"})
+        );
+        let untouched = r#"{"a":"plain"}"#;
+        assert!(matches!(storable(untouched), Cow::Borrowed(s) if s == untouched));
+    }
+
+    #[test]
+    fn printable_replaces_control_characters_and_cuts_on_a_character_boundary() {
+        assert_eq!(printable("a\u{1b}[2Jb", 64), "a\u{FFFD}[2Jb");
+        assert_eq!(printable("ééé", 5), "éé");
+    }
 }

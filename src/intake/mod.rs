@@ -5,7 +5,10 @@ pub mod event;
 pub mod record;
 pub mod signature;
 
+use std::time::Duration;
+
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
+use futures_util::StreamExt;
 use sqlx::PgPool;
 
 use crate::signal::JobSignal;
@@ -20,10 +23,18 @@ pub struct IntakeState {
     pub pool: PgPool,
     pub verifier: WebhookVerifier,
     pub signal: JobSignal,
+    /// How long a request body may take to arrive in full.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     #[error(transparent)]
     Unverified(#[from] VerifyError),
     #[error(transparent)]
@@ -35,39 +46,100 @@ pub enum IntakeError {
 impl ResponseError for IntakeError {
     fn status_code(&self) -> StatusCode {
         match self {
+            IntakeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IntakeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
             IntakeError::Unverified(_) => StatusCode::UNAUTHORIZED,
+            IntakeError::Unparsable(ParseError::Unprocessable(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             IntakeError::Unparsable(_) => StatusCode::BAD_REQUEST,
             IntakeError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(
+            self,
+            IntakeError::BodyTimeout(_) | IntakeError::BodyTooLarge
+        ) {
+            // The rest of the body is not worth waiting for.
+            response.force_close();
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
+}
+
+/// The event types keyrelay acts on keep their own metrics label; all others share `other`,
+/// so a sender cannot grow the label set.
+fn type_label(event_type: &str) -> &'static str {
+    const KNOWN: [&str; 4] = [
+        event::CREATED,
+        crate::lifecycle::DELIVERED,
+        crate::lifecycle::FAILED,
+        crate::lifecycle::REVOKED,
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == event_type)
+        .unwrap_or("other")
+}
+
+fn count(event_type: &'static str, outcome: &'static str) {
+    metrics::counter!("keyrelay_webhooks_total", "type" => event_type, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Reads the whole body within `timeout`, refusing more than `MAX_BODY_BYTES`.
+async fn read_body(
+    mut payload: web::Payload,
+    timeout: Duration,
+) -> Result<web::Bytes, IntakeError> {
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| IntakeError::BodyUnreadable(e.to_string()))?;
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(IntakeError::BodyTooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| IntakeError::BodyTimeout(timeout.as_secs()))?
 }
 
 pub async fn receive_webhook(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<IntakeState>,
 ) -> Result<HttpResponse, IntakeError> {
-    let webhook = state.verifier.verify(request.headers(), body).inspect_err(|e| {
-        tracing::warn!(error = %e, "rejected webhook");
-        metrics::counter!("keyrelay_webhooks_total", "type" => "unknown", "outcome" => "unverified")
-            .increment(1);
-    })?;
-    let event = IncomingEvent::parse(&webhook).inspect_err(|e| {
-        tracing::warn!(webhook_id = webhook.id(), error = %e, "unparsable webhook");
-        metrics::counter!("keyrelay_webhooks_total", "type" => "unknown", "outcome" => "invalid")
-            .increment(1);
-    })?;
+    let body = read_body(payload, state.body_timeout)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "webhook body refused");
+            count("unknown", "invalid");
+        })?;
+    let webhook = state
+        .verifier
+        .verify(request.headers(), body)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "rejected webhook");
+            count("unknown", "unverified");
+        })?;
+    let event = match IncomingEvent::parse(&webhook) {
+        Ok(event) => event,
+        Err(e) => return Err(refuse(&state.pool, e).await),
+    };
+    let label = type_label(&event.event_type);
     let stored = record::record(&state.pool, &event, Recording::Received)
         .await
         .map_err(|e| {
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
-            metrics::counter!("keyrelay_webhooks_total", "type" => event.event_type.clone(), "outcome" => "unavailable")
-                .increment(1);
+            count(label, "unavailable");
             IntakeError::DatabaseUnavailable(e)
         })?;
     if stored.job_created {
@@ -80,8 +152,7 @@ pub async fn receive_webhook(
     } else {
         "stored"
     };
-    metrics::counter!("keyrelay_webhooks_total", "type" => event.event_type.clone(), "outcome" => outcome)
-        .increment(1);
+    count(label, outcome);
     tracing::debug!(
         webhook_id = event.webhook_id,
         event_type = %event.event_type,
@@ -90,4 +161,28 @@ pub async fn receive_webhook(
         "webhook accepted"
     );
     Ok(HttpResponse::Ok().json(serde_json::json!({ "outcome": outcome })))
+}
+
+/// A verified webhook keyrelay cannot process: kept with its reason when it is JSON (so
+/// operators see it), logged, and answered 4xx — or 503 if it could not even be kept.
+async fn refuse(pool: &PgPool, e: ParseError) -> IntakeError {
+    count("unknown", "invalid");
+    let ParseError::Unprocessable(unprocessable) = &e else {
+        tracing::warn!(error = %e, "unparsable webhook");
+        return e.into();
+    };
+    tracing::warn!(webhook_id = %unprocessable.webhook_id, reason = %unprocessable.reason, "verified webhook cannot be processed; kept for operators");
+    let row = crate::store::enqueue::NewEvent {
+        webhook_id: &unprocessable.webhook_id,
+        event_type: &unprocessable.event_type,
+        grant_id: None,
+        payload: &unprocessable.payload,
+    };
+    match crate::store::enqueue::record_problem(pool, row, &unprocessable.reason).await {
+        Ok(()) => e.into(),
+        Err(db) => {
+            tracing::error!(error = %db, "could not keep an unprocessable webhook; answering 503");
+            IntakeError::DatabaseUnavailable(db)
+        }
+    }
 }

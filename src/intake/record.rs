@@ -68,7 +68,7 @@ pub async fn record(
         webhook_id: event.webhook_id,
         event_type: &event.event_type,
         grant_id: event.grant.as_ref().map(|g| &g.id),
-        payload: event.payload,
+        payload: &event.payload,
     };
     let lifecycle_event = GrantEvent::from_type(&event.event_type);
     if let (Some(grant), Some(kind)) = (&event.grant, lifecycle_event) {

@@ -97,6 +97,26 @@ pub async fn record_event<'e>(
     })
 }
 
+/// Keeps a verified webhook keyrelay cannot process, with the reason; it creates no job. A
+/// known webhook-id adds nothing.
+pub async fn record_problem(
+    pool: &PgPool,
+    event: NewEvent<'_>,
+    problem: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (webhook_id, event_type, payload, problem) VALUES ($1, $2, $3::jsonb, $4) \
+         ON CONFLICT (webhook_id) DO NOTHING",
+    )
+    .bind(event.webhook_id)
+    .bind(event.event_type)
+    .bind(event.payload)
+    .bind(problem)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Stores a lifecycle event's row; false when its webhook-id is already stored.
 pub async fn insert_event(
     tx: &mut Transaction<'_, Postgres>,

@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, wait_until};
 
-async fn set_database_reachable(app: &TestApp, reachable: bool) {
+pub async fn set_database_reachable(app: &TestApp, reachable: bool) {
     let settings = app.settings();
     let name = url::Url::parse(settings.database.url.expose_secret())
         .unwrap()

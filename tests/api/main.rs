@@ -8,6 +8,7 @@ mod crash;
 mod duplicates;
 mod grant_events;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod observability;
 mod operations;
