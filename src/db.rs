@@ -7,9 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::configuration::Settings;
+
+/// How long one connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -31,16 +34,43 @@ pub fn lazy_pool(settings: &Settings) -> anyhow::Result<PgPool> {
         .connect_lazy_with(connect_options(settings)?))
 }
 
-/// Connects now, failing with a message that says where and what to do.
+/// Connects now, failing with a message that says where, what happened and what to do.
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    let pool = lazy_pool(settings)?;
-    pool.acquire().await.with_context(|| {
-        format!(
-            "cannot connect to the database at {}; is Postgres running, and has `keyrelay migrate` created the database?",
-            settings.database_url_redacted()
-        )
-    })?;
-    Ok(pool)
+    let options = connect_options(settings)?;
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)
+        .and_then(|connected| connected)
+        .map_err(|e| anyhow::anyhow!(explain(&e, &options)))?;
+    let _ = probe.close().await;
+    lazy_pool(settings)
+}
+
+/// Why a connection failed, in one line naming the server (never the password).
+pub fn explain(e: &sqlx::Error, options: &PgConnectOptions) -> String {
+    let server = format!("{}:{}", options.get_host(), options.get_port());
+    let database = options.get_database().unwrap_or("postgres");
+    let io_kind = match e {
+        sqlx::Error::Io(io) => Some(io.kind()),
+        _ => None,
+    };
+    match (e, io_kind) {
+        (_, Some(std::io::ErrorKind::ConnectionRefused)) => format!(
+            "cannot connect to the database at {server}: connection refused; is Postgres running there?"
+        ),
+        (sqlx::Error::Database(db), _) if db.code().as_deref() == Some("3D000") => format!(
+            "cannot connect to the database at {server}: database `{database}` does not exist; run `keyrelay migrate` to create it"
+        ),
+        (sqlx::Error::Database(db), _) => format!(
+            "cannot connect to the database at {server}: {}",
+            db.message()
+        ),
+        (sqlx::Error::PoolTimedOut, _) => format!(
+            "cannot connect to the database at {server}: no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+        (other, _) => format!("cannot connect to the database at {server}: {other}"),
+    }
 }
 
 /// Creates the database named in `database.url` if it does not exist.
@@ -50,10 +80,11 @@ pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<(
         .get_database()
         .context("database.url names no database")?
         .to_string();
-    let mut admin = options
-        .database("postgres")
-        .connect()
+    let admin = options.database("postgres");
+    let mut admin = tokio::time::timeout(CONNECT_TIMEOUT, admin.connect())
         .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)
+        .and_then(|connected| connected)
         .with_context(|| {
             format!(
                 "cannot connect to the Postgres server at {}; is it running?",

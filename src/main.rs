@@ -1,7 +1,5 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = keyrelay::cli::Cli::parse();
+    let cli = keyrelay::cli::Cli::parse_args();
     keyrelay::cli::run(cli).await
 }

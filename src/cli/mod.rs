@@ -74,6 +74,25 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Cli {
+    /// Parses the command line; an argument with control characters (which could rewrite the
+    /// operator's terminal when echoed) is a usage error, reported escaped.
+    pub fn parse_args() -> Cli {
+        for (i, arg) in std::env::args_os().enumerate().skip(1) {
+            let text = arg.to_string_lossy();
+            if text.chars().any(char::is_control) {
+                let shown: String = text.chars().take(64).collect();
+                eprintln!(
+                    "error: argument {i} ({}) contains control characters; remove them",
+                    shown.escape_debug()
+                );
+                std::process::exit(2);
+            }
+        }
+        Cli::parse()
+    }
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
     let _ = dotenvy::dotenv();
     match dispatch(cli).await {

@@ -15,17 +15,23 @@ use crate::pool::{self, NewPool, keyfile};
 pub enum PoolCommand {
     /// Create a key pool bound to one Dodo entitlement.
     Add {
+        /// Letters, digits, `-`, `_` and `.`; at most 64.
+        #[arg(value_parser = parse_pool_name)]
         name: String,
-        #[arg(long = "entitlement", value_name = "ENT_ID")]
+        /// The Dodo entitlement whose grants this pool serves (one pool per entitlement).
+        #[arg(long = "entitlement", value_name = "ENT_ID", value_parser = parse_entitlement)]
         entitlement_id: String,
         /// Warn when fewer than N keys are available.
-        #[arg(long, default_value_t = 0, value_name = "N")]
+        #[arg(long, default_value_t = 0, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(i32::MAX)))]
         low_stock: u32,
         /// Sent with every key from this pool (else the entitlement's setting).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
         activations_limit: Option<u32>,
-        /// Keys expire N days after delivery (else the entitlement's setting).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        /// Keys expire N days after delivery (else the entitlement's setting); at most 36500.
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pool::MAX_EXPIRY_DAYS)))]
         expires_in_days: Option<u32>,
     },
     /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
@@ -49,6 +55,16 @@ pub enum PoolCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_pool_name(raw: &str) -> Result<String, String> {
+    pool::check_pool_name(raw).map(str::to_string)
+}
+
+fn parse_entitlement(raw: &str) -> Result<String, String> {
+    crate::domain::EntitlementId::parse(raw)
+        .map(|e| e.to_string())
+        .map_err(|e| format!("{e}; copy the entitlement id from Dodo's dashboard"))
 }
 
 pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {

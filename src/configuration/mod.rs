@@ -85,11 +85,24 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DodoEnvironment {
     TestMode,
     LiveMode,
+}
+
+impl<'de> Deserialize<'de> for DodoEnvironment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.as_str() {
+            "test_mode" => Ok(DodoEnvironment::TestMode),
+            "live_mode" => Ok(DodoEnvironment::LiveMode),
+            other => Err(serde::de::Error::custom(format!(
+                "`{}` is not an environment; use test_mode or live_mode",
+                other.escape_debug()
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,31 +201,47 @@ impl Settings {
                 builder = builder.set_override(*key, value.as_str())?;
             }
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", without_file_lines(&e)))?;
+        settings.blank_urls_are_unset();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// An optional URL set to blank (as `KEY=` in a `.env` file leaves it) means unset.
+    fn blank_urls_are_unset(&mut self) {
+        for url in [&mut self.dodo.base_url, &mut self.alerts.webhook_url] {
+            if url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                *url = None;
+            }
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         url::Url::parse(self.database.url.expose_secret())
             .context("database.url (DATABASE_URL) is not a valid URL")?;
         if let Some(url) = &self.dodo.base_url {
-            let parsed = url::Url::parse(url).with_context(|| {
-                format!("dodo.base_url (DODO_PAYMENTS_BASE_URL) is not a valid URL: {url}")
-            })?;
+            let parsed = url::Url::parse(url)
+                .context("dodo.base_url (DODO_PAYMENTS_BASE_URL) is not a valid URL")?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                bail!("dodo.base_url (DODO_PAYMENTS_BASE_URL) must be an http(s) URL: {url}");
+                bail!(
+                    "dodo.base_url (DODO_PAYMENTS_BASE_URL) must be an http(s) URL, not {}",
+                    redact_url(url)
+                );
             }
         }
         if let Some(secret) = &self.webhook.secret {
             parse_webhook_secrets(secret.expose_secret())?;
         }
         if let Some(url) = &self.alerts.webhook_url {
-            url::Url::parse(url)
-                .with_context(|| format!("alerts.webhook_url is not a valid URL: {url}"))?;
+            let parsed = url::Url::parse(url).ok();
+            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
+                bail!(
+                    "alerts.webhook_url is not a valid http(s) URL (not shown: a webhook URL is a credential)"
+                );
+            }
         }
         if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().is_empty()) {
             bail!(
@@ -323,6 +352,19 @@ pub fn parse_webhook_secrets(raw: &str) -> anyhow::Result<Vec<Vec<u8>>> {
             })
         })
         .collect()
+}
+
+/// A `config` error without the lines of the file it quotes: a TOML syntax error shows the
+/// offending line, and that line may hold a secret. The position (line, column) and the
+/// reason are kept.
+fn without_file_lines(e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    let kept: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('|'))
+        .collect();
+    kept.join("; ")
 }
 
 fn redact_url(raw: &str) -> String {

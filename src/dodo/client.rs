@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use super::{ErrorBody, Grant, GrantStatus, RateLimiter};
-use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey};
+use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey, printable};
 
 const PAGE_SIZE: u32 = 100;
 /// A 429 without `Retry-After` holds every worker back this long.
@@ -228,13 +228,19 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
+/// Longest part of an error body kept, in bytes.
+const MAX_MESSAGE_LEN: usize = 300;
+
+/// Dodo's error message (or the start of whatever body came instead), printable and short.
 async fn error_message(response: reqwest::Response) -> Option<String> {
     let bytes = response.bytes().await.ok()?;
     let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-    body.message.or(body.code).or_else(|| {
-        let text = String::from_utf8_lossy(&bytes).trim().to_string();
-        (!text.is_empty()).then(|| text.chars().take(200).collect())
-    })
+    let text = body
+        .message
+        .or(body.code)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let text = printable(text.trim(), MAX_MESSAGE_LEN);
+    (!text.is_empty()).then_some(text)
 }
 
 /// `Retry-After` as seconds or an HTTP date.

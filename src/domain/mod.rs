@@ -4,12 +4,14 @@
 mod ids;
 mod key;
 mod outcome;
+mod text;
 
 use serde::{Deserialize, Serialize};
 
 pub use ids::{CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN};
 pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, mask_key};
 pub use outcome::{AttemptOutcome, KeyAction, Serve};
+pub use text::printable;
 
 /// Where a fulfillment job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]

@@ -66,6 +66,8 @@ pub enum AttemptOutcome {
     ConflictUnresolved,
     /// 409 on a pending grant: Dodo already has this key value.
     KeyRejected,
+    /// keyrelay itself failed while running the job; it is set aside for a human.
+    InternalError,
 }
 
 impl AttemptOutcome {
@@ -81,6 +83,7 @@ impl AttemptOutcome {
             AttemptOutcome::ConflictFailed => "conflict_failed",
             AttemptOutcome::ConflictUnresolved => "conflict_unresolved",
             AttemptOutcome::KeyRejected => "key_rejected",
+            AttemptOutcome::InternalError => "internal_error",
         }
     }
 }

@@ -1,7 +1,10 @@
 //! One claimed job, run to an outcome: send its key to Dodo, look the grant up after a 409, ask
 //! `decide` what the answer means, and hand the decision to the store.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
@@ -10,7 +13,7 @@ use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::dodo::{DodoClient, FulfillRequest};
-use crate::domain::{AttemptOutcome, JobState};
+use crate::domain::{AttemptOutcome, JobState, KeyAction};
 use crate::ops::alerts::Alerter;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
 
@@ -106,6 +109,47 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
         let record = attempt(&decision);
         return Some(completion(ctx, &job, decision, http_status, record));
     }
+}
+
+/// Runs `run` (a job's run) so that a panic fails that job instead of leaving it `running`:
+/// the outcome names the grant and the cause, and the key stays bound to the grant until a
+/// human retries or cancels it. Every other job keeps flowing.
+pub async fn guarded(
+    job: &ClaimedJob,
+    run: impl Future<Output = Option<Completion>>,
+) -> Option<Completion> {
+    let panic = match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(outcome) => return outcome,
+        Err(panic) => panic,
+    };
+    let cause = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into());
+    let error = format!(
+        "internal error while fulfilling grant {}: {cause}; its key stays bound to it until the job is retried or cancelled",
+        job.grant_id
+    );
+    tracing::error!(grant_id = %job.grant_id, %error, "job set aside as failed");
+    Some(Completion {
+        grant_id: job.grant_id.clone(),
+        lease_token: job.lease_token,
+        key_id: job.key.key_id,
+        state: JobState::Failed,
+        run_at: Utc::now(),
+        key_action: KeyAction::Keep,
+        error: Some(error.clone()),
+        http_status: None,
+        attempt: AttemptRecord {
+            key_id: job.key.key_id,
+            started_at: Utc::now(),
+            duration: Duration::ZERO,
+            http_status: None,
+            outcome: AttemptOutcome::InternalError,
+            error: Some(error),
+        },
+    })
 }
 
 /// The body of the fulfill call: the key, and the pool's options.

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::run::{WorkerContext, run_job};
+use super::run::{WorkerContext, guarded, run_job};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::signal::JobSignal;
@@ -104,7 +104,7 @@ impl Worker {
                 let ctx = self.ctx.clone();
                 let completions = completions.clone();
                 tracker.spawn(async move {
-                    let completion = run_job(&ctx, job).await;
+                    let completion = guarded(&job, run_job(&ctx, job.clone())).await;
                     // The call is over: free the slot now. The job keeps its lease until its
                     // outcome is recorded, and shutdown waits for that record.
                     drop(permit);
@@ -182,6 +182,15 @@ fn spawn_completer(
                         }
                         break;
                     }
+                    Err(sqlx::Error::PoolClosed) => {
+                        // Shutting down: the leases expire and another worker resumes these
+                        // jobs with the same keys, so nothing is lost by not waiting.
+                        tracing::warn!(
+                            jobs = batch.len(),
+                            "database pool closed; outcomes left to the next worker"
+                        );
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, jobs = batch.len(), "recording outcomes failed; retrying");
                         failures += 1;
@@ -203,7 +212,9 @@ fn spawn_completer(
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
     let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease).await?;
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
-    let runs = jobs.into_iter().map(|job| run_job(ctx, job));
+    let runs = jobs
+        .iter()
+        .map(|job| guarded(job, run_job(ctx, job.clone())));
     let completions: Vec<Completion> = futures_util::future::join_all(runs)
         .await
         .into_iter()

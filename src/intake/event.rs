@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::signature::VerifiedWebhook;
 use crate::dodo::{Envelope, Grant, GrantStatus};
-use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, LicenseKey, Serve};
+use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, LicenseKey, Serve, printable};
 use crate::lifecycle::GrantEvent;
 use crate::store::enqueue::NewJob;
 
@@ -239,21 +239,6 @@ fn storable(payload: &str) -> Cow<'_, str> {
     }
 }
 
-/// `raw` with control characters replaced, cut to at most `max` bytes.
-pub fn printable(raw: &str, max: usize) -> String {
-    let mut out = String::new();
-    for c in raw
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-    {
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,11 +253,5 @@ mod tests {
         );
         let untouched = r#"{"a":"plain"}"#;
         assert!(matches!(storable(untouched), Cow::Borrowed(s) if s == untouched));
-    }
-
-    #[test]
-    fn printable_replaces_control_characters_and_cuts_on_a_character_boundary() {
-        assert_eq!(printable("a\u{1b}[2Jb", 64), "a\u{FFFD}[2Jb");
-        assert_eq!(printable("ééé", 5), "éé");
     }
 }

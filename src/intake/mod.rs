@@ -112,11 +112,26 @@ async fn read_body(
         .map_err(|_| IntakeError::BodyTimeout(timeout.as_secs()))?
 }
 
+/// The declared body length, if the request says.
+fn declared_length(request: &HttpRequest) -> Option<u64> {
+    request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 pub async fn receive_webhook(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<IntakeState>,
 ) -> Result<HttpResponse, IntakeError> {
+    if declared_length(&request).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        count("unknown", "invalid");
+        return Err(IntakeError::BodyTooLarge);
+    }
     let body = read_body(payload, state.body_timeout)
         .await
         .inspect_err(|e| {

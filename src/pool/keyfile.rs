@@ -17,6 +17,8 @@ pub struct ParsedKeys {
 }
 
 pub fn parse_keys(text: &str) -> ParsedKeys {
+    // A byte-order mark (as some editors save) is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -58,11 +60,48 @@ fn csv_key_column(header: &str) -> Option<usize> {
 }
 
 fn csv_field(line: &str, column: usize) -> Result<String, String> {
+    if !well_formed_csv(line) {
+        return Err("malformed CSV row (unbalanced or misplaced quotes)".into());
+    }
     let record = read_csv_record(line).map_err(|e| format!("unreadable CSV row: {e}"))?;
     record
         .get(column)
         .map(|f| f.trim().to_string())
         .ok_or_else(|| format!("CSV row has no column {} (`key`)", column + 1))
+}
+
+/// Whether every field of `line` is either unquoted without quotes, or quoted from start to
+/// end with inner quotes doubled. The CSV reader accepts more, guessing; a key must not be
+/// a guess.
+fn well_formed_csv(line: &str) -> bool {
+    let mut chars = line.chars().peekable();
+    let (mut in_quotes, mut at_field_start, mut after_closing_quote) = (false, true, false);
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    in_quotes = false;
+                    after_closing_quote = true;
+                }
+            }
+            continue;
+        }
+        match c {
+            ',' => {
+                at_field_start = true;
+                after_closing_quote = false;
+                continue;
+            }
+            _ if after_closing_quote => return false,
+            '"' if at_field_start => in_quotes = true,
+            '"' => return false,
+            _ => {}
+        }
+        at_field_start = false;
+    }
+    !in_quotes
 }
 
 fn read_csv_record(line: &str) -> Result<csv::StringRecord, csv::Error> {
@@ -98,6 +137,41 @@ mod tests {
         assert_eq!(p.invalid.len(), 2);
         assert_eq!((p.invalid[0].0, p.invalid[1].0), (4, 5));
         assert!(p.invalid[1].1.contains("no column"), "{:?}", p.invalid);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        assert_eq!(
+            values(&parse_keys("\u{feff}PRO-1\nPRO-2\n")),
+            vec!["PRO-1", "PRO-2"]
+        );
+        assert_eq!(
+            values(&parse_keys("\u{feff}serial,key\n1,PRO-A\n")),
+            vec!["PRO-A"]
+        );
+    }
+
+    #[test]
+    fn invisible_and_direction_changing_characters_make_a_line_invalid() {
+        let p = parse_keys("PRO\u{200b}-1\nPRO-\u{202e}2\nPRO-3\u{2060}\nPRO-4\n\u{00ad}PRO-5\n");
+        assert_eq!(values(&p), vec!["PRO-4"]);
+        assert_eq!(
+            p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 5]
+        );
+        assert!(p.invalid[0].1.contains("invisible"), "{:?}", p.invalid);
+    }
+
+    #[test]
+    fn malformed_csv_rows_are_invalid_lines_not_keys() {
+        let p = parse_keys(
+            "serial,key\n1,\"PRO-A\n2,PRO-B\n3,\"PRO\"C\"\n4,PR\"O-D\n5,\"PRO-\"\"E\"\n",
+        );
+        assert_eq!(values(&p), vec!["PRO-B", "PRO-\"E"]);
+        assert_eq!(
+            p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
     }
 
     #[test]

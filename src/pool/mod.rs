@@ -12,6 +12,22 @@ use crate::store::pools::{CreatePoolError, Import, NewPoolRow, create_pool};
 
 pub use crate::store::stock::{PoolStock, list_pools};
 
+/// Longest key expiry a pool may set: a hundred years.
+pub const MAX_EXPIRY_DAYS: u32 = 36_500;
+/// Longest pool name.
+pub const MAX_POOL_NAME_LEN: usize = 64;
+
+/// A pool name: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn check_pool_name(name: &str) -> Result<&str, String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_POOL_NAME_LEN || !name.chars().all(ok_char) {
+        return Err(format!(
+            "a pool name is 1 to {MAX_POOL_NAME_LEN} letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    Ok(name)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NewPool {
     pub name: String,
@@ -33,9 +49,15 @@ pub enum PoolError {
     NotFound(String),
     #[error("pool name and entitlement id must not be empty")]
     Empty,
+    #[error("{0}")]
+    BadName(String),
     #[error("--entitlement: {0}; copy the entitlement id from Dodo's dashboard")]
     BadEntitlement(IdError),
-    #[error("activations limit and expiry must be between 1 and {}", i32::MAX)]
+    #[error(
+        "the activations limit must be between 1 and {}, the expiry between 1 and {MAX_EXPIRY_DAYS} days, the low-stock threshold at most {}",
+        i32::MAX,
+        i32::MAX
+    )]
     OutOfRange,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -69,8 +91,15 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
     if name.is_empty() || new.entitlement_id.trim().is_empty() {
         return Err(PoolError::Empty);
     }
+    check_pool_name(name).map_err(PoolError::BadName)?;
     let entitlement_id =
         EntitlementId::parse(new.entitlement_id.trim()).map_err(PoolError::BadEntitlement)?;
+    if new
+        .expires_in_days
+        .is_some_and(|days| days > MAX_EXPIRY_DAYS)
+    {
+        return Err(PoolError::OutOfRange);
+    }
     let row = NewPoolRow {
         name,
         entitlement_id: &entitlement_id,

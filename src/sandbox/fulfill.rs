@@ -13,6 +13,7 @@ use crate::dodo::{Grant, GrantStatus, LicenseKey};
 /// The result of a fulfill call, decided under the lock.
 pub(super) enum FulfillResult {
     Ok(Box<Grant>),
+    Garbage(u16),
     Error(u16, &'static str, String),
     RateLimited(u64),
 }
@@ -69,6 +70,7 @@ impl Sandbox {
                 FulfillResult::RateLimited(retry_after_secs)
             }
             Some(Fault::Hang) => unreachable!("hang is handled before the lock"),
+            Some(Fault::Garbage { status }) => FulfillResult::Garbage(status),
             Some(Fault::ApplyThen500) | None => {
                 match validate_and_apply(&mut state, grant_id, body) {
                     FulfillResult::Ok(_) if fault == Some(Fault::ApplyThen500) => {
@@ -89,7 +91,7 @@ impl Sandbox {
             .unwrap_or_default();
         let status = match &result {
             FulfillResult::Ok(_) => 200,
-            FulfillResult::Error(s, ..) => *s,
+            FulfillResult::Error(s, ..) | FulfillResult::Garbage(s) => *s,
             FulfillResult::RateLimited(_) => 429,
         };
         state.log.push(FulfillRecord {

@@ -29,6 +29,9 @@ pub enum Fault {
     ApplyThen500,
     /// Never answer within any sane timeout (the client must time out).
     Hang,
+    /// Answer `status` with a body of binary junk, control characters and kilobytes of text,
+    /// as a broken proxy might.
+    Garbage { status: u16 },
 }
 
 /// Faults drawn at random for every fulfill call without a scripted fault.

@@ -101,6 +101,14 @@ async fn fulfill(
     match sandbox.fulfill(&grant_id, &body, fault) {
         FulfillResult::Ok(grant) => HttpResponse::Ok().json(grant),
         FulfillResult::Error(status, code, message) => error(status, code, &message),
+        FulfillResult::Garbage(status) => {
+            let mut junk = b"\0\x1b[2J\x1b[31mproxy error\x07 ".to_vec();
+            junk.extend(std::iter::repeat_n(b'x', 8_000));
+            HttpResponse::build(
+                actix_web::http::StatusCode::from_u16(status).expect("valid status"),
+            )
+            .body(junk)
+        }
         FulfillResult::RateLimited(secs) => HttpResponse::TooManyRequests()
             .insert_header(("Retry-After", secs.to_string()))
             .json(serde_json::json!({ "code": "TOO_MANY_REQUESTS", "message": "rate limited" })),

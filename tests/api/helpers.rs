@@ -129,7 +129,10 @@ impl TestApp {
             pool: stack.pool.clone(),
             sandbox: stack.sandbox.sandbox.clone(),
             url: stack.webhook_url.clone().unwrap_or_default(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             stack,
         }
     }

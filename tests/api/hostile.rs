@@ -159,3 +159,53 @@ async fn readiness_answers_within_250_ms_while_the_database_is_down() {
     crate::lifecycle::set_database_reachable(&app, true).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_garbled_answer_from_dodo_fails_that_grant_only_and_is_recorded_readably() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &["GARB-1", "GARB-2"]).await;
+    let garbled = app.sell().await;
+    let fine = app.sell().await;
+    app.sandbox.script_faults(
+        &garbled,
+        [keyrelay::sandbox::Fault::Garbage { status: 422 }],
+    );
+    run_batch(&app.worker(), 10).await.unwrap();
+    let job = app.job(&garbled).await;
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.last_error.unwrap();
+    assert!(
+        !error.contains('\0') && !error.contains('\u{1b}') && error.len() < 1_000,
+        "{error:?}"
+    );
+    assert_eq!(app.job_state(&fine).await, JobState::Delivered);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow() {
+    use keyrelay::store::{claim_batch, complete_batch};
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &["PANIC-1", "PANIC-2"]).await;
+    let doomed = app.sell().await;
+    let job = claim_batch(&app.pool, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    let outcome =
+        keyrelay::fulfillment::run::guarded(&job, async { panic!("arithmetic went wrong") })
+            .await
+            .expect("a panic still records an outcome");
+    complete_batch(&app.pool, &[outcome]).await.unwrap();
+    let failed = app.job(&doomed).await;
+    assert_eq!(failed.state, JobState::Failed);
+    let error = failed.last_error.unwrap();
+    assert!(
+        error.contains("arithmetic went wrong") && error.contains(&doomed),
+        "{error}"
+    );
+    let next = app.sell().await;
+    run_batch(&app.worker(), 10).await.unwrap();
+    assert_eq!(app.job_state(&next).await, JobState::Delivered);
+    app.stop().await;
+}

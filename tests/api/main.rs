@@ -12,6 +12,7 @@ mod hostile;
 mod lifecycle;
 mod observability;
 mod operations;
+mod operator_input;
 mod payloads;
 mod pools;
 mod signature;

@@ -161,11 +161,18 @@ async fn oversized_and_non_json_bodies_are_refused() {
             .unwrap()
             .contains("not a JSON webhook envelope")
     );
+    assert_eq!(app.count("SELECT count(*) FROM events").await, 0);
+    // Verified JSON that is not a grant: refused with the reason, and kept for operators.
     let hook = signer.sign(
         "msg_nogrant".into(),
         r#"{"type":"entitlement_grant.created","data":{"id":1}}"#.into(),
     );
-    assert_eq!(app.post(&hook).await.status(), 400);
-    assert_eq!(app.count("SELECT count(*) FROM events").await, 0);
+    assert_eq!(app.post(&hook).await.status(), 422);
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE problem LIKE '%not a grant%'")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.stop().await;
 }

@@ -1,0 +1,136 @@
+//! Operator slips get a clear message before anything reaches the database, and no message
+//! echoes a secret.
+
+use std::process::{Command, Output};
+
+fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .expect("run keyrelay")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A database URL nothing answers on.
+const NOWHERE: &str = "postgres://postgres@127.0.0.1:1/keyrelay";
+
+#[test]
+fn numeric_options_are_range_checked_before_the_database_sees_them() {
+    for (option, value) in [
+        ("--expires-in-days", "100000000"),
+        ("--activations-limit", "3000000000"),
+        ("--low-stock", "3000000000"),
+        ("--expires-in-days", "0"),
+    ] {
+        let o = keyrelay(
+            &[("DATABASE_URL", NOWHERE)],
+            &[
+                "pool",
+                "add",
+                "pro",
+                "--entitlement",
+                "ent_1",
+                option,
+                value,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{option} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(option), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn pool_names_and_entitlement_ids_are_checked() {
+    for args in [
+        ["pool", "add", "pro\u{1b}[2J", "--entitlement", "ent_1"],
+        ["pool", "add", "pro", "--entitlement", "ent\tone"],
+    ] {
+        let o = keyrelay(&[("DATABASE_URL", NOWHERE)], &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains('\u{1b}'), "{}", stderr(&o));
+    }
+    let long = "p".repeat(200);
+    let o = keyrelay(
+        &[("DATABASE_URL", NOWHERE)],
+        &["pool", "add", &long, "--entitlement", "ent_1"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn a_config_file_syntax_error_names_the_line_but_never_shows_it() {
+    let dir = std::env::temp_dir().join(format!("keyrelay-conf-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keyrelay.toml");
+    std::fs::write(&file, "[dodo]\napi_key = \"sk_live_TOPSECRET123\n").unwrap();
+    let o = keyrelay(&[], &["pool", "list", "--config", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("keyrelay.toml"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn urls_are_never_echoed_with_their_credentials() {
+    let cases = [
+        ("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/keyrelay"),
+        ("DATABASE_URL", "postgres://u:hunter2@[not-a-host/keyrelay"),
+        ("DODO_PAYMENTS_BASE_URL", "ftp://u:hunter2@dodo.example"),
+        (
+            "KEYRELAY_ALERTS__WEBHOOK_URL",
+            "https//hooks.slack.com/services/T000/B000/hunter2",
+        ),
+    ];
+    for (name, value) in cases {
+        let o = keyrelay(&[(name, value)], &["pool", "list"]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let err = stderr(&o);
+        assert!(!err.contains("hunter2"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_wrong_environment_name_lists_the_allowed_ones() {
+    let o = keyrelay(&[("DODO_PAYMENTS_ENVIRONMENT", "live")], &["pool", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("test_mode") && err.contains("live_mode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_blank_optional_url_counts_as_unset() {
+    for name in ["KEYRELAY_ALERTS__WEBHOOK_URL", "KEYRELAY_DODO__BASE_URL"] {
+        let o = keyrelay(&[(name, ""), ("DATABASE_URL", NOWHERE)], &["pool", "list"]);
+        let err = stderr(&o);
+        assert!(
+            err.contains("cannot connect to the database"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_database_connection_says_so_and_names_the_host() {
+    let o = keyrelay(&[("DATABASE_URL", NOWHERE)], &["pool", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("refused") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
