@@ -188,3 +188,58 @@ impl SessionLock {
             .await;
     }
 }
+
+/// Waits until the database server answers, retrying with backoff and logging each wait, so a
+/// `serve` started during an outage comes up when Postgres does instead of crash-looping.
+/// Returns early with an error if `stop` resolves first, or at once for a problem waiting
+/// cannot fix (a wrong password, a refused role).
+pub async fn wait_until_reachable(
+    settings: &Settings,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let options = connect_options(settings)?;
+    let backoff = crate::backoff::RetryPolicy {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+    };
+    let mut stop = std::pin::pin!(stop);
+    for attempt in 1.. {
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::PoolTimedOut,
+        };
+        let missing_database =
+            matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"));
+        if missing_database {
+            return Ok(());
+        }
+        if !is_transient(&error) {
+            anyhow::bail!(explain(&error, &options));
+        }
+        let wait = backoff.ceiling(attempt);
+        tracing::warn!(
+            "{}; retrying in {} s",
+            explain(&error, &options),
+            wait.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => anyhow::bail!("stopped while waiting for the database"),
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
+/// Whether waiting may fix `e`: the server is down, starting, or unreachable for now.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // 57P03: the database system is starting up; 53300: too many connections.
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "53300")),
+        _ => false,
+    }
+}

@@ -53,23 +53,14 @@ pub struct Application {
 }
 
 impl Application {
+    /// Checks that the settings hold what `role` needs (before waiting on anything).
+    pub fn check(settings: &Settings, role: Role) -> anyhow::Result<()> {
+        role_parts(settings, role).map(drop)
+    }
+
     /// Checks the settings the role needs, migrates (unless disabled), binds the listener.
     pub async fn build(settings: &Settings, role: Role) -> anyhow::Result<Application> {
-        let verifier = if role.web() {
-            let secret = settings.webhook.secret.as_ref().context(
-                "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is not set; copy the whsec_... secret from Dodo's webhook settings",
-            )?;
-            Some(WebhookVerifier::new(parse_webhook_secrets(
-                secret.expose_secret(),
-            )?))
-        } else {
-            None
-        };
-        let dodo = if role.worker() {
-            Some(dodo_client(settings)?)
-        } else {
-            None
-        };
+        let (verifier, dodo) = role_parts(settings, role)?;
         let pool = if settings.database.migrate_on_start {
             crate::db::migrate(settings).await?
         } else {
@@ -109,6 +100,15 @@ impl Application {
                 .with_alert_webhook(settings.alerts.webhook_url.clone());
             Worker::new(ctx, &settings.worker, signal.clone())
         });
+        tracing::info!(
+            role = ?role,
+            listen = %port.map_or("-".to_string(), |p| format!("{}:{p}", settings.http.bind.rsplit_once(':').map_or("", |b| b.0))),
+            dodo = %crate::configuration::redact_url(&settings.dodo_base_url()),
+            worker_concurrency = worker.as_ref().map(|_| settings.worker.concurrency),
+            max_requests_per_sec = settings.dodo.max_requests_per_sec,
+            database = %settings.database_url_redacted(),
+            "keyrelay starting"
+        );
         Ok(Application {
             port,
             server,
@@ -179,6 +179,29 @@ impl Application {
         self.pool.close().await;
         Ok(())
     }
+}
+
+/// The webhook verifier (web roles) and the Dodo client (worker roles), from the settings.
+fn role_parts(
+    settings: &Settings,
+    role: Role,
+) -> anyhow::Result<(Option<WebhookVerifier>, Option<DodoClient>)> {
+    let verifier = if role.web() {
+        let secret = settings.webhook.secret.as_ref().context(
+            "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is not set; copy the whsec_... secret from Dodo's webhook settings",
+        )?;
+        Some(WebhookVerifier::new(parse_webhook_secrets(
+            secret.expose_secret(),
+        )?))
+    } else {
+        None
+    };
+    let dodo = if role.worker() {
+        Some(dodo_client(settings)?)
+    } else {
+        None
+    };
+    Ok((verifier, dodo))
 }
 
 /// The Dodo client for workers, with the process-wide rate limit.

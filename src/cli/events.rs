@@ -24,8 +24,13 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One stored webhook with its payload.
-    Show { webhook_id: String },
+    /// One stored webhook with its payload (license keys in it masked).
+    Show {
+        webhook_id: String,
+        /// Print license keys in the payload in full.
+        #[arg(long)]
+        show_key: bool,
+    },
     /// Run intake again on a stored webhook; changes nothing already decided.
     Replay {
         #[arg(required = true)]
@@ -54,13 +59,25 @@ pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
                         e.event_type.clone(),
                         or_dash(e.grant_id.as_deref()),
                         e.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        or_dash(e.problem.as_deref()),
                     ]
                 })
                 .collect();
-            table(&["webhook id", "type", "grant", "received"], &rows);
+            table(
+                &["webhook id", "type", "grant", "received", "problem"],
+                &rows,
+            );
         }
-        EventsCommand::Show { webhook_id } => match events::show_event(pool, &webhook_id).await? {
-            Some(detail) => json(&detail)?,
+        EventsCommand::Show {
+            webhook_id,
+            show_key,
+        } => match events::show_event(pool, &webhook_id).await? {
+            Some(mut detail) => {
+                if !show_key {
+                    mask_license_keys(&mut detail.payload);
+                }
+                json(&detail)?
+            }
             None => {
                 bail!("no stored event with webhook-id {webhook_id}; see `keyrelay events list`")
             }
@@ -93,4 +110,24 @@ pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
         None => bail!("another keyrelay process is reconciling right now; try again in a minute"),
     }
     Ok(())
+}
+
+/// Masks every `license_key.key` in a stored payload.
+fn mask_license_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields.iter_mut() {
+                match (name.as_str(), field) {
+                    ("license_key", serde_json::Value::Object(license)) => {
+                        if let Some(serde_json::Value::String(key)) = license.get_mut("key") {
+                            *key = crate::domain::mask_key(key);
+                        }
+                    }
+                    (_, other) => mask_license_keys(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_license_keys),
+        _ => {}
+    }
 }

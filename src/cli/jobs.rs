@@ -4,7 +4,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use super::output::{json, or_dash, table};
+use super::output::{json, or_dash, shown, table};
 use crate::domain::{Actor, GrantId, JobState};
 use crate::ops::jobs::{self, ActionResult};
 
@@ -115,11 +115,11 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
                 return json(&detail);
             }
             let j = &detail.job;
-            println!("grant        {}", j.grant_id);
+            println!("grant        {}", shown(j.grant_id.as_str()));
             println!("state        {}", j.state);
-            println!("entitlement  {}", j.entitlement_id);
-            println!("customer     {}", j.customer_id);
-            println!("source       {}", j.source);
+            println!("entitlement  {}", shown(j.entitlement_id.as_str()));
+            println!("customer     {}", shown(j.customer_id.as_str()));
+            println!("source       {}", shown(&j.source));
             println!("attempts     {}", j.attempts);
             println!(
                 "key          {} ({})",
@@ -131,7 +131,7 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
             if matches!(j.state, JobState::Retrying) {
                 println!("next attempt {}", j.run_at);
             }
-            println!("last error   {}", or_dash(j.last_error.as_deref()));
+            println!("last error   {}", shown(&or_dash(j.last_error.as_deref())));
             println!();
             let rows: Vec<Vec<String>> = detail
                 .attempt_history

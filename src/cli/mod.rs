@@ -122,6 +122,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     crate::telemetry::init(settings.log.format, if quiet { "error" } else { "info" });
     match cli.command {
         Command::Serve { role } => {
+            Application::check(&settings, role)?;
+            if settings.database.migrate_on_start {
+                crate::db::wait_until_reachable(&settings, wait_for_stop_signal()).await?;
+            }
             let app = Application::build(&settings, role).await?;
             let token = app.shutdown_token();
             tokio::spawn(async move {

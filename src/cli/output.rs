@@ -1,16 +1,45 @@
-//! Plain aligned tables and JSON for command output.
+//! Plain aligned tables and JSON for command output. Values from the database may hold
+//! anything: every cell is shown escaped (no control characters reach the terminal) and cut
+//! to a readable width.
 
 use serde::Serialize;
 
+/// Widest cell, in characters.
+const MAX_CELL: usize = 96;
+
+/// `value` as it is safe to print: control characters escaped, cut to `MAX_CELL` characters.
+pub fn shown(value: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for c in value.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        count += piece.chars().count();
+        if count > MAX_CELL {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| shown(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -18,9 +47,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(header.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row.clone());
+    line(&header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
+    for row in &rows {
+        line(row);
     }
 }
 
@@ -31,4 +60,18 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 pub fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_escaped_and_cut() {
+        assert_eq!(shown("grant_\u{1b}[2J"), "grant_\\u{1b}[2J");
+        let long = shown(&"g".repeat(100_000));
+        assert_eq!(long.chars().count(), MAX_CELL + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(shown("plain"), "plain");
+    }
 }

@@ -367,7 +367,8 @@ fn without_file_lines(e: &config::ConfigError) -> String {
     kept.join("; ")
 }
 
-fn redact_url(raw: &str) -> String {
+/// `raw` with any password replaced, for messages and logs.
+pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {

@@ -202,9 +202,9 @@ impl DodoClient {
                 if e.is_timeout() {
                     CallError::Timeout
                 } else if e.is_connect() {
-                    CallError::Connect(without_url(&e))
+                    CallError::Connect(describe_error(&e))
                 } else {
-                    CallError::Other(without_url(&e))
+                    CallError::Other(describe_error(&e))
                 }
             })?;
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -215,10 +215,18 @@ impl DodoClient {
     }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
+/// An HTTP error in one line that names the server tried (`scheme://host:port`) but never the
+/// rest of the URL, which may carry a credential (a Slack webhook path, a user:password).
+pub fn describe_error(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "");
+        let server = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or("?"),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        text = text.replace(url.as_str(), &server);
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

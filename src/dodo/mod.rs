@@ -5,7 +5,7 @@
 mod client;
 mod rate_limit;
 
-pub use client::{CallError, DodoClient, FulfillAnswer, FulfillRequest};
+pub use client::{CallError, DodoClient, FulfillAnswer, FulfillRequest, describe_error};
 pub use rate_limit::RateLimiter;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -94,22 +94,37 @@ impl fmt::Display for LicenseKey {
     }
 }
 
-/// Hides a key for display: keeps a leading prefix group (when the key has three or more
-/// groups) and the last four characters, e.g. `PRO-AAAA-BBBB-DDDD` → `PRO-****-****-DDDD`.
+/// Hides a key for display: keeps a short leading prefix group (when the key has three or more
+/// groups) and the last four characters, e.g. `PRO-AAAA-BBBB-DDDD` → `PRO-****-****-DDDD` —
+/// but never more than half of its letters and digits, whatever the key's shape.
 pub fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    let reveal_tail = if chars.len() >= 12 { 4 } else { 0 };
-    let groups = key.split('-').count();
-    let prefix_len = if groups >= 3 {
-        key.split('-').next().map_or(0, |g| g.chars().count())
+    let alphanumeric = chars.iter().filter(|c| c.is_alphanumeric()).count();
+    let mut tail = if chars.len() >= 12 { 4 } else { 0 };
+    let first_group = key.split('-').next().map_or(0, |g| g.chars().count());
+    let mut prefix = if key.split('-').count() >= 3 && first_group <= 5 {
+        first_group
     } else {
         0
     };
+    let shown = |prefix: usize, tail: usize| {
+        chars
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.is_alphanumeric() && (*i < prefix || *i >= chars.len() - tail))
+            .count()
+    };
+    if shown(prefix, tail) * 2 > alphanumeric {
+        prefix = 0;
+    }
+    if shown(prefix, tail) * 2 > alphanumeric {
+        tail = 0;
+    }
     chars
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let visible = i < prefix_len || i >= chars.len() - reveal_tail;
+            let visible = i < prefix || i >= chars.len() - tail;
             if visible || !c.is_alphanumeric() {
                 c
             } else {
@@ -162,6 +177,23 @@ mod tests {
         assert_eq!(mask_key("ABCDEFGHIJKLMNOP"), "************MNOP");
         assert_eq!(mask_key("SHORT1"), "******");
         assert_eq!(mask_key("AB-CDEFGHIJKLMN"), "**-********KLMN");
+    }
+
+    #[test]
+    fn masking_never_shows_most_of_a_key_whatever_its_shape() {
+        for key in [
+            "ABCDEFGHIJKLMNOPQRSTUVWX-AB-CD",
+            "LONGPREFIX-A-B",
+            "X-Y-Z",
+            "ABCDEFGHIJKL",
+            "A-BCDEFGHIJKLMNOPQRSTUVWXYZ",
+        ] {
+            let shown = mask_key(key);
+            let total = key.chars().filter(|c| c.is_alphanumeric()).count();
+            let visible = shown.chars().filter(|c| c.is_alphanumeric()).count();
+            assert!(visible * 2 <= total, "{key} → {shown}");
+            assert_eq!(shown.chars().count(), key.chars().count());
+        }
     }
 
     #[test]

@@ -255,3 +255,82 @@ mod tests {
         assert!(matches!(storable(untouched), Cow::Borrowed(s) if s == untouched));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON values of the kinds hostile payloads use: control characters, NUL, long strings.
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+            "[\\x00-\\x1f]{0,6}".prop_map(serde_json::Value::from),
+            (1usize..4_000).prop_map(|n| serde_json::Value::from("x".repeat(n))),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn envelope() -> impl Strategy<Value = serde_json::Value> {
+        let event_type = prop_oneof![
+            Just("entitlement_grant.created".to_string()),
+            Just("entitlement_grant.delivered".to_string()),
+            Just("entitlement_grant.revoked".to_string()),
+            "\\PC{0,20}",
+        ];
+        let grant = (value(), value(), value(), value(), value()).prop_map(
+            |(id, customer, entitlement, status, metadata)| {
+                serde_json::json!({
+                    "id": id, "customer_id": customer, "entitlement_id": entitlement,
+                    "status": status, "metadata": metadata, "integration_type": "license_key"
+                })
+            },
+        );
+        (event_type, prop_oneof![grant, value()]).prop_map(
+            |(t, data)| serde_json::json!({ "business_id": "bus", "type": t, "data": data }),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_body_parses_or_is_refused_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = IncomingEvent::from_parts("msg_1", &body);
+        }
+
+        #[test]
+        fn a_parsed_event_is_storable_and_its_grant_ids_are_bounded(envelope in envelope()) {
+            let body = envelope.to_string();
+            match IncomingEvent::from_parts("msg_1", body.as_bytes()) {
+                Ok(event) => {
+                    prop_assert!(!event.payload.contains("\\u0000"));
+                    prop_assert!(serde_json::from_str::<serde_json::Value>(&event.payload).is_ok());
+                    prop_assert!(event.event_type.len() <= MAX_EVENT_TYPE_LEN);
+                    prop_assert!(!event.event_type.chars().any(char::is_control));
+                    if let Some(grant) = &event.grant {
+                        for id in [grant.id.as_str(), grant.customer_id.as_str(), grant.entitlement_id.as_str()] {
+                            prop_assert!(!id.is_empty() && id.len() <= crate::domain::MAX_ID_LEN);
+                            prop_assert!(!id.chars().any(char::is_control));
+                        }
+                    }
+                }
+                Err(ParseError::Unprocessable(kept)) => {
+                    prop_assert!(!kept.payload.contains("\\u0000"));
+                    prop_assert!(!kept.event_type.chars().any(char::is_control));
+                    prop_assert!(!kept.reason.chars().any(char::is_control));
+                }
+                Err(other) => prop_assert!(false, "valid JSON refused as {other}"),
+            }
+        }
+    }
+}

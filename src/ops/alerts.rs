@@ -84,7 +84,10 @@ async fn send(http: &reqwest::Client, url: &str, alert: &LowStock, first_retry: 
                 attempt,
                 "low-stock alert webhook refused"
             ),
-            Err(e) => tracing::warn!(error = %e, attempt, "low-stock alert webhook unreachable"),
+            Err(e) => {
+                let error = crate::dodo::describe_error(&e);
+                tracing::warn!(%error, attempt, "low-stock alert webhook unreachable");
+            }
         }
         let wait = backoff.delay(attempt, None, &mut rand::rng());
         tokio::time::sleep(wait).await;

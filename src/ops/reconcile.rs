@@ -107,7 +107,12 @@ pub async fn run_maintenance(
     loop {
         match reconcile(&pool, &dodo, &shutdown).await {
             Ok(Some(report)) => {
-                tracing::info!(?report, "reconciled with Dodo");
+                tracing::info!(
+                    "reconciled with Dodo: {} entitlement(s) checked, {} pending grant(s) seen, {} queued that keyrelay had never seen",
+                    report.entitlements,
+                    report.pending_seen,
+                    report.enqueued
+                );
                 match prune(&pool, retention).await {
                     Ok(p) if p.events + p.jobs > 0 => {
                         tracing::info!(events = p.events, jobs = p.jobs, "pruned old rows")

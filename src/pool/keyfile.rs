@@ -185,3 +185,59 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines built from pieces a real key file, a spreadsheet export or a hostile one has.
+    fn line() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[A-Z0-9]{1,8}",
+            Just("-".to_string()),
+            Just(",".to_string()),
+            Just("\"".to_string()),
+            Just("#".to_string()),
+            Just(" ".to_string()),
+            Just("\u{feff}".to_string()),
+            Just("\u{200b}".to_string()),
+            Just("\u{202e}".to_string()),
+            Just("\u{1b}[2J".to_string()),
+            Just("\0".to_string()),
+            Just("key".to_string()),
+            "\\PC{0,4}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_file_parses_into_printable_unique_keys_and_counted_lines(
+            lines in proptest::collection::vec(line(), 0..40),
+            long in proptest::option::of(300usize..2_000),
+        ) {
+            let mut text = lines.join("\n");
+            if let Some(n) = long {
+                text.push('\n');
+                text.push_str(&"K".repeat(n));
+            }
+            let parsed = parse_keys(&text);
+            let mut seen = HashSet::new();
+            for key in &parsed.keys {
+                let value = key.reveal();
+                prop_assert!(LicenseKey::parse(value).is_ok());
+                prop_assert!(value == value.trim());
+                prop_assert!(seen.insert(value.to_string()), "{value:?} twice");
+            }
+            let lines_in_file = text.lines().count();
+            prop_assert!(parsed.keys.len() + parsed.duplicates_in_file + parsed.invalid.len() <= lines_in_file);
+            for (line_no, _) in &parsed.invalid {
+                prop_assert!(*line_no >= 1 && *line_no <= lines_in_file);
+            }
+        }
+    }
+}

@@ -222,17 +222,30 @@ async fn park_waiting_for_keys(
     if grant_ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let parked: Vec<(GrantId, EntitlementId, Option<String>)> = sqlx::query_as(
         r#"
         UPDATE jobs SET state = 'waiting_for_keys', lease_token = NULL, run_at = now(),
                         attempts = attempts - 1, updated_at = now(),
                         last_error = 'no available key in the pool for entitlement ' || entitlement_id
         WHERE grant_id = ANY($1)
+        RETURNING grant_id, entitlement_id,
+                  (SELECT name FROM pools WHERE pools.entitlement_id = jobs.entitlement_id)
         "#,
     )
     .bind(grant_ids)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    // A paying customer without a key: say so once, when the job is parked.
+    for (grant_id, entitlement_id, pool) in parked {
+        match pool {
+            Some(pool) => {
+                tracing::warn!(%grant_id, pool = %pool, "grant waits for keys: pool `{pool}` has no available key; import more with `keyrelay pool import {pool} FILE`")
+            }
+            None => {
+                tracing::warn!(%grant_id, %entitlement_id, "grant waits for keys: no pool serves entitlement {entitlement_id}; create one with `keyrelay pool add`")
+            }
+        }
+    }
     Ok(())
 }
 

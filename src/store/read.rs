@@ -104,6 +104,8 @@ pub struct EventSummary {
     pub event_type: String,
     pub grant_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// Why keyrelay could not process it, if it could not.
+    pub problem: Option<String>,
 }
 
 /// Stored events, newest first, optionally of one type or for one grant.
@@ -114,7 +116,7 @@ pub async fn list_events(
     limit: i64,
 ) -> Result<Vec<EventSummary>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT webhook_id, event_type, grant_id, received_at FROM events \
+        "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events \
          WHERE ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR grant_id = $2) \
          ORDER BY received_at DESC, webhook_id LIMIT $3",
     )
@@ -141,7 +143,7 @@ pub async fn event(pool: &PgPool, webhook_id: &str) -> Result<Option<EventDetail
         payload: serde_json::Value,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT webhook_id, event_type, grant_id, received_at, payload FROM events \
+        "SELECT webhook_id, event_type, grant_id, received_at, problem, payload FROM events \
          WHERE webhook_id = $1",
     )
     .bind(webhook_id)

@@ -13,6 +13,7 @@ mod lifecycle;
 mod observability;
 mod operations;
 mod operator_input;
+mod outage;
 mod payloads;
 mod pools;
 mod signature;

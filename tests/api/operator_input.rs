@@ -134,3 +134,72 @@ fn a_refused_database_connection_says_so_and_names_the_host() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic() {
+    use secrecy::ExposeSecret;
+    let app = crate::helpers::TestApp::spawn_web().await;
+    app.add_pool("pro", crate::helpers::ENT, &["OUT-1"]).await;
+    // Rows written before ids were checked: a 100 KB grant id, and one with a terminal escape.
+    sqlx::query(
+        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) VALUES \
+         (repeat('g', 100000), 'ent', 'cus'), (E'grant_\\x1b[2J_clear', 'ent', E'cus\\x1b[31m')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (webhook_id, event_type, grant_id, payload) VALUES \
+         (repeat('w', 100000), E'type\\x1b[2J', repeat('g', 100000), '{}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let url = app.settings().database.url.expose_secret().to_string();
+    let env = [("DATABASE_URL", url.as_str())];
+    for args in [
+        &["jobs", "list"][..],
+        &["events", "list"][..],
+        &["pool", "history", "pro"][..],
+    ] {
+        let o = keyrelay(&env, args);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(
+            !out.contains('\u{1b}'),
+            "{args:?} printed an escape: {out:?}"
+        );
+        assert!(
+            out.lines().all(|l| l.chars().count() < 1_000),
+            "{args:?} printed a line of {} characters",
+            out.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_show_masks_key_values_unless_asked() {
+    use secrecy::ExposeSecret;
+    let app = crate::helpers::TestApp::spawn_web().await;
+    let grant = app.sandbox.create_grant(crate::helpers::ENT, None);
+    app.sandbox
+        .fulfill_elsewhere(&grant.id, "SHOW-AAAA-BBBB-7777");
+    let delivered = app.sandbox.grant(&grant.id).unwrap();
+    let hook = app
+        .sandbox
+        .webhook_for(&delivered, "entitlement_grant.delivered");
+    assert_eq!(app.post(&hook).await.status(), 200);
+    let url = app.settings().database.url.expose_secret().to_string();
+    let env = [("DATABASE_URL", url.as_str())];
+    let o = keyrelay(&env, &["events", "show", &hook.id]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !out.contains("SHOW-AAAA-BBBB-7777") && out.contains("SHOW-****-****-7777"),
+        "{out}"
+    );
+    let o = keyrelay(&env, &["events", "show", &hook.id, "--show-key"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("SHOW-AAAA-BBBB-7777"));
+    app.stop().await;
+}
