@@ -227,7 +227,8 @@ fn web_server(
     let admin = settings.admin.token.clone().map(|token| {
         web::Data::new(crate::admin::AdminState {
             pool: pool.clone(),
-            auth: crate::admin::AdminAuth::new(token),
+            auth: crate::admin::AdminAuth::new(token, !settings.admin.insecure_http),
+            sign_ins: Default::default(),
         })
     });
     let pool = web::Data::new(pool);

@@ -1,6 +1,7 @@
 //! Admin authentication: a bearer token for scripts, or a session cookie for people who signed
 //! in once with the token. Sessions and CSRF tokens are HMACs keyed by the admin token, so
-//! they need no storage and end when the token changes. Comparisons are constant-time.
+//! they end when the token changes; a sign-out is also recorded on the server
+//! (`store::admin`). Comparisons are constant-time.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
@@ -13,6 +14,8 @@ const SESSION_SECS: i64 = 12 * 3600;
 
 pub struct AdminAuth {
     token: SecretString,
+    /// Mark the cookie `Secure` (unless the dashboard is served over plain http).
+    secure_cookie: bool,
 }
 
 /// How a request proved who it is.
@@ -32,8 +35,23 @@ fn equal(a: &str, b: &str) -> bool {
 }
 
 impl AdminAuth {
-    pub fn new(token: SecretString) -> AdminAuth {
-        AdminAuth { token }
+    pub fn new(token: SecretString, secure_cookie: bool) -> AdminAuth {
+        AdminAuth {
+            token,
+            secure_cookie,
+        }
+    }
+
+    /// A session's own MAC (its last part), which names it in the sign-out record, and when
+    /// it expires.
+    pub fn session_identity(
+        &self,
+        session: &str,
+    ) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+        let (body, mac) = session.rsplit_once('.')?;
+        let issued: i64 = body.split('.').next()?.parse().ok()?;
+        let expires = chrono::DateTime::from_timestamp(issued.checked_add(SESSION_SECS)?, 0)?;
+        Some((mac.to_string(), expires))
     }
 
     fn mac(&self, message: &str) -> String {
@@ -77,6 +95,7 @@ impl AdminAuth {
             .path("/admin")
             .http_only(true)
             .same_site(SameSite::Strict)
+            .secure(self.secure_cookie)
             .max_age(actix_web::cookie::time::Duration::seconds(SESSION_SECS))
             .finish()
     }
@@ -114,8 +133,8 @@ mod tests {
 
     #[test]
     fn sessions_and_csrf_tokens_are_bound_to_the_admin_token() {
-        let auth = AdminAuth::new("s3cret-admin-token".to_string().into());
-        let other = AdminAuth::new("another-token".to_string().into());
+        let auth = AdminAuth::new("s3cret-admin-token".to_string().into(), true);
+        let other = AdminAuth::new("another-token".to_string().into(), true);
         let session = auth.new_session();
         assert!(auth.session_valid(&session));
         assert!(!other.session_valid(&session));

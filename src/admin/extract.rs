@@ -3,6 +3,8 @@
 
 use std::future::{Ready, ready};
 
+use futures_util::future::LocalBoxFuture;
+
 use actix_web::dev::Payload;
 use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
@@ -25,14 +27,26 @@ fn credential(request: &HttpRequest) -> Option<Credential> {
 
 impl FromRequest for SignedIn {
     type Error = AdminError;
-    type Future = Ready<Result<SignedIn, AdminError>>;
+    type Future = LocalBoxFuture<'static, Result<SignedIn, AdminError>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            credential(request)
-                .map(SignedIn)
-                .ok_or(AdminError::SignInRequired),
-        )
+        let state = request.app_data::<web::Data<AdminState>>().cloned();
+        let credential = credential(request);
+        Box::pin(async move {
+            let (Some(state), Some(credential)) = (state, credential) else {
+                return Err(AdminError::SignInRequired);
+            };
+            if let Credential::Session(session) = &credential {
+                let (mac, _) = state
+                    .auth
+                    .session_identity(session)
+                    .ok_or(AdminError::SignInRequired)?;
+                if crate::store::admin::is_signed_out(&state.pool, &mac).await? {
+                    return Err(AdminError::SignInRequired);
+                }
+            }
+            Ok(SignedIn(credential))
+        })
     }
 }
 
@@ -62,6 +76,8 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("too many wrong tokens from this address; try again in {0} s")]
+    TooManyAttempts(u64),
     #[error("the database is unavailable; try again")]
     Database(#[from] sqlx::Error),
 }
@@ -75,6 +91,7 @@ impl ResponseError for AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -5,6 +5,7 @@
 mod auth;
 mod extract;
 mod pages;
+mod throttle;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -20,6 +21,7 @@ pub use extract::{AdminError, Bearer, SignedIn};
 pub struct AdminState {
     pub pool: PgPool,
     pub auth: AdminAuth,
+    pub sign_ins: throttle::SignInThrottle,
 }
 
 /// Adds the `/admin` routes.
@@ -55,9 +57,44 @@ fn html(status: StatusCode, body: String) -> HttpResponse {
         .body(body)
 }
 
+/// `?done=` on a page names one of a few fixed messages; anything else shows nothing, so no
+/// link can make the dashboard say what its author wants.
 #[derive(Deserialize)]
 struct Flash {
     done: Option<String>,
+}
+
+impl Flash {
+    fn message(&self) -> Option<&'static str> {
+        Some(match self.done.as_deref()? {
+            "retried" => "retry done: the job is queued again",
+            "cancelled" => "cancel done: the job is cancelled and its key released",
+            "cancelled_key_kept" => {
+                "cancel done: the job is cancelled; its key stays reserved because Dodo may hold it"
+            }
+            "wrong_state" => "that is not possible in the job's current state",
+            "not_found" => "there is no such job",
+            "unknown_action" => "unknown action",
+            _ => return None,
+        })
+    }
+}
+
+/// What an admin action did.
+enum Done {
+    Retried,
+    Cancelled,
+    CancelledKeyKept,
+}
+
+impl Done {
+    fn code(&self) -> &'static str {
+        match self {
+            Done::Retried => "retried",
+            Done::Cancelled => "cancelled",
+            Done::CancelledKeyKept => "cancelled_key_kept",
+        }
+    }
 }
 
 /// The CSRF token a signed-in person's forms carry (none for bearer requests).
@@ -94,7 +131,7 @@ async fn dashboard(
         &attention,
         &pools,
         &csrf(&state, &who),
-        flash.done.as_deref(),
+        flash.message(),
     );
     Ok(html(StatusCode::OK, page))
 }
@@ -108,19 +145,32 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(state: web::Data<AdminState>, form: web::Form<LoginForm>) -> HttpResponse {
+async fn login(
+    request: HttpRequest,
+    state: web::Data<AdminState>,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, AdminError> {
+    let peer = request
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    if let Some(wait) = state.sign_ins.locked_out(peer) {
+        tracing::warn!(%peer, "admin sign-in refused: too many wrong tokens from this address");
+        return Err(AdminError::TooManyAttempts(wait.as_secs().max(1)));
+    }
     if !state.auth.token_matches(form.token.trim()) {
-        tracing::warn!("admin sign-in with a wrong token");
-        return html(
+        state.sign_ins.failed(peer);
+        tracing::warn!(%peer, "admin sign-in with a wrong token");
+        return Ok(html(
             StatusCode::UNAUTHORIZED,
             pages::login(Some("That is not the admin token.")),
-        );
+        ));
     }
+    tracing::info!(%peer, "admin signed in");
     let cookie = state.auth.session_cookie(state.auth.new_session());
-    HttpResponse::SeeOther()
+    Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/admin"))
         .cookie(cookie)
-        .finish()
+        .finish())
 }
 
 #[derive(Deserialize)]
@@ -135,7 +185,13 @@ async fn logout(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, AdminError> {
     if let Some(credential) = state.auth.credential(&request) {
-        check_csrf(&state, &SignedIn(credential), &form.csrf)?;
+        check_csrf(&state, &SignedIn(credential.clone()), &form.csrf)?;
+        // The cookie is removed below; recording the sign-out ends copies of it too.
+        if let Credential::Session(session) = &credential
+            && let Some((mac, expires)) = state.auth.session_identity(session)
+        {
+            crate::store::admin::sign_out(&state.pool, &mac, expires).await?;
+        }
     }
     let mut gone = state.auth.session_cookie(String::new());
     gone.make_removal();
@@ -159,18 +215,14 @@ async fn job_page(
     Ok(match detail {
         Some(detail) => html(
             StatusCode::OK,
-            pages::job(&detail, &csrf(&state, &who), flash.done.as_deref()),
+            pages::job(&detail, &csrf(&state, &who), flash.message()),
         ),
         None => html(StatusCode::NOT_FOUND, pages::not_found(&raw)),
     })
 }
 
 /// Runs `action` on one job; `Ok` with what happened, or `AdminError` saying why not.
-async fn run_action(
-    state: &AdminState,
-    grant_id: &str,
-    action: &str,
-) -> Result<String, AdminError> {
+async fn run_action(state: &AdminState, grant_id: &str, action: &str) -> Result<Done, AdminError> {
     let grant_id = GrantId::parse(grant_id)
         .map_err(|e| AdminError::NotFound(format!("no job for grant {grant_id}: {e}")))?;
     let ids = std::slice::from_ref(&grant_id);
@@ -180,10 +232,9 @@ async fn run_action(
         other => return Err(AdminError::BadRequest(format!("unknown action `{other}`"))),
     };
     match &results[0].1 {
-        ActionResult::Done => Ok(format!("{grant_id}: {action} done")),
-        ActionResult::DoneKeyKept => Ok(format!(
-            "{grant_id}: cancelled; its key stays reserved because Dodo may hold it"
-        )),
+        ActionResult::Done if action == "retry" => Ok(Done::Retried),
+        ActionResult::Done => Ok(Done::Cancelled),
+        ActionResult::DoneKeyKept => Ok(Done::CancelledKeyKept),
         ActionResult::NotFound => Err(AdminError::NotFound(format!("no job for grant {grant_id}"))),
         ActionResult::WrongState { state } => Err(AdminError::Conflict(format!(
             "cannot {action} {grant_id} while it is {state}"
@@ -199,15 +250,16 @@ async fn job_action_form(
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&state, &who, &form.csrf)?;
     let (grant_id, action) = path.into_inner();
-    let message = match run_action(&state, &grant_id, &action).await {
-        Ok(message) => message,
+    let code = match run_action(&state, &grant_id, &action).await {
+        Ok(done) => done.code(),
         Err(e @ AdminError::Database(_)) => return Err(e),
-        Err(refused) => refused.to_string(),
+        Err(AdminError::NotFound(_)) => "not_found",
+        Err(AdminError::BadRequest(_)) => "unknown_action",
+        Err(_) => "wrong_state",
     };
     Ok(redirect(&format!(
-        "/admin/jobs/{}?done={}",
-        url_encode(&grant_id),
-        url_encode(&message)
+        "/admin/jobs/{}?done={code}",
+        url_encode(&grant_id)
     )))
 }
 
@@ -257,6 +309,11 @@ async fn api_job_action(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, AdminError> {
     let (grant_id, action) = path.into_inner();
-    let message = run_action(&state, &grant_id, &action).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": message })))
+    let done = run_action(&state, &grant_id, &action).await?;
+    let message = Flash {
+        done: Some(done.code().into()),
+    }
+    .message()
+    .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": message, "done": done.code() })))
 }

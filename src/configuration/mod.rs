@@ -21,6 +21,9 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("KEYRELAY_ADMIN_TOKEN", "admin.token"),
 ];
 
+/// Shortest admin token accepted: it guards retries and cancels of paid grants.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 const DEFAULTS: &[(&str, &str)] = &[
     (
         "database.url",
@@ -145,6 +148,10 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub token: Option<SecretString>,
+    /// The dashboard is served over plain http (a laptop, a private network): the session
+    /// cookie is then not marked `Secure`, or browsers would not send it back.
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -243,9 +250,10 @@ impl Settings {
                 );
             }
         }
-        if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().is_empty()) {
+        if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().chars().count() < MIN_ADMIN_TOKEN_LEN)
+        {
             bail!(
-                "admin.token (KEYRELAY_ADMIN_TOKEN) is empty; unset it or set a long random value"
+                "admin.token (KEYRELAY_ADMIN_TOKEN) is shorter than {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`, or unset it to turn the dashboard off"
             );
         }
         if self.worker.concurrency == 0 {

@@ -103,3 +103,18 @@ fn secrets_do_not_appear_in_debug_output() {
     }
     assert_eq!(s.database_url_redacted(), "postgres://u:****@h/db");
 }
+
+#[test]
+fn a_short_admin_token_is_refused_with_how_to_make_one() {
+    for short in ["hunter2", &"x".repeat(MIN_ADMIN_TOKEN_LEN - 1)] {
+        let err = Settings::load_from(None, &env(&[("KEYRELAY_ADMIN_TOKEN", short)]))
+            .map(|s| s.admin.token.is_some())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("openssl rand"), "{err}");
+        assert!(!err.contains(short), "the token was echoed: {err}");
+    }
+    let token = "t".repeat(MIN_ADMIN_TOKEN_LEN);
+    let ok = Settings::load_from(None, &env(&[("KEYRELAY_ADMIN_TOKEN", &token)])).unwrap();
+    assert!(ok.admin.token.is_some());
+}

@@ -12,8 +12,9 @@
 //! - `pools`: pools and key imports.
 //! - `stock`: counts (keys per pool and state, jobs per state) and low-stock flags.
 //! - `read`: what operators and the dashboard look at.
-//! - `audit`, `prune`.
+//! - `audit`, `prune`, and `admin` (signed-out sessions).
 
+pub mod admin;
 pub mod audit;
 pub mod claim;
 pub mod enqueue;

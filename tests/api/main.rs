@@ -1,6 +1,7 @@
 //! keyrelay's integration tests: real Postgres, real HTTP, the sandbox as Dodo.
 
 mod admin;
+mod admin_hardening;
 mod answers;
 mod cli;
 mod concurrency;
