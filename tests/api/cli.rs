@@ -1,23 +1,9 @@
 //! The `keyrelay` binary as operators use it: exit codes, error messages, masked keys.
 
-use std::process::{Command, Output};
-
 use keyrelay::fulfillment::run_batch;
 use secrecy::ExposeSecret;
 
-use crate::helpers::{ENT, TestApp};
-
-fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    let dir = std::env::temp_dir();
-    Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(envs.iter().copied())
-        .args(args)
-        .output()
-        .expect("run keyrelay")
-}
+use crate::helpers::{ENT, TestApp, keyrelay};
 
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).to_string()

@@ -288,3 +288,15 @@ where
 pub fn grant_id(raw: &str) -> GrantId {
     GrantId::parse(raw).unwrap()
 }
+
+/// Runs the `keyrelay` binary with only `envs` (and PATH) in a scratch working directory.
+pub fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .expect("run keyrelay")
+}

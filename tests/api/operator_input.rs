@@ -1,18 +1,9 @@
 //! Operator slips get a clear message before anything reaches the database, and no message
 //! echoes a secret.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .current_dir(std::env::temp_dir())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(envs.iter().copied())
-        .args(args)
-        .output()
-        .expect("run keyrelay")
-}
+use crate::helpers::keyrelay;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
