@@ -110,7 +110,7 @@ impl DodoClient {
         let url = self.url(&["grants", grant_id.as_str(), "license-key"], &[]);
         let response = self.send(self.http.post(url).json(body)).await?;
         let status = response.status().as_u16();
-        let retry_after = parse_retry_after(response.headers());
+        let retry_after = wait_hint(response.headers());
         let message = if status == 200 {
             None
         } else {
@@ -207,9 +207,14 @@ impl DodoClient {
                     CallError::Other(describe_error(&e))
                 }
             })?;
-        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let headers = response.headers();
+        let exhausted = headers
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0");
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS || exhausted {
             self.limiter
-                .pause_for(parse_retry_after(response.headers()).unwrap_or(DEFAULT_429_PAUSE));
+                .pause_for(wait_hint(headers).unwrap_or(DEFAULT_429_PAUSE));
         }
         Ok(response)
     }
@@ -249,6 +254,31 @@ async fn error_message(response: reqwest::Response) -> Option<String> {
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
     let text = printable(text.trim(), MAX_MESSAGE_LEN);
     (!text.is_empty()).then_some(text)
+}
+
+/// How long Dodo asks callers to wait: `Retry-After`, else `X-RateLimit-Reset`.
+pub fn wait_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    parse_retry_after(headers).or_else(|| parse_rate_limit_reset(headers))
+}
+
+/// `X-RateLimit-Reset`: seconds until the window resets, or the Unix time it resets at.
+pub fn parse_rate_limit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let raw: f64 = headers
+        .get("x-ratelimit-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if !raw.is_finite() || raw < 0.0 {
+        return None;
+    }
+    // Anything past 2001-09-09 is a Unix time, not a number of seconds to wait.
+    if raw > 1e9 {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        return Some(Duration::from_secs_f64((raw - now).clamp(0.0, 3600.0)));
+    }
+    Some(Duration::from_secs_f64(raw.min(3600.0)))
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -301,6 +331,29 @@ mod tests {
             ok.url(&["grants", grant.as_str(), "license-key"], &[])
                 .as_str(),
             "http://127.0.0.1:9/v1/grants/grant%201%2Fx/license-key"
+        );
+    }
+
+    #[test]
+    fn rate_limit_reset_is_honoured_when_retry_after_is_absent() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("12"));
+        assert_eq!(wait_hint(&h), Some(Duration::from_secs(12)));
+        let soon = chrono::Utc::now().timestamp() + 30;
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&soon.to_string()).unwrap(),
+        );
+        let wait = wait_hint(&h).unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(
+            wait_hint(&h),
+            Some(Duration::from_secs(2)),
+            "Retry-After wins"
         );
     }
 

@@ -36,6 +36,8 @@ pub struct Decision {
     /// Why: the attempt's error and the job's last error.
     pub error: Option<String>,
     pub severity: Severity,
+    /// false: the attempt the claim counted is given back (Dodo asked us to slow down).
+    pub counts_as_attempt: bool,
 }
 
 /// Which attempt this is, and how many are allowed.
@@ -94,13 +96,17 @@ pub fn decide(
             true,
             budget,
         ),
-        429 => retry(
-            AttemptOutcome::Retry,
-            format!("Dodo answered 429 (rate limited){detail}"),
-            answer.retry_after,
-            false,
-            budget,
-        ),
+        // Being told to slow down is not a failed attempt: it never spends the budget.
+        429 => Decision {
+            next: Next::RetryLater {
+                retry_after: answer.retry_after,
+            },
+            key: KeyAction::Keep,
+            outcome: AttemptOutcome::Retry,
+            error: Some(format!("Dodo answered 429 (rate limited){detail}")),
+            severity: Severity::Warn,
+            counts_as_attempt: false,
+        },
         status => retry(
             AttemptOutcome::Retry,
             format!("Dodo answered {status}{detail}"),
@@ -177,6 +183,7 @@ fn conflict(
                         .into(),
                 ),
                 severity: Severity::Warn,
+                counts_as_attempt: true,
             };
         }
         GrantStatus::Other(status) => {
@@ -204,6 +211,7 @@ fn finish(
         outcome,
         error,
         severity: Severity::Info,
+        counts_as_attempt: true,
     }
 }
 
@@ -226,6 +234,7 @@ pub fn retry(
                 budget.attempt
             )),
             severity: Severity::Error,
+            counts_as_attempt: true,
         };
     }
     Decision {
@@ -238,6 +247,7 @@ pub fn retry(
         } else {
             Severity::Warn
         },
+        counts_as_attempt: true,
     }
 }
 

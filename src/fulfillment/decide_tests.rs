@@ -217,7 +217,7 @@ fn the_last_allowed_attempt_gives_up_and_keeps_the_key_bound() {
         attempt: 5,
         max_attempts: 5,
     };
-    for a in [answer(503), Err(CallError::Timeout), answer(429)] {
+    for a in [answer(503), Err(CallError::Timeout), answer(500)] {
         let d = decide(&a, None, &key(), last);
         assert_eq!(
             shape(&d),
@@ -235,4 +235,21 @@ fn the_last_allowed_attempt_gives_up_and_keeps_the_key_bound() {
         AttemptOutcome::Delivered,
         "success is never given up"
     );
+}
+
+#[test]
+fn a_rate_limit_never_uses_up_an_attempt() {
+    let last = Budget {
+        attempt: 5,
+        max_attempts: 5,
+    };
+    let d = decide(&answer(429), None, &key(), last);
+    assert_eq!(
+        d.next,
+        Next::RetryLater {
+            retry_after: Some(Duration::from_secs(3))
+        }
+    );
+    assert!(!d.counts_as_attempt, "a 429 gives the attempt back");
+    assert!(decide(&answer(503), None, &key(), early()).counts_as_attempt);
 }

@@ -141,6 +141,7 @@ pub async fn guarded(
         key_action: KeyAction::Keep,
         error: Some(error.clone()),
         http_status: None,
+        refund_attempt: false,
         attempt: AttemptRecord {
             key_id: job.key.key_id,
             started_at: Utc::now(),
@@ -193,6 +194,7 @@ fn completion(
         state,
         run_at,
         key_action: decision.key,
+        refund_attempt: !decision.counts_as_attempt,
         error: decision.error,
         http_status,
         attempt,

@@ -30,6 +30,8 @@ pub struct Completion {
     pub key_action: KeyAction,
     pub error: Option<String>,
     pub http_status: Option<i32>,
+    /// Give back the attempt the claim counted (Dodo rate-limited the call).
+    pub refund_attempt: bool,
     pub attempt: AttemptRecord,
 }
 
@@ -148,19 +150,21 @@ pub async fn complete_batch(
     let run_ats: Vec<DateTime<Utc>> = batch.iter().map(|c| c.run_at).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
     let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.http_status).collect();
+    let refunds: Vec<bool> = batch.iter().map(|c| c.refund_attempt).collect();
     let mut tx = pool.begin().await?;
     let applied: Vec<GrantId> = sqlx::query_scalar(
         r#"
         WITH outcome AS (
             SELECT * FROM unnest($1::text[], $2::int8[], $3::job_state[], $4::timestamptz[],
-                                 $5::text[], $6::int4[])
-                AS outcome(grant_id, lease_token, state, run_at, last_error, http_status)
+                                 $5::text[], $6::int4[], $7::bool[])
+                AS outcome(grant_id, lease_token, state, run_at, last_error, http_status, refund)
         )
         UPDATE jobs SET state = outcome.state,
                         run_at = outcome.run_at,
                         lease_token = NULL,
                         last_error = outcome.last_error,
                         last_http_status = outcome.http_status,
+                        attempts = jobs.attempts - CASE WHEN outcome.refund THEN 1 ELSE 0 END,
                         finished_at = CASE WHEN outcome.state IN ('delivered', 'failed', 'cancelled')
                                            THEN now() END,
                         updated_at = now()
@@ -176,6 +180,7 @@ pub async fn complete_batch(
     .bind(&run_ats)
     .bind(&errors)
     .bind(&statuses)
+    .bind(&refunds)
     .fetch_all(&mut *tx)
     .await?;
     let attempts: Vec<&AttemptRecord> = batch.iter().map(|c| &c.attempt).collect();

@@ -362,3 +362,31 @@ async fn random_hostile_payloads_get_2xx_only_when_stored_and_nothing_half_store
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limited_attempts_do_not_use_up_the_attempt_budget() {
+    use keyrelay::sandbox::Fault;
+    let app = TestApp::spawn_with(Role::Web, |s| s.worker.max_attempts = 2).await;
+    app.add_pool("pro", ENT, &["LIMIT-1"]).await;
+    let grant = app.sell().await;
+    app.sandbox.script_faults(
+        &grant,
+        (0..4).map(|_| Fault::RateLimited {
+            retry_after_secs: 0,
+        }),
+    );
+    for _ in 0..6 {
+        run_batch(&app.worker(), 10).await.unwrap();
+        if app.job_state(&grant).await != JobState::Retrying {
+            break;
+        }
+        app.make_due(&grant).await;
+    }
+    let job = app.job(&grant).await;
+    assert_eq!(job.state, JobState::Delivered, "{:?}", job.last_error);
+    assert_eq!(
+        job.attempts, 1,
+        "four 429s and one success count as one attempt"
+    );
+    app.stop().await;
+}
