@@ -14,6 +14,18 @@ use crate::configuration::Settings;
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One connection attempt, given up after `CONNECT_TIMEOUT` (as `PoolTimedOut`).
+async fn connect_once(options: &PgConnectOptions) -> Result<sqlx::PgConnection, sqlx::Error> {
+    tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
+/// Whether Postgres answered that the database does not exist (yet).
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"))
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
@@ -37,10 +49,8 @@ pub fn lazy_pool(settings: &Settings) -> anyhow::Result<PgPool> {
 /// Connects now, failing with a message that says where, what happened and what to do.
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let options = connect_options(settings)?;
-    let probe = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+    let probe = connect_once(&options)
         .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)
-        .and_then(|connected| connected)
         .map_err(|e| anyhow::anyhow!(explain(&e, &options)))?;
     let _ = probe.close().await;
     lazy_pool(settings)
@@ -58,7 +68,7 @@ pub fn explain(e: &sqlx::Error, options: &PgConnectOptions) -> String {
         (_, Some(std::io::ErrorKind::ConnectionRefused)) => format!(
             "cannot connect to the database at {server}: connection refused; is Postgres running there?"
         ),
-        (sqlx::Error::Database(db), _) if db.code().as_deref() == Some("3D000") => format!(
+        (e, _) if is_missing_database(e) => format!(
             "cannot connect to the database at {server}: database `{database}` does not exist; run `keyrelay migrate` to create it"
         ),
         (sqlx::Error::Database(db), _) => format!(
@@ -80,11 +90,8 @@ pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<(
         .get_database()
         .context("database.url names no database")?
         .to_string();
-    let admin = options.database("postgres");
-    let mut admin = tokio::time::timeout(CONNECT_TIMEOUT, admin.connect())
+    let mut admin = connect_once(&options.database("postgres"))
         .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)
-        .and_then(|connected| connected)
         .with_context(|| {
             format!(
                 "cannot connect to the Postgres server at {}; is it running?",
@@ -204,19 +211,15 @@ pub async fn wait_until_reachable(
     };
     let mut stop = std::pin::pin!(stop);
     for attempt in 1.. {
-        let error = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
-            Ok(Ok(connection)) => {
+        let error = match connect_once(&options).await {
+            Ok(connection) => {
                 let _ = connection.close().await;
                 return Ok(());
             }
-            Ok(Err(e)) => e,
-            Err(_) => sqlx::Error::PoolTimedOut,
+            // The server answers; `migrate` creates the database.
+            Err(e) if is_missing_database(&e) => return Ok(()),
+            Err(e) => e,
         };
-        let missing_database =
-            matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000"));
-        if missing_database {
-            return Ok(());
-        }
         if !is_transient(&error) {
             anyhow::bail!(explain(&error, &options));
         }

@@ -67,7 +67,7 @@ impl Application {
             crate::db::lazy_pool(settings)?
         };
         let signal = JobSignal::new();
-        let (server, port) = match verifier {
+        let (server, address) = match verifier {
             Some(verifier) => {
                 let listener = TcpListener::bind(&settings.http.bind).with_context(|| {
                     format!(
@@ -75,7 +75,7 @@ impl Application {
                         settings.http.bind
                     )
                 })?;
-                let port = listener.local_addr()?.port();
+                let address = listener.local_addr()?;
                 let state = IntakeState {
                     pool: pool.clone(),
                     verifier,
@@ -83,7 +83,7 @@ impl Application {
                     body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
                 };
                 let server = web_server(listener, state, pool.clone(), settings)?;
-                (Some(server), Some(port))
+                (Some(server), Some(address))
             }
             None => (None, None),
         };
@@ -102,7 +102,7 @@ impl Application {
         });
         tracing::info!(
             role = ?role,
-            listen = %port.map_or("-".to_string(), |p| format!("{}:{p}", settings.http.bind.rsplit_once(':').map_or("", |b| b.0))),
+            listen = ?address,
             dodo = %crate::configuration::redact_url(&settings.dodo_base_url()),
             worker_concurrency = worker.as_ref().map(|_| settings.worker.concurrency),
             max_requests_per_sec = settings.dodo.max_requests_per_sec,
@@ -110,7 +110,7 @@ impl Application {
             "keyrelay starting"
         );
         Ok(Application {
-            port,
+            port: address.map(|a| a.port()),
             server,
             worker,
             maintenance,

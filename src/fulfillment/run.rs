@@ -13,7 +13,7 @@ use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::dodo::{DodoClient, FulfillRequest};
-use crate::domain::{AttemptOutcome, JobState, KeyAction};
+use crate::domain::{AttemptOutcome, JobState, KeyAction, printable};
 use crate::ops::alerts::Alerter;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
 
@@ -115,6 +115,7 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
 /// the outcome names the grant and the cause, and the key stays bound to the grant until a
 /// human retries or cancels it. Every other job keeps flowing.
 pub async fn guarded(
+    ctx: &WorkerContext,
     job: &ClaimedJob,
     run: impl Future<Output = Option<Completion>>,
 ) -> Option<Completion> {
@@ -128,29 +129,28 @@ pub async fn guarded(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown cause".into());
     let error = format!(
-        "internal error while fulfilling grant {}: {cause}; its key stays bound to it until the job is retried or cancelled",
-        job.grant_id
+        "internal error while fulfilling grant {}: {}; its key stays bound to it until the job is retried or cancelled",
+        job.grant_id,
+        printable(&cause, 500)
     );
-    tracing::error!(grant_id = %job.grant_id, %error, "job set aside as failed");
-    Some(Completion {
-        grant_id: job.grant_id.clone(),
-        lease_token: job.lease_token,
+    let decision = Decision {
+        next: Next::Finish(JobState::Failed),
+        key: KeyAction::Keep,
+        outcome: AttemptOutcome::InternalError,
+        error: Some(error),
+        severity: Severity::Error,
+        counts_as_attempt: true,
+    };
+    tracing::error!(grant_id = %job.grant_id, error = decision.error.as_deref(), "job set aside as failed");
+    let attempt = AttemptRecord {
         key_id: job.key.key_id,
-        state: JobState::Failed,
-        run_at: Utc::now(),
-        key_action: KeyAction::Keep,
-        error: Some(error.clone()),
+        started_at: Utc::now(),
+        duration: Duration::ZERO,
         http_status: None,
-        refund_attempt: false,
-        attempt: AttemptRecord {
-            key_id: job.key.key_id,
-            started_at: Utc::now(),
-            duration: Duration::ZERO,
-            http_status: None,
-            outcome: AttemptOutcome::InternalError,
-            error: Some(error),
-        },
-    })
+        outcome: decision.outcome,
+        error: decision.error.clone(),
+    };
+    Some(completion(ctx, job, decision, None, attempt))
 }
 
 /// The body of the fulfill call: the key, and the pool's options.

@@ -104,7 +104,7 @@ impl Worker {
                 let ctx = self.ctx.clone();
                 let completions = completions.clone();
                 tracker.spawn(async move {
-                    let completion = guarded(&job, run_job(&ctx, job.clone())).await;
+                    let completion = guarded(&ctx, &job, run_job(&ctx, job.clone())).await;
                     // The call is over: free the slot now. The job keeps its lease until its
                     // outcome is recorded, and shutdown waits for that record.
                     drop(permit);
@@ -214,7 +214,7 @@ pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs
         .iter()
-        .map(|job| guarded(job, run_job(ctx, job.clone())));
+        .map(|job| guarded(ctx, job, run_job(ctx, job.clone())));
     let completions: Vec<Completion> = futures_util::future::join_all(runs)
         .await
         .into_iter()

@@ -112,7 +112,7 @@ pub enum ParseError {
     BadWebhookId(&'static str),
     #[error("body is not a JSON webhook envelope: {0}")]
     NotAnEnvelope(String),
-    /// Valid JSON that keyrelay cannot process; kept for operators (`Unprocessable::storable`).
+    /// Valid JSON that keyrelay cannot process; kept for operators with its reason.
     #[error(transparent)]
     Unprocessable(#[from] Unprocessable),
 }
@@ -168,7 +168,7 @@ impl<'a> IncomingEvent<'a> {
                     envelope.event_type
                 ))
             };
-            let grant = serde_json::from_value::<Grant>(envelope.data.clone())
+            let grant = serde_json::from_value::<Grant>(envelope.data)
                 .map_err(|e| not_a_grant(e.to_string()))?;
             Some(GrantFacts::from_grant(&grant).map_err(|e| not_a_grant(e.to_string()))?)
         } else {

@@ -193,8 +193,8 @@ async fn refuse(pool: &PgPool, e: ParseError) -> IntakeError {
         grant_id: None,
         payload: &unprocessable.payload,
     };
-    match crate::store::enqueue::record_problem(pool, row, &unprocessable.reason).await {
-        Ok(()) => e.into(),
+    match crate::store::enqueue::insert_event(pool, row, Some(&unprocessable.reason)).await {
+        Ok(_) => e.into(),
         Err(db) => {
             tracing::error!(error = %db, "could not keep an unprocessable webhook; answering 503");
             IntakeError::DatabaseUnavailable(db)

@@ -45,6 +45,26 @@ pub enum ReplayOutcome {
     Unchanged,
 }
 
+impl Recording {
+    /// Who the audit trail names for what this recording changes.
+    fn actor(self) -> Actor {
+        match self {
+            Recording::Received => Actor::Webhook,
+            Recording::Replayed(actor) => actor,
+        }
+    }
+}
+
+impl From<enqueue::Recorded> for Outcome {
+    fn from(recorded: enqueue::Recorded) -> Outcome {
+        Outcome {
+            new_event: recorded.new_event,
+            job_created: recorded.job_created,
+            settled: false,
+        }
+    }
+}
+
 impl Outcome {
     pub fn replayed(self) -> ReplayOutcome {
         if self.job_created {
@@ -73,15 +93,10 @@ pub async fn record(
     let lifecycle_event = GrantEvent::from_type(&event.event_type);
     if let (Some(grant), Some(kind)) = (&event.grant, lifecycle_event) {
         let mut tx = pool.begin().await?;
-        let new_event = enqueue::insert_event(&mut tx, row).await?;
+        let new_event = enqueue::insert_event(&mut *tx, row, None).await?;
         let settled = match how {
             Recording::Received if !new_event => false,
-            Recording::Received => {
-                apply(&mut tx, kind, grant, event.timestamp, Actor::Webhook).await?
-            }
-            Recording::Replayed(actor) => {
-                apply(&mut tx, kind, grant, event.timestamp, actor).await?
-            }
+            _ => apply(&mut tx, kind, grant, event.timestamp, how.actor()).await?,
         };
         let outcome = Outcome {
             new_event,
@@ -92,32 +107,20 @@ pub async fn record(
         tx.commit().await?;
         return Ok(outcome);
     }
-    let (new_event, job_created) = match how {
-        Recording::Received => {
-            let recorded = enqueue::record_event(pool, row, event.new_job(), false).await?;
-            (recorded.new_event, recorded.job_created)
-        }
-        Recording::Replayed(_) => {
-            let mut tx = pool.begin().await?;
-            let recorded = enqueue::record_event(&mut *tx, row, event.new_job(), true).await?;
-            let outcome = Outcome {
-                new_event: recorded.new_event,
-                job_created: recorded.job_created,
-                settled: false,
-            };
-            if recorded.job_created {
-                crate::store::notify_jobs_ready(&mut *tx).await?;
-            }
-            audit_replay(&mut tx, event, how, outcome).await?;
-            tx.commit().await?;
-            (recorded.new_event, recorded.job_created)
-        }
-    };
-    Ok(Outcome {
-        new_event,
-        job_created,
-        settled: false,
-    })
+    if how == Recording::Received {
+        // One statement, one round trip: the fast path of every `created` webhook.
+        let recorded = enqueue::record_event(pool, row, event.new_job(), false).await?;
+        return Ok(Outcome::from(recorded));
+    }
+    let mut tx = pool.begin().await?;
+    let recorded = enqueue::record_event(&mut *tx, row, event.new_job(), true).await?;
+    if recorded.job_created {
+        crate::store::notify_jobs_ready(&mut *tx).await?;
+    }
+    let outcome = Outcome::from(recorded);
+    audit_replay(&mut tx, event, how, outcome).await?;
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// Applies a lifecycle event to the grant's job and key; true if anything changed.

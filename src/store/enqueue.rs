@@ -97,40 +97,23 @@ pub async fn record_event<'e>(
     })
 }
 
-/// Keeps a verified webhook keyrelay cannot process, with the reason; it creates no job. A
-/// known webhook-id adds nothing.
-pub async fn record_problem(
-    pool: &PgPool,
+/// Stores an event's row on its own, with the reason when keyrelay cannot process it (it then
+/// creates no job); false when its webhook-id is already stored.
+pub async fn insert_event<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     event: NewEvent<'_>,
-    problem: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (webhook_id, event_type, payload, problem) VALUES ($1, $2, $3::jsonb, $4) \
-         ON CONFLICT (webhook_id) DO NOTHING",
-    )
-    .bind(event.webhook_id)
-    .bind(event.event_type)
-    .bind(event.payload)
-    .bind(problem)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Stores a lifecycle event's row; false when its webhook-id is already stored.
-pub async fn insert_event(
-    tx: &mut Transaction<'_, Postgres>,
-    event: NewEvent<'_>,
+    problem: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO events (webhook_id, event_type, grant_id, payload) VALUES ($1, $2, $3, $4::jsonb) \
-         ON CONFLICT (webhook_id) DO NOTHING",
+        "INSERT INTO events (webhook_id, event_type, grant_id, payload, problem) \
+         VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (webhook_id) DO NOTHING",
     )
     .bind(event.webhook_id)
     .bind(event.event_type)
     .bind(event.grant_id)
     .bind(event.payload)
-    .execute(&mut **tx)
+    .bind(problem)
+    .execute(executor)
     .await?
     .rows_affected();
     Ok(inserted == 1)

@@ -1,6 +1,7 @@
 //! Settling: worker outcomes recorded under the lease (fencing), lifecycle events applied to a
 //! job, and `change_keys`, the one statement that moves keys between states.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -185,11 +186,12 @@ pub async fn complete_batch(
     .await?;
     let attempts: Vec<&AttemptRecord> = batch.iter().map(|c| &c.attempt).collect();
     insert_attempts(&mut tx, &grant_ids, &attempts).await?;
+    let applied_set: HashSet<&GrantId> = applied.iter().collect();
     let details: Vec<String> = batch.iter().map(|c| format!("job {}", c.state)).collect();
     let changes: Vec<KeyChange> = batch
         .iter()
         .zip(&details)
-        .filter(|(c, _)| applied.contains(&c.grant_id))
+        .filter(|(c, _)| applied_set.contains(&c.grant_id))
         .map(|(c, detail)| KeyChange {
             key_id: c.key_id,
             grant_id: &c.grant_id,
