@@ -3,7 +3,7 @@
 use keyrelay::fulfillment::run_batch;
 use secrecy::ExposeSecret;
 
-use crate::helpers::{ENT, TestApp, keyrelay};
+use crate::helpers::{ENT, TestApp, keyrelay, keyrelay_async};
 
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).to_string()
@@ -56,7 +56,7 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     let app = TestApp::spawn_web().await;
     let url = app.settings().database.url.expose_secret().to_string();
     let env = [("DATABASE_URL", url.as_str())];
-    let o = keyrelay(
+    let o = keyrelay_async(
         &env,
         &[
             "pool",
@@ -69,7 +69,8 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
             "--activations-limit",
             "3",
         ],
-    );
+    )
+    .await;
     assert!(o.status.success(), "{}", text(&o.stderr));
     let file = std::env::temp_dir().join(format!("keys-{}.csv", std::process::id()));
     std::fs::write(
@@ -77,7 +78,7 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
         "serial,key\n1,PRO-AAAA-BBBB-0001\n2,PRO-AAAA-BBBB-0002\n3,PRO-AAAA-BBBB-0001\n4,\n",
     )
     .unwrap();
-    let o = keyrelay(&env, &["pool", "import", "pro", file.to_str().unwrap()]);
+    let o = keyrelay_async(&env, &["pool", "import", "pro", file.to_str().unwrap()]).await;
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         text(&o.stdout).trim(),
@@ -90,7 +91,7 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     );
     std::fs::remove_file(&file).ok();
 
-    let o = keyrelay(&env, &["pool", "list", "--json"]);
+    let o = keyrelay_async(&env, &["pool", "list", "--json"]).await;
     let pools: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(pools[0]["available"], 2);
     assert_eq!(pools[0]["low_stock"], true);
@@ -100,15 +101,15 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     let log = app.sandbox.fulfill_log();
     assert_eq!(log[0].key, "PRO-AAAA-BBBB-0001");
 
-    let o = keyrelay(&env, &["jobs", "show", &grant]);
+    let o = keyrelay_async(&env, &["jobs", "show", &grant]).await;
     let out = text(&o.stdout);
     assert!(
         out.contains("PRO-****-****-0001") && !out.contains("PRO-AAAA-BBBB-0001"),
         "{out}"
     );
-    let o = keyrelay(&env, &["jobs", "show", &grant, "--show-key"]);
+    let o = keyrelay_async(&env, &["jobs", "show", &grant, "--show-key"]).await;
     assert!(text(&o.stdout).contains("PRO-AAAA-BBBB-0001"));
-    let o = keyrelay(&env, &["jobs", "list", "--json"]);
+    let o = keyrelay_async(&env, &["jobs", "list", "--json"]).await;
     let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(jobs[0]["grant_id"], grant.as_str());
     assert_eq!(jobs[0]["state"], "delivered");
@@ -121,13 +122,13 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     ] {
         assert!(jobs[0].get(field).is_some(), "{field}");
     }
-    let o = keyrelay(&env, &["pool", "history", "pro"]);
+    let o = keyrelay_async(&env, &["pool", "history", "pro"]).await;
     let history = text(&o.stdout);
     assert!(
         history.contains("import") && history.contains("imp_") && history.contains("deliver"),
         "{history}"
     );
-    let o = keyrelay(&env, &["jobs", "show", &grant]);
+    let o = keyrelay_async(&env, &["jobs", "show", &grant]).await;
     assert!(
         text(&o.stdout).contains("worker  reserve"),
         "jobs show lists the audit trail"
@@ -139,19 +140,19 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let o = keyrelay(&env, &["jobs", "retry", "--all-failed", "--dry-run"]);
+    let o = keyrelay_async(&env, &["jobs", "retry", "--all-failed", "--dry-run"]).await;
     assert_eq!(
         text(&o.stdout).lines().next(),
         Some(format!("would retry {grant}").as_str())
     );
-    let o = keyrelay(&env, &["jobs", "retry", "--all-failed"]);
+    let o = keyrelay_async(&env, &["jobs", "retry", "--all-failed"]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("--yes"), "{}", text(&o.stderr));
     assert_eq!(
         app.job_state(&grant).await,
         keyrelay::domain::JobState::Failed
     );
-    let o = keyrelay(&env, &["jobs", "retry", "--all-failed", "--yes"]);
+    let o = keyrelay_async(&env, &["jobs", "retry", "--all-failed", "--yes"]).await;
     assert!(text(&o.stdout).contains("queued again"));
     sqlx::query("UPDATE jobs SET state = 'delivered', finished_at = now() WHERE grant_id = $1")
         .bind(&grant)
@@ -159,17 +160,17 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
         .await
         .unwrap();
 
-    let o = keyrelay(&env, &["events", "list", "--json"]);
+    let o = keyrelay_async(&env, &["events", "list", "--json"]).await;
     let events: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let webhook_id = events[0]["webhook_id"].as_str().unwrap().to_string();
-    let o = keyrelay(&env, &["events", "replay", &webhook_id]);
+    let o = keyrelay_async(&env, &["events", "replay", &webhook_id]).await;
     assert!(
         text(&o.stdout).contains("already decided"),
         "{}",
         text(&o.stdout)
     );
 
-    let o = keyrelay(&env, &["jobs", "cancel", &grant]);
+    let o = keyrelay_async(&env, &["jobs", "cancel", &grant]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("not possible while the job is delivered"));
     app.stop().await;

@@ -289,14 +289,31 @@ pub fn grant_id(raw: &str) -> GrantId {
     GrantId::parse(raw).unwrap()
 }
 
-/// Runs the `keyrelay` binary with only `envs` (and PATH) in a scratch working directory.
-pub fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+/// The `keyrelay` binary with only `envs` (and PATH), in a scratch working directory.
+fn keyrelay_command(envs: &[(&str, &str)], args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    command
         .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(envs.iter().copied())
-        .args(args)
-        .output()
+        .args(args);
+    command
+}
+
+/// Runs `keyrelay` and waits for it (for tests with no keyrelay of their own running).
+pub fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    keyrelay_command(envs, args).output().expect("run keyrelay")
+}
+
+/// `keyrelay` for async tests: the subprocess runs while this test's runtime keeps serving the
+/// keyrelay under test (a blocking wait would starve it), and a hang fails after a minute.
+pub async fn keyrelay_async(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::from(keyrelay_command(envs, args))
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("keyrelay {args:?} did not finish within 60 s"))
         .expect("run keyrelay")
 }

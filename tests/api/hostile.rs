@@ -202,10 +202,11 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
         .await
         .unwrap()
         .remove(0);
-    let outcome =
-        keyrelay::fulfillment::run::guarded(&job, async { panic!("arithmetic went wrong") })
-            .await
-            .expect("a panic still records an outcome");
+    let outcome = keyrelay::fulfillment::run::guarded(&app.worker(), &job, async {
+        panic!("arithmetic went wrong")
+    })
+    .await
+    .expect("a panic still records an outcome");
     complete_batch(&app.pool, &[outcome]).await.unwrap();
     let failed = app.job(&doomed).await;
     assert_eq!(failed.state, JobState::Failed);

@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use crate::helpers::keyrelay;
+use crate::helpers::{keyrelay, keyrelay_async};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
@@ -153,7 +153,7 @@ async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic(
         &["events", "list"][..],
         &["pool", "history", "pro"][..],
     ] {
-        let o = keyrelay(&env, args);
+        let o = keyrelay_async(&env, args).await;
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert!(
@@ -183,14 +183,14 @@ async fn events_show_masks_key_values_unless_asked() {
     assert_eq!(app.post(&hook).await.status(), 200);
     let url = app.settings().database.url.expose_secret().to_string();
     let env = [("DATABASE_URL", url.as_str())];
-    let o = keyrelay(&env, &["events", "show", &hook.id]);
+    let o = keyrelay_async(&env, &["events", "show", &hook.id]).await;
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         !out.contains("SHOW-AAAA-BBBB-7777") && out.contains("SHOW-****-****-7777"),
         "{out}"
     );
-    let o = keyrelay(&env, &["events", "show", &hook.id, "--show-key"]);
+    let o = keyrelay_async(&env, &["events", "show", &hook.id, "--show-key"]).await;
     assert!(String::from_utf8_lossy(&o.stdout).contains("SHOW-AAAA-BBBB-7777"));
     app.stop().await;
 }
