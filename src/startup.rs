@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{Settings, parse_webhook_secrets};
-use crate::dodo::{DodoClient, RateLimiter};
+use crate::dodo::{DodoClient, RateBudget};
 use crate::fulfillment::{Worker, WorkerContext};
 use crate::intake::{self, IntakeState, signature::WebhookVerifier};
 use crate::signal::JobSignal;
@@ -55,16 +55,26 @@ pub struct Application {
 impl Application {
     /// Checks that the settings hold what `role` needs (before waiting on anything).
     pub fn check(settings: &Settings, role: Role) -> anyhow::Result<()> {
-        role_parts(settings, role).map(drop)
+        webhook_verifier(settings, role)?;
+        if role.worker() {
+            dodo_client(settings, &crate::db::lazy_pool(settings)?)?;
+        }
+        Ok(())
     }
 
     /// Checks the settings the role needs, migrates (unless disabled), binds the listener.
     pub async fn build(settings: &Settings, role: Role) -> anyhow::Result<Application> {
-        let (verifier, dodo) = role_parts(settings, role)?;
+        // Every setting the role needs is checked before the database is touched.
+        Self::check(settings, role)?;
+        let verifier = webhook_verifier(settings, role)?;
         let pool = if settings.database.migrate_on_start {
             crate::db::migrate(settings).await?
         } else {
             crate::db::lazy_pool(settings)?
+        };
+        let dodo = match role.worker() {
+            true => Some(dodo_client(settings, &pool)?),
+            false => None,
         };
         let signal = JobSignal::new();
         let (server, address) = match verifier {
@@ -100,12 +110,16 @@ impl Application {
                 .with_alert_webhook(settings.alerts.webhook_url.clone());
             Worker::new(ctx, &settings.worker, signal.clone())
         });
+        let rate_budget = match role.worker() {
+            true => settings.dodo.rate_budget_description(),
+            false => "none: this role makes no calls to Dodo".into(),
+        };
         tracing::info!(
             role = ?role,
             listen = ?address,
             dodo = %crate::configuration::redact_url(&settings.dodo_base_url()),
             worker_concurrency = worker.as_ref().map(|_| settings.worker.concurrency),
-            max_requests_per_sec = settings.dodo.max_requests_per_sec,
+            rate_budget = %rate_budget,
             database = %settings.database_url_redacted(),
             "keyrelay starting"
         );
@@ -181,12 +195,9 @@ impl Application {
     }
 }
 
-/// The webhook verifier (web roles) and the Dodo client (worker roles), from the settings.
-fn role_parts(
-    settings: &Settings,
-    role: Role,
-) -> anyhow::Result<(Option<WebhookVerifier>, Option<DodoClient>)> {
-    let verifier = if role.web() {
+/// The webhook verifier for web roles, from the settings.
+fn webhook_verifier(settings: &Settings, role: Role) -> anyhow::Result<Option<WebhookVerifier>> {
+    Ok(if role.web() {
         let secret = settings.webhook.secret.as_ref().context(
             "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is not set; copy the whsec_... secret from Dodo's webhook settings",
         )?;
@@ -195,17 +206,11 @@ fn role_parts(
         )?))
     } else {
         None
-    };
-    let dodo = if role.worker() {
-        Some(dodo_client(settings)?)
-    } else {
-        None
-    };
-    Ok((verifier, dodo))
+    })
 }
 
-/// The Dodo client for workers, with the process-wide rate limit.
-pub fn dodo_client(settings: &Settings) -> anyhow::Result<DodoClient> {
+/// The Dodo client, drawing its calls from the rate budget shared through `pool`'s database.
+pub fn dodo_client(settings: &Settings, pool: &PgPool) -> anyhow::Result<DodoClient> {
     let api_key = settings.dodo.api_key.clone().context(
         "dodo.api_key (DODO_PAYMENTS_API_KEY) is not set; create an API key with write access in Dodo's dashboard",
     )?;
@@ -213,7 +218,10 @@ pub fn dodo_client(settings: &Settings) -> anyhow::Result<DodoClient> {
         &settings.dodo_base_url(),
         api_key,
         Duration::from_secs(settings.dodo.timeout_secs),
-        Arc::new(RateLimiter::new(settings.dodo.max_requests_per_sec)),
+        Arc::new(match settings.dodo.rate_limits() {
+            Some(limits) => RateBudget::shared(pool.clone(), limits),
+            None => RateBudget::unlimited(),
+        }),
     )
 }
 

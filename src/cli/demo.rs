@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::configuration::Settings;
+use crate::configuration::{RateLimitTier, Settings};
 use crate::domain::{JobState, LicenseKey};
 use crate::harness::LocalStack;
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
@@ -36,7 +36,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     settings.worker.backoff_base_ms = 100;
     settings.worker.backoff_max_ms = 2_000;
     settings.worker.poll_interval_ms = 100;
-    settings.dodo.max_requests_per_sec = 200;
+    settings.dodo.rate_limit = RateLimitTier::Off;
     let result = demo(&settings, &options).await;
     if options.keep_database {
         println!("\n  kept database {}", settings.database_url_redacted());

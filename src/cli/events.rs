@@ -101,7 +101,7 @@ pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
 
 pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
     let pool = crate::db::connect(settings).await?;
-    let dodo = crate::startup::dodo_client(settings)?;
+    let dodo = crate::startup::dodo_client(settings, &pool)?;
     match crate::ops::reconcile::reconcile(&pool, &dodo, &CancellationToken::new()).await? {
         Some(r) => println!(
             "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen",

@@ -69,6 +69,10 @@ pub enum Command {
         api_key: String,
         #[arg(long, default_value = sandbox::DEFAULT_WEBHOOK_SECRET)]
         webhook_secret: String,
+        /// Answer calls over Dodo's rate limits with 429, as Dodo does: tier0, tier1, tier2, or
+        /// BURST/PER_MIN (e.g. 20/80). Unlimited when absent.
+        #[arg(long, value_parser = sandbox::parse_rate_limits)]
+        rate_limit: Option<crate::dodo::RateLimits>,
     },
     /// Measure intake, drain and pickup latency (SPEC §5) on this machine.
     Bench(bench::BenchArgs),
@@ -162,8 +166,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             bind,
             api_key,
             webhook_secret,
+            rate_limit,
         } => {
-            sandbox::run(&bind, &api_key, &webhook_secret).await?;
+            sandbox::run(&bind, &api_key, &webhook_secret, rate_limit).await?;
         }
         Command::Bench(args) => bench::run(settings, args).await?,
     }

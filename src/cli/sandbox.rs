@@ -2,20 +2,52 @@
 
 use base64::Engine;
 
+use crate::dodo::RateLimits;
 use crate::sandbox::{RunningSandbox, Sandbox};
 
 pub const DEFAULT_API_KEY: &str = "sk_sandbox_keyrelay";
 pub const DEFAULT_WEBHOOK_SECRET: &str = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC1rZXlyZWxheQ==";
 
-pub async fn run(bind: &str, api_key: &str, webhook_secret: &str) -> anyhow::Result<()> {
+/// `--rate-limit`: a tier name or `BURST/PER_MIN`.
+pub fn parse_rate_limits(raw: &str) -> Result<RateLimits, String> {
+    match raw {
+        "tier0" => return Ok(RateLimits::TIER0),
+        "tier1" => return Ok(RateLimits::TIER1),
+        "tier2" => return Ok(RateLimits::TIER2),
+        _ => {}
+    }
+    let numbers = raw
+        .split_once('/')
+        .and_then(|(b, m)| Some((b.trim().parse::<u32>().ok()?, m.trim().parse::<u32>().ok()?)))
+        .filter(|(b, m)| *b >= 1 && b <= m);
+    match numbers {
+        Some((burst, per_min)) => Ok(RateLimits::new(burst, per_min)),
+        None => Err(
+            "use tier0, tier1, tier2, or BURST/PER_MIN with 1 <= BURST <= PER_MIN (e.g. 20/80)"
+                .into(),
+        ),
+    }
+}
+
+pub async fn run(
+    bind: &str,
+    api_key: &str,
+    webhook_secret: &str,
+    rate_limit: Option<RateLimits>,
+) -> anyhow::Result<()> {
     let key = crate::configuration::parse_webhook_secrets(webhook_secret)?
         .into_iter()
         .next()
         .expect("at least one secret");
     let listener = std::net::TcpListener::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    let running = RunningSandbox::start(Sandbox::new(api_key, &key), listener)?;
+    let sandbox = Sandbox::new(api_key, &key);
+    sandbox.enforce_rate_limits(rate_limit);
+    let running = RunningSandbox::start(sandbox, listener)?;
     println!("Dodo sandbox listening on {}", running.base_url);
+    if let Some(limits) = rate_limit {
+        println!("Rate limits: {limits}; calls over them are answered 429");
+    }
     println!("Point keyrelay at it with:");
     println!("  DODO_PAYMENTS_BASE_URL={}", running.base_url);
     println!("  DODO_PAYMENTS_API_KEY={api_key}");

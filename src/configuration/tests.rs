@@ -13,7 +13,7 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 fn defaults_load_without_any_environment() {
     let s = Settings::load_from(None, &env(&[])).unwrap();
     assert_eq!(s.worker.concurrency, 16);
-    assert_eq!(s.dodo.max_requests_per_sec, 25);
+    assert_eq!(s.dodo.rate_limits(), Some(crate::dodo::RateLimits::TIER0));
     assert_eq!(s.http.bind, "127.0.0.1:8080");
     assert_eq!(s.dodo_base_url(), "https://test.dodopayments.com");
 }
@@ -117,4 +117,66 @@ fn a_short_admin_token_is_refused_with_how_to_make_one() {
     let token = "t".repeat(MIN_ADMIN_TOKEN_LEN);
     let ok = Settings::load_from(None, &env(&[("KEYRELAY_ADMIN_TOKEN", &token)])).unwrap();
     assert!(ok.admin.token.is_some());
+}
+
+#[test]
+fn rate_limits_come_from_a_tier_or_explicit_numbers() {
+    let load = |pairs: &[(&str, &str)]| Settings::load_from(None, &env(pairs));
+    let tier = |name| {
+        load(&[("KEYRELAY_DODO__RATE_LIMIT", name)])
+            .unwrap()
+            .dodo
+            .rate_limits()
+    };
+    assert_eq!(
+        tier("tier1"),
+        Some(crate::dodo::RateLimits::new(100, 1_000))
+    );
+    assert_eq!(
+        tier("tier2"),
+        Some(crate::dodo::RateLimits::new(500, 5_000))
+    );
+    assert_eq!(tier("off"), None);
+    let custom = load(&[
+        ("KEYRELAY_DODO__RATE_LIMIT", "custom"),
+        ("KEYRELAY_DODO__BURST_PER_SEC", "20"),
+        ("KEYRELAY_DODO__REQUESTS_PER_MIN", "80"),
+    ])
+    .unwrap();
+    assert_eq!(
+        custom.dodo.rate_limits(),
+        Some(crate::dodo::RateLimits::new(20, 80))
+    );
+}
+
+#[test]
+fn rate_limit_mistakes_are_explained() {
+    let error = |pairs: &[(&str, &str)]| {
+        Settings::load_from(None, &env(pairs))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(error(&[("KEYRELAY_DODO__RATE_LIMIT", "tier3")]).contains("tier0"));
+    assert!(
+        error(&[("KEYRELAY_DODO__RATE_LIMIT", "custom")])
+            .contains("needs both dodo.burst_per_sec and dodo.requests_per_min")
+    );
+    assert!(
+        error(&[("KEYRELAY_DODO__BURST_PER_SEC", "10")])
+            .contains("apply only with dodo.rate_limit = \"custom\"")
+    );
+    let custom = |burst, per_min| {
+        error(&[
+            ("KEYRELAY_DODO__RATE_LIMIT", "custom"),
+            ("KEYRELAY_DODO__BURST_PER_SEC", burst),
+            ("KEYRELAY_DODO__REQUESTS_PER_MIN", per_min),
+        ])
+    };
+    assert!(custom("0", "10").contains("dodo.burst_per_sec must be between 1 and"));
+    assert!(custom("10", "1000000").contains("dodo.requests_per_min must be between 1 and"));
+    assert!(custom("50", "40").contains("cannot be more than dodo.requests_per_min"));
+    assert!(
+        error(&[("KEYRELAY_DODO__MAX_REQUESTS_PER_SEC", "25")])
+            .contains("replaced by dodo.rate_limit")
+    );
 }

@@ -1,5 +1,5 @@
 //! A small Dodo API client over reqwest: fulfill a grant, and look grants up by listing them.
-//! Every call goes through the shared rate limiter and has a timeout; a 429 pauses the limiter.
+//! Every call takes a turn from the rate budget and has a timeout; a 429 pauses the budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::{ErrorBody, Grant, GrantStatus, RateLimiter};
+use super::{ErrorBody, Grant, GrantStatus, RateBudget, Turn};
 use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey, printable};
 
 const PAGE_SIZE: u32 = 100;
@@ -19,7 +19,7 @@ pub struct DodoClient {
     http: reqwest::Client,
     base_url: reqwest::Url,
     api_key: SecretString,
-    limiter: Arc<RateLimiter>,
+    budget: Arc<RateBudget>,
 }
 
 /// The body of `POST /grants/{id}/license-key`; unset options are omitted.
@@ -55,6 +55,9 @@ pub enum CallError {
     Connect(String),
     #[error("request to Dodo failed: {0}")]
     Other(String),
+    /// Nothing was sent: no turn could be taken from the shared rate budget.
+    #[error("not sent: the shared rate budget in the database is unavailable: {0}")]
+    NotSent(String),
     #[error("Dodo answered HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Status {
         status: u16,
@@ -76,7 +79,7 @@ impl DodoClient {
         base_url: &str,
         api_key: SecretString,
         timeout: Duration,
-        limiter: Arc<RateLimiter>,
+        budget: Arc<RateBudget>,
     ) -> anyhow::Result<DodoClient> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -96,18 +99,28 @@ impl DodoClient {
             http,
             base_url,
             api_key,
-            limiter,
+            budget,
         })
     }
 
-    /// `POST /grants/{grant_id}/license-key`. Any HTTP answer is returned as is; only a
-    /// missing answer (timeout, connection error) is an error.
+    /// Takes the next turn to call Dodo from the rate budget, for `fulfill`.
+    pub async fn take_turn(&self) -> Result<Turn, CallError> {
+        self.budget
+            .take_turn()
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))
+    }
+
+    /// `POST /grants/{grant_id}/license-key`, sent when `turn` comes. Any HTTP answer is
+    /// returned as is; only a missing answer (timeout, connection error) is an error.
     pub async fn fulfill(
         &self,
+        turn: Turn,
         grant_id: &GrantId,
         body: &FulfillRequest,
     ) -> Result<FulfillAnswer, CallError> {
         let url = self.url(&["grants", grant_id.as_str(), "license-key"], &[]);
+        turn.arrive().await;
         let response = self.send(self.http.post(url).json(body)).await?;
         let status = response.status().as_u16();
         let retry_after = wait_hint(response.headers());
@@ -141,6 +154,7 @@ impl DodoClient {
             query.push(("status", s.as_api_str()));
         }
         let url = self.url(&["entitlements", entitlement_id.as_str(), "grants"], &query);
+        self.take_turn().await?.arrive().await;
         let response = self.send(self.http.get(url)).await?;
         let status = response.status().as_u16();
         if status != 200 {
@@ -192,8 +206,9 @@ impl DodoClient {
         url
     }
 
+    /// Sends a request whose turn has come; a 429 (or a budget Dodo says is spent) pauses
+    /// every caller.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
-        self.limiter.acquire().await;
         let response = request
             .bearer_auth(self.api_key.expose_secret())
             .send()
@@ -213,8 +228,9 @@ impl DodoClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "0");
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS || exhausted {
-            self.limiter
-                .pause_for(wait_hint(headers).unwrap_or(DEFAULT_429_PAUSE));
+            self.budget
+                .pause_for(wait_hint(headers).unwrap_or(DEFAULT_429_PAUSE))
+                .await;
         }
         Ok(response)
     }
@@ -314,7 +330,7 @@ mod tests {
                 bad,
                 SecretString::from("sk"),
                 Duration::from_secs(1),
-                Arc::new(RateLimiter::new(0)),
+                Arc::new(RateBudget::unlimited()),
             )
             .unwrap_err();
             assert!(err.to_string().contains("dodo.base_url"), "{bad}: {err}");
@@ -323,7 +339,7 @@ mod tests {
             "http://127.0.0.1:9/v1/",
             SecretString::from("sk"),
             Duration::from_secs(1),
-            Arc::new(RateLimiter::new(0)),
+            Arc::new(RateBudget::unlimited()),
         )
         .unwrap();
         let grant = GrantId::parse("grant 1/x").unwrap();

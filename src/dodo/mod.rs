@@ -2,11 +2,11 @@
 //! Every documented variant parses: `status` in any case, `metadata: null`, no
 //! `integration_type`, `license_key` with or without `id`, unknown fields ignored.
 
+mod budget;
 mod client;
-mod rate_limit;
 
+pub use budget::{RateBudget, RateLimits, Turn, take_turn_at};
 pub use client::{CallError, DodoClient, FulfillAnswer, FulfillRequest, describe_error};
-pub use rate_limit::RateLimiter;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

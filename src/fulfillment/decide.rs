@@ -62,6 +62,17 @@ pub fn decide(
 ) -> Decision {
     let answer = match answer {
         Ok(answer) => answer,
+        // Nothing reached Dodo: no attempt is spent.
+        Err(e @ CallError::NotSent(_)) => {
+            return Decision {
+                next: Next::RetryLater { retry_after: None },
+                key: KeyAction::Keep,
+                outcome: AttemptOutcome::Retry,
+                error: Some(e.to_string()),
+                severity: Severity::Warn,
+                counts_as_attempt: false,
+            };
+        }
         Err(e) => return retry(AttemptOutcome::Retry, e.to_string(), None, false, budget),
     };
     let detail = answer

@@ -253,3 +253,17 @@ fn a_rate_limit_never_uses_up_an_attempt() {
     assert!(!d.counts_as_attempt, "a 429 gives the attempt back");
     assert!(decide(&answer(503), None, &key(), early()).counts_as_attempt);
 }
+
+#[test]
+fn a_call_never_sent_for_want_of_a_turn_uses_no_attempt() {
+    let last = Budget {
+        attempt: 5,
+        max_attempts: 5,
+    };
+    let unsent = Err(CallError::NotSent("connection refused".into()));
+    let d = decide(&unsent, None, &key(), last);
+    assert_eq!(d.next, Next::RetryLater { retry_after: None });
+    assert_eq!(d.key, KeyAction::Keep);
+    assert!(!d.counts_as_attempt);
+    assert!(d.error.unwrap().contains("rate budget"));
+}

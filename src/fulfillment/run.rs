@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
-use crate::dodo::{DodoClient, FulfillRequest};
+use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
 use crate::domain::{AttemptOutcome, JobState, KeyAction, printable};
 use crate::ops::alerts::Alerter;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
@@ -61,9 +61,17 @@ impl WorkerContext {
 /// parked waiting for keys, or its lease was lost).
 pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Completion> {
     loop {
+        let turn = wait_for_turn(ctx, &job).await?;
         let started_at = Utc::now();
         let clock = Instant::now();
-        let answer = ctx.dodo.fulfill(&job.grant_id, &request(&job.key)).await;
+        let answer = match turn {
+            Ok(turn) => {
+                ctx.dodo
+                    .fulfill(turn, &job.grant_id, &request(&job.key))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let duration = clock.elapsed();
         let http_status = answer.as_ref().ok().map(|a| i32::from(a.status));
         record_call_metrics(duration, http_status);
@@ -109,6 +117,29 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
         let record = attempt(&decision);
         return Some(completion(ctx, &job, decision, http_status, record));
     }
+}
+
+/// Waits for this job's turn to call Dodo, keeping the job's lease for as long as the wait
+/// lasts (a spent minute budget can mean most of a minute). `None`: the lease was lost.
+async fn wait_for_turn(ctx: &WorkerContext, job: &ClaimedJob) -> Option<Result<Turn, CallError>> {
+    let turn = match ctx.dodo.take_turn().await {
+        Ok(turn) => turn,
+        Err(e) => return Some(Err(e)),
+    };
+    let wait = turn.wait();
+    if wait > ctx.lease / 2 {
+        match store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, wait + ctx.lease).await
+        {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // The wait goes on: if the lease runs out, the next owner sends the same key.
+            Err(e) => {
+                tracing::warn!(grant_id = %job.grant_id, error = %e, "could not extend the lease while waiting for a turn to call Dodo")
+            }
+        }
+    }
+    turn.arrive().await;
+    Some(Ok(turn))
 }
 
 /// Runs `run` (a job's run) so that a panic fails that job instead of leaving it `running`:

@@ -3,6 +3,7 @@
 //! webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
 
 mod fulfill;
+mod limits;
 mod server;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -15,6 +16,8 @@ use serde::Deserialize;
 use crate::dodo::{Grant, GrantStatus};
 
 use fulfill::apply_key;
+use limits::CallWindow;
+pub use limits::OverLimit;
 pub use server::RunningSandbox;
 
 /// A fault the sandbox can inject into a fulfill call.
@@ -69,6 +72,7 @@ struct State {
     log: Vec<FulfillRecord>,
     webhooks_sent: HashSet<String>,
     fail_lookups: bool,
+    calls: CallWindow,
     seq: u64,
 }
 

@@ -66,12 +66,22 @@ fn error(status: u16, code: &str, message: &str) -> HttpResponse {
         .json(serde_json::json!({ "code": code, "message": message }))
 }
 
+/// Checks the API key, then counts the call against the rate limits (when enforced).
 fn authorized(sandbox: &Sandbox, request: &HttpRequest) -> Result<(), HttpResponse> {
     let expected = format!("Bearer {}", sandbox.api_key());
     match request.headers().get("authorization") {
-        Some(v) if v.as_bytes() == expected.as_bytes() => Ok(()),
-        _ => Err(error(401, "UNAUTHORIZED", "invalid API key")),
+        Some(v) if v.as_bytes() == expected.as_bytes() => {}
+        _ => return Err(error(401, "UNAUTHORIZED", "invalid API key")),
     }
+    sandbox.admit_call().map_err(|over| {
+        let reset = over.retry_after_secs.to_string();
+        HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", reset.clone()))
+            .insert_header(("X-RateLimit-Limit", over.limit.to_string()))
+            .insert_header(("X-RateLimit-Remaining", over.remaining.to_string()))
+            .insert_header(("X-RateLimit-Reset", reset))
+            .json(serde_json::json!({ "code": "TOO_MANY_REQUESTS", "message": "rate limit exceeded" }))
+    })
 }
 
 async fn latency(sandbox: &Sandbox) {

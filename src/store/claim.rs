@@ -260,6 +260,25 @@ pub enum NextKey {
     LeaseLost,
 }
 
+/// Moves the end of a running job's lease to `lease` from now; false if the lease was lost.
+pub async fn extend_lease(
+    pool: &PgPool,
+    grant_id: &GrantId,
+    lease_token: i64,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let extended = sqlx::query(
+        "UPDATE jobs SET run_at = now() + make_interval(secs => $3), updated_at = now() \
+         WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(grant_id)
+    .bind(lease_token)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(extended.rows_affected() == 1)
+}
+
 /// Marks the job's key `rejected` (never offered again), records the attempt, and reserves the
 /// next key for the same grant — or parks the job if the pool is empty. Fenced by the lease.
 pub async fn reject_key_and_reserve_next(

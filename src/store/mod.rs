@@ -25,7 +25,9 @@ pub mod read;
 pub mod settle;
 pub mod stock;
 
-pub use claim::{ClaimedJob, NextKey, ReservedKey, claim_batch, reject_key_and_reserve_next};
+pub use claim::{
+    ClaimedJob, NextKey, ReservedKey, claim_batch, extend_lease, reject_key_and_reserve_next,
+};
 pub use enqueue::{NewEvent, Recorded};
 pub use operator::ActionResult;
 pub use settle::{AttemptRecord, Completion, complete_batch};

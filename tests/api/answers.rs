@@ -210,7 +210,7 @@ async fn a_wrong_api_key_is_retried_not_failed() {
     settings.dodo.api_key = Some("sk_wrong".to_string().into());
     let ctx = keyrelay::fulfillment::WorkerContext::new(
         app.pool.clone(),
-        keyrelay::startup::dodo_client(&settings).unwrap(),
+        keyrelay::startup::dodo_client(&settings, &app.pool).unwrap(),
         &settings.worker,
     );
     run_batch(&ctx, 10).await.unwrap();

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Once;
 use std::time::Duration;
 
-use keyrelay::configuration::Settings;
+use keyrelay::configuration::{RateLimitTier, Settings};
 use keyrelay::domain::{GrantId, JobState, KeyState, LicenseKey};
 use keyrelay::fulfillment::WorkerContext;
 use keyrelay::harness::LocalStack;
@@ -29,7 +29,7 @@ pub fn base_settings() -> Settings {
     s.worker.poll_interval_ms = 25;
     s.worker.lease_secs = 30;
     s.worker.shutdown_grace_secs = 10;
-    s.dodo.max_requests_per_sec = 0;
+    s.dodo.rate_limit = RateLimitTier::Off;
     s.dodo.timeout_secs = 2;
     // Tests that need the reconciler run it themselves, or turn the periodic one on.
     s.reconciler.interval_secs = 0;
@@ -144,7 +144,11 @@ impl TestApp {
     /// A worker context against this app's database and sandbox, for `run_batch`.
     pub fn worker(&self) -> WorkerContext {
         let s = self.settings();
-        WorkerContext::new(self.pool.clone(), dodo_client(s).unwrap(), &s.worker)
+        WorkerContext::new(
+            self.pool.clone(),
+            dodo_client(s, &self.pool).unwrap(),
+            &s.worker,
+        )
     }
 
     pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {
@@ -290,7 +294,7 @@ pub fn grant_id(raw: &str) -> GrantId {
 }
 
 /// The `keyrelay` binary with only `envs` (and PATH), in a scratch working directory.
-fn keyrelay_command(envs: &[(&str, &str)], args: &[&str]) -> std::process::Command {
+pub fn keyrelay_command(envs: &[(&str, &str)], args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
     command
         .current_dir(std::env::temp_dir())

@@ -17,4 +17,5 @@ mod operator_input;
 mod outage;
 mod payloads;
 mod pools;
+mod rate_budget;
 mod signature;

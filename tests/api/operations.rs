@@ -177,7 +177,7 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
     let known = app.sell().await;
     let lost = app.sandbox.create_grant(ENT, None); // sold, but its webhook never arrives
     let _other_entitlement = app.sandbox.create_grant("ent_not_ours", None);
-    let dodo = keyrelay::startup::dodo_client(app.settings()).unwrap();
+    let dodo = keyrelay::startup::dodo_client(app.settings(), &app.pool).unwrap();
     let never = CancellationToken::new();
     // Two processes reconcile at once: each has its own connections.
     let other_pool = keyrelay::db::connect(app.settings()).await.unwrap();

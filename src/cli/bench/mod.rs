@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+mod budget;
 mod intake;
 
 use super::demo::ms;
-use crate::configuration::Settings;
+use crate::configuration::{RateLimitTier, Settings};
 use crate::domain::{EntitlementId, LicenseKey};
 use crate::harness::{LocalStack, start_sandbox};
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
@@ -29,6 +30,8 @@ pub enum Which {
     Intake,
     Drain,
     Latency,
+    /// The shared rate budget: several workers drain a backlog against Dodo's tier-0 limits.
+    Budget,
     All,
 }
 
@@ -57,6 +60,12 @@ pub struct BenchArgs {
     /// Webhooks sent one at a time for the pickup latency run.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Backlog for the rate-budget run (more than a minute's budget, to show both limits).
+    #[arg(long, default_value_t = 300)]
+    budget_jobs: usize,
+    /// Workers sharing the rate budget, each with its own connections and budget handle.
+    #[arg(long, default_value_t = 3)]
+    budget_workers: usize,
 }
 
 pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -73,6 +82,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.which, Which::Latency | Which::All) {
         with_scratch(&settings, |s| latency(s, &args)).await?;
+    }
+    if matches!(args.which, Which::Budget | Which::All) {
+        with_scratch(&settings, |s| budget::run(s, &args)).await?;
     }
     Ok(())
 }
@@ -116,9 +128,28 @@ async fn import_generated_keys(
     Ok(())
 }
 
+/// Sells `jobs` grants in the sandbox and queues a job for each, with a key for each in the pool.
+async fn queue_backlog(
+    pool: &sqlx::PgPool,
+    sandbox: &crate::sandbox::Sandbox,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    import_generated_keys(pool, "BENCH", jobs).await?;
+    let grants: Vec<_> = (0..jobs)
+        .map(|_| {
+            let g = sandbox.create_grant(ENTITLEMENT, None);
+            let facts = crate::intake::event::GrantFacts::from_grant(&g)?;
+            anyhow::Ok((facts.id, facts.customer_id))
+        })
+        .collect::<Result<_, _>>()?;
+    enqueue::enqueue_grants(pool, &entitlement(), &grants, "bench", "benchmark").await?;
+    prune::vacuum_analyze(pool).await?;
+    Ok(())
+}
+
 async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> anyhow::Result<()> {
     settings.worker.concurrency = args.concurrency;
-    settings.dodo.max_requests_per_sec = 0;
+    settings.dodo.rate_limit = RateLimitTier::Off;
     settings.worker.poll_interval_ms = 100;
     settings.reconciler.interval_secs = 0;
     settings.database.migrate_on_start = false;
@@ -137,16 +168,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
             t.elapsed().as_secs_f64()
         );
     }
-    import_generated_keys(&pool, "BENCH", args.jobs).await?;
-    let grants: Vec<_> = (0..args.jobs)
-        .map(|_| {
-            let g = sandbox.sandbox.create_grant(ENTITLEMENT, None);
-            let facts = crate::intake::event::GrantFacts::from_grant(&g)?;
-            anyhow::Ok((facts.id, facts.customer_id))
-        })
-        .collect::<Result<_, _>>()?;
-    enqueue::enqueue_grants(&pool, &entitlement(), &grants, "bench", "benchmark").await?;
-    prune::vacuum_analyze(&pool).await?;
+    queue_backlog(&pool, &sandbox.sandbox, args.jobs).await?;
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();
