@@ -23,6 +23,7 @@ pub mod ops;
 pub mod pool;
 pub mod sandbox;
 pub mod signal;
+pub mod sources;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

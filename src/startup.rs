@@ -97,6 +97,7 @@ impl Application {
             }
             None => (None, None),
         };
+        let keys = settings.keys.key_maker()?;
         let maintenance = dodo
             .as_ref()
             .filter(|_| settings.reconciler.interval_secs > 0)
@@ -107,7 +108,8 @@ impl Application {
             });
         let worker = dodo.map(|dodo| {
             let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker)
-                .with_alert_webhook(settings.alerts.webhook_url.clone());
+                .with_alert_webhook(settings.alerts.webhook_url.clone())
+                .with_key_maker(keys.clone());
             Worker::new(ctx, &settings.worker, signal.clone())
         });
         let rate_budget = match role.worker() {

@@ -13,14 +13,28 @@ use crate::domain::{JobState, LicenseKey};
 use crate::harness::LocalStack;
 use crate::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
 use crate::sandbox::FaultRates;
+use crate::sources::Source;
 use crate::startup::Role;
 use crate::store::{read, stock};
 
 const ENTITLEMENT: &str = "ent_demo_pro_license";
+const GENERATED: &str = "ent_demo_generated";
+const SIGNED: &str = "ent_demo_signed";
+
+/// Which pool sells grant `i`: one in ten each to the generate and sign pools.
+fn entitlement_of_sale(i: usize) -> &'static str {
+    match i % 10 {
+        1 => GENERATED,
+        2 => SIGNED,
+        _ => ENTITLEMENT,
+    }
+}
 
 pub struct DemoOptions {
     pub grants: usize,
     pub keep_database: bool,
+    /// The public half of the demo's signing key.
+    pub public_key: Option<String>,
 }
 
 pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result<bool> {
@@ -37,6 +51,13 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     settings.worker.backoff_max_ms = 2_000;
     settings.worker.poll_interval_ms = 100;
     settings.dodo.rate_limit = RateLimitTier::Off;
+    // The demo signs with a key of its own.
+    let (signing_key, public_key) = crate::sources::sign::new_signing_key();
+    settings.keys.signing_key = Some(signing_key);
+    let options = DemoOptions {
+        public_key: Some(public_key),
+        ..options
+    };
     let result = demo(&settings, &options).await;
     if options.keep_database {
         println!("\n  kept database {}", settings.database_url_redacted());
@@ -83,9 +104,30 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     };
     let report = import_keys(&stack.pool, "demo-pro", &parsed, false, |_| {}).await?;
     println!(
-        "  pool       demo-pro: imported {} keys (one of them already exists at Dodo)\n",
+        "  pool       demo-pro (list): imported {} keys (one of them already exists at Dodo)",
         report.imported
     );
+    for (name, entitlement, source, template) in [
+        (
+            "demo-gen",
+            GENERATED,
+            Source::Generate,
+            Some("GEN-XXXXX-XXXXX-XXXXX-XXXXX"),
+        ),
+        ("demo-signed", SIGNED, Source::Sign, None),
+    ] {
+        let new = NewPool {
+            name: name.into(),
+            entitlement_id: entitlement.into(),
+            source: Some(source),
+            template: template.map(str::to_string),
+            ..Default::default()
+        };
+        add_pool(&stack.pool, &new).await?;
+    }
+    println!("  pool       demo-gen (generate): keys made from GEN-XXXXX-XXXXX-XXXXX-XXXXX");
+    println!("  pool       demo-signed (sign): Ed25519-signed keys an app checks offline");
+    println!("             (one sale in ten goes to each of these two)\n");
 
     sandbox.set_fault_rates(FaultRates {
         latency_ms: 15,
@@ -103,7 +145,7 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     let sales = (0..options.grants).map(|i| {
         let url = url.clone();
         async move {
-            let grant = sandbox.create_grant(ENTITLEMENT, None);
+            let grant = sandbox.create_grant(entitlement_of_sale(i), None);
             let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
             let status = sandbox.send_webhook(&url, &hook).await?;
             let at = Instant::now();
@@ -168,7 +210,10 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     pickup.sort();
     let (retried, ours_match) = read::demo_figures(&stack.pool).await?;
     let pools = crate::pool::list_pools(&stack.pool).await?;
-    let demo_pool = &pools[0];
+    let demo_pool = pools
+        .iter()
+        .find(|p| p.name == "demo-pro")
+        .expect("the demo's list pool");
     let faults = log
         .iter()
         .filter(|r| r.status != 200 && r.status != 409)
@@ -178,6 +223,25 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     let grants = sandbox.grants();
     let delivered_at_dodo = grants.iter().filter(|g| g.license_key.is_some()).count();
     let distinct_keys: HashSet<&str> = grants.iter().filter_map(|g| g.key_value()).collect();
+    let public_key = options
+        .public_key
+        .as_deref()
+        .map(crate::sources::sign::parse_public_key)
+        .transpose()?;
+    let signed: Vec<_> = grants
+        .iter()
+        .filter(|g| g.entitlement_id == SIGNED)
+        .collect();
+    let signed_ok = signed
+        .iter()
+        .filter(|g| {
+            let payload = g
+                .key_value()
+                .zip(public_key.as_ref())
+                .and_then(|(key, pk)| crate::sources::sign::verify(key, pk).ok());
+            payload.is_some_and(|p| p.grant_id == g.id)
+        })
+        .count();
 
     println!("\nSummary ({:.1} s)", elapsed.as_secs_f64());
     println!("  grants sold                 {}", options.grants);
@@ -209,11 +273,16 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         "  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys",
         distinct_keys.len()
     );
+    println!(
+        "  signed keys                 {signed_ok} of {} verify with the demo's public key and name their grant",
+        signed.len()
+    );
 
     let ok = counts[&JobState::Delivered] as usize == options.grants
         && delivered_at_dodo == options.grants
         && distinct_keys.len() == options.grants
-        && ours_match as usize == options.grants;
+        && ours_match as usize == options.grants
+        && signed_ok == signed.len();
     println!(
         "\n  {}",
         if ok {

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod events;
 mod jobs;
+mod keys;
 mod output;
 mod pool;
 mod sandbox;
@@ -52,6 +53,9 @@ pub enum Command {
     Events(events::EventsCommand),
     /// Queue pending grants at Dodo whose webhook never arrived.
     Reconcile,
+    /// Key material: signing keys for `sign` pools, and checking a signed key.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// The whole flow on this machine against the built-in sandbox (needs only Postgres).
     Demo {
         /// How many grants to sell.
@@ -121,10 +125,15 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
+    // Key tools need no settings: they work on a machine with no configuration at all.
+    let command = match cli.command {
+        Command::Keys(command) => return keys::run(command),
+        command => command,
+    };
     let settings = Settings::load(cli.config.as_deref())?;
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Bench(_));
+    let quiet = matches!(command, Command::Demo { .. } | Command::Bench(_));
     crate::telemetry::init(settings.log.format, if quiet { "error" } else { "info" });
-    match cli.command {
+    match command {
         Command::Serve { role } => {
             Application::check(&settings, role)?;
             if settings.database.migrate_on_start {
@@ -159,6 +168,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             let options = demo::DemoOptions {
                 grants: grants as usize,
                 keep_database,
+                public_key: None,
             };
             return demo::run(settings, options).await;
         }
@@ -171,6 +181,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             sandbox::run(&bind, &api_key, &webhook_secret, rate_limit).await?;
         }
         Command::Bench(args) => bench::run(settings, args).await?,
+        Command::Keys(command) => return keys::run(command),
     }
     Ok(true)
 }

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 
 use super::output::{json, or_dash, table};
 use crate::pool::{self, NewPool, keyfile};
+use crate::sources::Source;
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
@@ -33,6 +34,20 @@ pub enum PoolCommand {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=i64::from(pool::MAX_EXPIRY_DAYS)))]
         expires_in_days: Option<u32>,
+        /// Where keys come from: imported (list), made from --template (generate), or
+        /// Ed25519-signed for offline checks (sign; needs KEYRELAY_SIGNING_KEY).
+        #[arg(long, value_enum, default_value = "list")]
+        source: Source,
+        /// For --source generate: each X becomes one random character, the rest is kept.
+        #[arg(long, value_name = "T")]
+        template: Option<String>,
+        /// For --source generate: the characters an X is drawn from (default Crockford
+        /// base32, without look-alikes).
+        #[arg(long, value_name = "CHARS")]
+        alphabet: Option<String>,
+        /// Accept a template with less than 80 bits of randomness (guessable keys).
+        #[arg(long)]
+        allow_weak_template: bool,
     },
     /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
     Import {
@@ -75,6 +90,10 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
             low_stock,
             activations_limit,
             expires_in_days,
+            source,
+            template,
+            alphabet,
+            allow_weak_template,
         } => {
             let new = NewPool {
                 name,
@@ -82,11 +101,20 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
                 low_stock,
                 activations_limit,
                 expires_in_days,
+                source: Some(source),
+                template,
+                alphabet,
+                allow_weak_template,
             };
             let resumed = pool::add_pool(pool, &new).await?;
+            let next = match source {
+                Source::List => format!("load keys with `keyrelay pool import {} FILE`", new.name),
+                Source::Generate => "keys are made from its template as grants arrive".into(),
+                Source::Sign => "keys are signed as grants arrive; workers need KEYRELAY_SIGNING_KEY (`keyrelay keys new-signing-key` makes one)".into(),
+            };
             println!(
-                "created pool `{}` for entitlement {}; load keys with `keyrelay pool import {} FILE`",
-                new.name, new.entitlement_id, new.name
+                "created {source} pool `{}` for entitlement {}; {next}",
+                new.name, new.entitlement_id
             );
             if resumed > 0 {
                 println!("{resumed} job(s) waiting for this entitlement are queued again");
@@ -146,7 +174,11 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
                     vec![
                         p.name.clone(),
                         p.entitlement_id.clone(),
-                        p.available.to_string(),
+                        p.source.to_string(),
+                        match p.source.makes_keys() {
+                            true => "unlimited".into(),
+                            false => p.available.to_string(),
+                        },
                         p.reserved.to_string(),
                         p.delivered.to_string(),
                         p.rejected.to_string(),
@@ -165,6 +197,7 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
                 &[
                     "name",
                     "entitlement",
+                    "source",
                     "available",
                     "reserved",
                     "delivered",

@@ -21,6 +21,7 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("DODO_PAYMENTS_BASE_URL", "dodo.base_url"),
     ("DODO_PAYMENTS_WEBHOOK_KEY", "webhook.secret"),
     ("KEYRELAY_ADMIN_TOKEN", "admin.token"),
+    ("KEYRELAY_SIGNING_KEY", "keys.signing_key"),
 ];
 
 /// Shortest admin token accepted: it guards retries and cancels of paid grants.
@@ -63,6 +64,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     #[serde(default)]
     pub alerts: AlertSettings,
+    #[serde(default)]
+    pub keys: KeySettings,
     pub log: LogSettings,
     pub reconciler: ReconcilerSettings,
     pub retention: RetentionSettings,
@@ -249,6 +252,26 @@ pub struct AdminSettings {
     pub insecure_http: bool,
 }
 
+/// Key material for pools whose keys keyrelay makes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// Base64 Ed25519 private key for `sign` pools (`keyrelay keys new-signing-key`).
+    pub signing_key: Option<SecretString>,
+}
+
+impl KeySettings {
+    /// The key maker for workers: signs with `signing_key` when set.
+    pub fn key_maker(&self) -> anyhow::Result<crate::sources::KeyMaker> {
+        let signing = self
+            .signing_key
+            .as_ref()
+            .map(crate::sources::sign::parse_signing_key)
+            .transpose()?;
+        Ok(crate::sources::KeyMaker::new(signing))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {
@@ -360,6 +383,7 @@ impl Settings {
             );
         }
         self.dodo.validate_rate_limit()?;
+        self.keys.key_maker()?;
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency must be at least 1");
         }

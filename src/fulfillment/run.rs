@@ -15,6 +15,7 @@ use crate::configuration::WorkerSettings;
 use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
 use crate::domain::{AttemptOutcome, JobState, KeyAction, printable};
 use crate::ops::alerts::Alerter;
+use crate::sources::KeyMaker;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
 
 /// Everything a job needs to run.
@@ -26,6 +27,8 @@ pub struct WorkerContext {
     pub retry: RetryPolicy,
     pub max_attempts: u32,
     pub lease: Duration,
+    /// Makes keys for `generate` and `sign` pools.
+    pub keys: KeyMaker,
 }
 
 impl WorkerContext {
@@ -40,7 +43,14 @@ impl WorkerContext {
             },
             max_attempts: settings.max_attempts,
             lease: settings.lease(),
+            keys: KeyMaker::default(),
         }
+    }
+
+    /// Makes keys for `generate` and `sign` pools with `keys`.
+    pub fn with_key_maker(mut self, keys: KeyMaker) -> WorkerContext {
+        self.keys = keys;
+        self
     }
 
     /// Sends low-stock alerts to `url` as well as to the log and metrics.
@@ -95,12 +105,19 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
         };
         if decision.next == Next::NextKey {
             report(&job, &decision);
-            match store::reject_key_and_reserve_next(&ctx.pool, &job, &attempt(&decision)).await {
+            match store::reject_key_and_reserve_next(
+                &ctx.pool,
+                &job,
+                &attempt(&decision),
+                &ctx.keys,
+            )
+            .await
+            {
                 Ok(NextKey::Reserved(next)) => {
                     job.key = next;
                     continue;
                 }
-                Ok(NextKey::Parked | NextKey::LeaseLost) => return None,
+                Ok(NextKey::Parked | NextKey::Failed | NextKey::LeaseLost) => return None,
                 Err(e) => {
                     let error = format!("rejecting a duplicate key failed: {e}");
                     decision = decide::retry(

@@ -81,7 +81,14 @@ impl Worker {
                 }
             }
             let wanted = batch.len();
-            let jobs = match store::claim_batch(&self.ctx.pool, wanted, self.ctx.lease).await {
+            let jobs = match store::claim_batch(
+                &self.ctx.pool,
+                wanted,
+                self.ctx.lease,
+                &self.ctx.keys,
+            )
+            .await
+            {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming jobs failed; retrying after the poll interval");
@@ -210,7 +217,7 @@ fn spawn_completer(
 /// Claims one batch, runs every job in it concurrently and records the outcomes; returns the
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
-    let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease).await?;
+    let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease, &ctx.keys).await?;
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs
         .iter()

@@ -8,6 +8,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::domain::{EntitlementId, IdError};
+use crate::sources::Source;
+use crate::sources::generate::{Template, TemplateError};
 use crate::store::pools::{CreatePoolError, Import, NewPoolRow, create_pool};
 
 pub use crate::store::stock::{PoolStock, list_pools};
@@ -35,6 +37,14 @@ pub struct NewPool {
     pub low_stock: u32,
     pub activations_limit: Option<u32>,
     pub expires_in_days: Option<u32>,
+    /// Where keys come from; `list` (imported keys) when None.
+    pub source: Option<Source>,
+    /// `generate`: the template (`X` = one random character).
+    pub template: Option<String>,
+    /// `generate`: the characters drawn (Crockford base32 when None).
+    pub alphabet: Option<String>,
+    /// `generate`: accept a template with less than 80 bits of randomness.
+    pub allow_weak_template: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,12 @@ pub enum PoolError {
         i32::MAX
     )]
     OutOfRange,
+    #[error("--template: {0}")]
+    BadTemplate(#[from] TemplateError),
+    #[error("{0}")]
+    BadSource(&'static str),
+    #[error("pool `{0}` makes its own keys (source {1}); imports go to list pools")]
+    MakesItsKeys(String, Source),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -100,9 +116,32 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
     {
         return Err(PoolError::OutOfRange);
     }
+    let source = new.source.unwrap_or(Source::List);
+    match source {
+        Source::Generate => {
+            let template = new.template.as_deref().ok_or(PoolError::BadSource(
+                "a generate pool needs --template, e.g. --template 'PRO-XXXXX-XXXXX-XXXXX-XXXXX'",
+            ))?;
+            Template::parse(template, new.alphabet.as_deref(), new.allow_weak_template)?;
+        }
+        _ if new.template.is_some() || new.alphabet.is_some() => {
+            return Err(PoolError::BadSource(
+                "--template and --alphabet apply only to --source generate",
+            ));
+        }
+        _ => {}
+    }
+    if source.makes_keys() && new.low_stock > 0 {
+        return Err(PoolError::BadSource(
+            "a pool that makes its keys never runs low; drop --low-stock",
+        ));
+    }
     let row = NewPoolRow {
         name,
         entitlement_id: &entitlement_id,
+        source,
+        template: new.template.as_deref(),
+        alphabet: new.alphabet.as_deref(),
         low_stock: i32::try_from(new.low_stock).map_err(|_| PoolError::OutOfRange)?,
         activations_limit: positive(new.activations_limit)?,
         expires_in_days: positive(new.expires_in_days)?,
@@ -139,6 +178,9 @@ pub async fn import_keys(
     let mut import = Import::begin(pool, name)
         .await?
         .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
+    if import.source().makes_keys() {
+        return Err(PoolError::MakesItsKeys(name.to_string(), import.source()));
+    }
     let batch_id = import.batch_id().to_string();
     for chunk in parsed.keys.chunks(PROGRESS_STEP) {
         import.add(chunk).await?;

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::KEY_LOCK_CLASS;
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
+use crate::sources::{KeyMaker, Recipe};
 
 /// A job this worker now owns until its lease ends.
 #[derive(Debug, Clone)]
@@ -53,6 +54,7 @@ pub async fn claim_batch(
     pool: &PgPool,
     limit: usize,
     lease: Duration,
+    maker: &KeyMaker,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The claim also takes the shared key lock of every entitlement that needs a key, so the
@@ -99,10 +101,19 @@ pub async fn claim_batch(
     let mut keys: HashMap<GrantId, ReservedKey> = HashMap::new();
     if !keyless.is_empty() {
         keys.extend(reserve_keys(&mut tx, &keyless).await?);
-        let parked: Vec<GrantId> = keyless
+        let unserved: Vec<(GrantId, EntitlementId)> = keyless
+            .into_iter()
+            .filter(|(grant, _)| !keys.contains_key(grant))
+            .collect();
+        let made = make_keys(&mut tx, &unserved, maker).await?;
+        keys.extend(made.keys);
+        fail_without_key(&mut tx, &made.failed).await?;
+        let parked: Vec<GrantId> = unserved
             .into_iter()
             .map(|(grant, _)| grant)
-            .filter(|grant| !keys.contains_key(grant))
+            .filter(|grant| {
+                !keys.contains_key(grant) && !made.failed.iter().any(|(g, _)| g == grant)
+            })
             .collect();
         park_waiting_for_keys(&mut tx, &parked).await?;
     }
@@ -214,6 +225,158 @@ async fn reserve_keys(
     Ok(reserved.into_iter().map(|r| (r.grant_id, r.key)).collect())
 }
 
+/// Keys made for grants of `generate` and `sign` pools, and the grants none could be made for.
+#[derive(Default)]
+struct Made {
+    keys: Vec<(GrantId, ReservedKey)>,
+    failed: Vec<(GrantId, String)>,
+}
+
+/// Times a key is made for one grant before its pool counts as exhausted. A template with
+/// 80 bits never collides; a small one that is nearly used up may need many draws.
+const MAKE_TRIES: usize = 32;
+
+/// Makes a key for each grant whose entitlement's pool makes its keys, and binds it to the
+/// grant like a reserved key (audited as `make`). A value already in the database is made
+/// again; a pool that cannot make one (no signing key, an exhausted template) fails the job
+/// with the reason. Grants of `list` pools are left alone.
+async fn make_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    wanted: &[(GrantId, EntitlementId)],
+    maker: &KeyMaker,
+) -> Result<Made, sqlx::Error> {
+    let mut made = Made::default();
+    if wanted.is_empty() {
+        return Ok(made);
+    }
+    let entitlements: Vec<&EntitlementId> = wanted.iter().map(|(_, e)| e).collect();
+    let recipes: HashMap<EntitlementId, Recipe> = sqlx::query_as(
+        "SELECT id AS pool_id, name AS pool, entitlement_id, source, template, alphabet, \
+                activations_limit, expires_in_days \
+         FROM pools WHERE entitlement_id = ANY($1) AND source <> 'list'",
+    )
+    .bind(&entitlements)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|r: Recipe| (r.entitlement_id.clone(), r))
+    .collect();
+    let mut pending: Vec<(&GrantId, &Recipe)> = wanted
+        .iter()
+        .filter_map(|(grant, ent)| recipes.get(ent).map(|r| (grant, r)))
+        .collect();
+    let now = Utc::now();
+    for _ in 0..MAKE_TRIES {
+        if pending.is_empty() {
+            break;
+        }
+        let mut values = Vec::new();
+        for (grant, recipe) in pending {
+            match maker.make(recipe, grant, now) {
+                Ok(value) => values.push((grant, recipe, value)),
+                Err(why) => made.failed.push((grant.clone(), why)),
+            }
+        }
+        let bound = bind_made_keys(tx, &values).await?;
+        pending = values
+            .into_iter()
+            .filter(|(grant, _, _)| !bound.iter().any(|(g, _)| g == *grant))
+            .map(|(grant, recipe, _)| (grant, recipe))
+            .collect();
+        made.keys.extend(bound);
+    }
+    for (grant, recipe) in pending {
+        made.failed.push((
+            grant.clone(),
+            format!(
+                "pool `{}` made {MAKE_TRIES} keys that were all already in the database; its template may be exhausted",
+                recipe.pool
+            ),
+        ));
+    }
+    Ok(made)
+}
+
+/// Stores made keys as reserved for their grants and binds them; a value already stored is
+/// skipped (its grant is missing from the answer).
+async fn bind_made_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    values: &[(&GrantId, &Recipe, LicenseKey)],
+) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Bound {
+        grant_id: GrantId,
+        #[sqlx(flatten)]
+        key: ReservedKey,
+    }
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pools: Vec<i64> = values.iter().map(|(_, r, _)| r.pool_id).collect();
+    let grants: Vec<&GrantId> = values.iter().map(|(g, _, _)| *g).collect();
+    let keys: Vec<&str> = values.iter().map(|(_, _, k)| k.reveal()).collect();
+    let sources: Vec<&str> = values.iter().map(|(_, r, _)| r.source.as_str()).collect();
+    let bound: Vec<Bound> = sqlx::query_as(
+        r#"
+        WITH made AS (
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+                AS made(pool_id, grant_id, value, source)
+        ), inserted AS (
+            INSERT INTO keys (pool_id, value, state, grant_id, batch_id)
+            SELECT pool_id, value, 'reserved', grant_id, source FROM made
+            ON CONFLICT (value) DO NOTHING
+            RETURNING id, pool_id, grant_id, value, batch_id
+        ), bound AS (
+            UPDATE jobs SET key_id = inserted.id, updated_at = now()
+            FROM inserted WHERE jobs.grant_id = inserted.grant_id
+        ), audited AS (
+            INSERT INTO audit_log (actor, action, pool_id, grant_id, key_id, detail)
+            SELECT 'worker', 'make', pool_id, grant_id, id, 'made by the ' || batch_id || ' source'
+            FROM inserted
+        )
+        SELECT inserted.grant_id, inserted.id AS key_id, inserted.value,
+               pools.activations_limit, pools.expires_in_days
+        FROM inserted JOIN pools ON pools.id = inserted.pool_id
+        "#,
+    )
+    .bind(&pools)
+    .bind(&grants)
+    .bind(&keys)
+    .bind(&sources)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(bound.into_iter().map(|b| (b.grant_id, b.key)).collect())
+}
+
+/// Fails claimed jobs for which no key could be made, with the reason, and says so at error
+/// level: a paying customer waits until someone fixes the pool and retries.
+async fn fail_without_key(
+    tx: &mut Transaction<'_, Postgres>,
+    failed: &[(GrantId, String)],
+) -> Result<(), sqlx::Error> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let (grants, reasons): (Vec<&GrantId>, Vec<&str>) =
+        failed.iter().map(|(g, r)| (g, r.as_str())).unzip();
+    sqlx::query(
+        r#"
+        UPDATE jobs SET state = 'failed', lease_token = NULL, last_error = failed.reason,
+                        finished_at = now(), updated_at = now()
+        FROM unnest($1::text[], $2::text[]) AS failed(grant_id, reason)
+        WHERE jobs.grant_id = failed.grant_id
+        "#,
+    )
+    .bind(&grants)
+    .bind(&reasons)
+    .execute(&mut **tx)
+    .await?;
+    for (grant_id, reason) in failed {
+        tracing::error!(%grant_id, error = %reason, "no key could be made for the grant; job failed");
+    }
+    Ok(())
+}
+
 /// Parks claimed jobs that found no key, giving back the attempt their claim counted.
 async fn park_waiting_for_keys(
     tx: &mut Transaction<'_, Postgres>,
@@ -256,6 +419,8 @@ pub enum NextKey {
     Reserved(ReservedKey),
     /// The pool is empty: the job now waits for keys.
     Parked,
+    /// The pool could not make a new key: the job failed with the reason.
+    Failed,
     /// Another worker owns the job now; stop.
     LeaseLost,
 }
@@ -280,11 +445,13 @@ pub async fn extend_lease(
 }
 
 /// Marks the job's key `rejected` (never offered again), records the attempt, and reserves the
-/// next key for the same grant — or parks the job if the pool is empty. Fenced by the lease.
+/// next key for the same grant (made anew for `generate` and `sign` pools) — or parks the job
+/// if the pool is empty. Fenced by the lease.
 pub async fn reject_key_and_reserve_next(
     pool: &PgPool,
     job: &ClaimedJob,
     attempt: &AttemptRecord,
+    maker: &KeyMaker,
 ) -> Result<NextKey, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let owned = sqlx::query(
@@ -315,7 +482,17 @@ pub async fn reject_key_and_reserve_next(
         .execute(&mut *tx)
         .await?;
     let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
-    let next = match reserve_keys(&mut tx, &wanted).await?.pop() {
+    let mut next = reserve_keys(&mut tx, &wanted).await?.pop();
+    if next.is_none() {
+        let made = make_keys(&mut tx, &wanted, maker).await?;
+        if !made.failed.is_empty() {
+            fail_without_key(&mut tx, &made.failed).await?;
+            tx.commit().await?;
+            return Ok(NextKey::Failed);
+        }
+        next = made.keys.into_iter().next();
+    }
+    let next = match next {
         Some((_, key)) => NextKey::Reserved(key),
         None => {
             park_waiting_for_keys(&mut tx, std::slice::from_ref(&job.grant_id)).await?;

@@ -6,6 +6,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::audit::{self, Subject};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
 use crate::domain::{Actor, EntitlementId, LicenseKey};
+use crate::sources::Source;
 
 /// Keys inserted per statement during an import.
 const IMPORT_CHUNK: usize = 5_000;
@@ -17,6 +18,9 @@ pub struct NewPoolRow<'a> {
     pub low_stock: i32,
     pub activations_limit: Option<i32>,
     pub expires_in_days: Option<i32>,
+    pub source: Source,
+    pub template: Option<&'a str>,
+    pub alphabet: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +41,9 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     lock_entitlement_keys(&mut tx, new.entitlement_id).await?;
     let inserted = sqlx::query_scalar(
         r#"
-        INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days,
+                           source, template, alphabet)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         RETURNING id
         "#,
     )
@@ -47,6 +52,9 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     .bind(new.low_stock)
     .bind(new.activations_limit)
     .bind(new.expires_in_days)
+    .bind(new.source)
+    .bind(new.template)
+    .bind(new.alphabet)
     .fetch_one(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -63,7 +71,10 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     let pool_id: i64 = inserted?;
     let subject = Subject {
         pool_id: Some(pool_id),
-        detail: Some(&format!("entitlement {}", new.entitlement_id)),
+        detail: Some(&format!(
+            "entitlement {}, source {}",
+            new.entitlement_id, new.source
+        )),
         ..Default::default()
     };
     audit::record(&mut *tx, Actor::Cli, "create_pool", subject).await?;
@@ -75,6 +86,7 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
 /// An import's transaction: the pool is locked for keys until `finish`.
 pub struct Import<'c> {
     tx: Transaction<'c, Postgres>,
+    source: Source,
     pool_id: i64,
     entitlement_id: EntitlementId,
     batch_id: String,
@@ -93,12 +105,12 @@ impl Import<'_> {
     /// Starts importing into the named pool; `None` if there is no such pool.
     pub async fn begin(pool: &PgPool, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
         let mut tx = pool.begin().await?;
-        let row: Option<(i64, EntitlementId)> =
-            sqlx::query_as("SELECT id, entitlement_id FROM pools WHERE name = $1")
+        let row: Option<(i64, EntitlementId, Source)> =
+            sqlx::query_as("SELECT id, entitlement_id, source FROM pools WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((pool_id, entitlement_id)) = row else {
+        let Some((pool_id, entitlement_id, source)) = row else {
             return Ok(None);
         };
         lock_entitlement_keys(&mut tx, &entitlement_id).await?;
@@ -109,11 +121,17 @@ impl Import<'_> {
         );
         Ok(Some(Import {
             tx,
+            source,
             pool_id,
             entitlement_id,
             batch_id,
             imported: 0,
         }))
+    }
+
+    /// Where the pool's keys come from: only `list` pools take imports.
+    pub fn source(&self) -> Source {
+        self.source
     }
 
     /// The id every key of this import and its audit entry carry.

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::JobState;
+use crate::sources::Source;
 
 /// The available keys of the row `pools`.
 const AVAILABLE_IN_POOL: &str =
@@ -15,6 +16,7 @@ const AVAILABLE_IN_POOL: &str =
 pub struct PoolStock {
     pub name: String,
     pub entitlement_id: String,
+    pub source: Source,
     pub available: i64,
     pub reserved: i64,
     pub delivered: i64,
@@ -30,7 +32,7 @@ pub struct PoolStock {
 pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
-        SELECT pools.name, pools.entitlement_id,
+        SELECT pools.name, pools.entitlement_id, pools.source,
                {AVAILABLE_IN_POOL} AS available,
                count(keys.id) FILTER (WHERE keys.state = 'reserved')  AS reserved,
                count(keys.id) FILTER (WHERE keys.state = 'delivered') AS delivered,

@@ -47,9 +47,14 @@ async fn job_in_state(app: &TestApp, state: JobState) -> Grant {
     match state {
         JobState::Queued => {}
         JobState::Running => {
-            claim_batch(&app.pool, 1, std::time::Duration::from_secs(60))
-                .await
-                .unwrap();
+            claim_batch(
+                &app.pool,
+                1,
+                std::time::Duration::from_secs(60),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
         }
         JobState::Retrying => {
             app.sandbox

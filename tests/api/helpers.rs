@@ -149,6 +149,7 @@ impl TestApp {
             dodo_client(s, &self.pool).unwrap(),
             &s.worker,
         )
+        .with_key_maker(s.keys.key_maker().unwrap())
     }
 
     pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {

@@ -19,3 +19,4 @@ mod payloads;
 mod pools;
 mod rate_budget;
 mod signature;
+mod sources;
