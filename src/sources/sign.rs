@@ -230,3 +230,51 @@ mod tests {
         assert!(error.contains("too long"), "{error}");
     }
 }
+
+/// README.md's Rust example, word for word, so the documentation cannot drift from the format.
+#[cfg(test)]
+mod readme_example {
+    use base64::{
+        Engine,
+        engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    };
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+    fn verify(key: &str, public_b64: &str) -> Option<(String, u32, u32)> {
+        let public: [u8; 32] = STANDARD.decode(public_b64).ok()?.try_into().ok()?;
+        let bytes = URL_SAFE_NO_PAD.decode(key.trim()).ok()?;
+        let (payload, sig) = bytes.split_at(bytes.len().checked_sub(64)?);
+        VerifyingKey::from_bytes(&public)
+            .ok()?
+            .verify(payload, &Signature::from_slice(sig).ok()?)
+            .ok()?;
+        let u32_at = |i: usize| u32::from_be_bytes(payload[i..i + 4].try_into().unwrap());
+        let n = *payload.get(13)? as usize;
+        let grant_id = String::from_utf8(payload.get(14..14 + n)?.to_vec()).ok()?;
+        Some((grant_id, u32_at(5), u32_at(9))) // grant, expires at, activations limit
+    }
+
+    #[test]
+    fn the_readme_example_reads_a_signed_key() {
+        let (private, public) = super::new_signing_key();
+        let issued = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let facts = super::KeyFacts {
+            grant_id: "grant_readme",
+            entitlement_id: "ent_readme",
+            issued_at: issued,
+            expires_at: Some(issued + chrono::TimeDelta::days(1)),
+            activations_limit: Some(2),
+        };
+        let key = super::make(&super::parse_signing_key(&private).unwrap(), &facts).unwrap();
+        assert_eq!(
+            verify(key.reveal(), &public),
+            Some(("grant_readme".to_string(), 1_800_086_400, 2))
+        );
+        let mut changed: Vec<char> = key.reveal().chars().collect();
+        changed[40] = if changed[40] == 'A' { 'B' } else { 'A' };
+        assert_eq!(
+            verify(&changed.into_iter().collect::<String>(), &public),
+            None
+        );
+    }
+}
