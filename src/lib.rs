@@ -12,6 +12,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod configuration;
+pub mod crypto;
 pub mod db;
 pub mod dodo;
 pub mod domain;

@@ -56,6 +56,8 @@ impl Application {
     /// Checks that the settings hold what `role` needs (before waiting on anything).
     pub fn check(settings: &Settings, role: Role) -> anyhow::Result<()> {
         webhook_verifier(settings, role)?;
+        // Webhooks carry keys and workers send them: both need the encryption keys.
+        settings.keys.vault()?;
         if role.worker() {
             dodo_client(settings, &crate::db::lazy_pool(settings)?)?;
         }
@@ -68,7 +70,9 @@ impl Application {
         Self::check(settings, role)?;
         let verifier = webhook_verifier(settings, role)?;
         let pool = if settings.database.migrate_on_start {
-            crate::db::migrate(settings).await?
+            let pool = crate::db::migrate(settings).await?;
+            crate::ops::sealing::seal_plaintext(&pool, Some(&settings.keys.vault()?)).await?;
+            pool
         } else {
             crate::db::lazy_pool(settings)?
         };
@@ -91,6 +95,7 @@ impl Application {
                     verifier,
                     signal: signal.clone(),
                     body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
+                    vault: Arc::new(settings.keys.vault()?),
                 };
                 let server = web_server(listener, state, pool.clone(), settings)?;
                 (Some(server), Some(address))
@@ -239,6 +244,7 @@ fn web_server(
             pool: pool.clone(),
             auth: crate::admin::AdminAuth::new(token, !settings.admin.insecure_http),
             sign_ins: Default::default(),
+            vault: Arc::clone(&state.vault),
         })
     });
     let pool = web::Data::new(pool);

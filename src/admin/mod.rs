@@ -22,6 +22,8 @@ pub struct AdminState {
     pub pool: PgPool,
     pub auth: AdminAuth,
     pub sign_ins: throttle::SignInThrottle,
+    /// Opens keys to show them masked.
+    pub vault: std::sync::Arc<crate::crypto::Vault>,
 }
 
 /// Adds the `/admin` routes.
@@ -209,7 +211,7 @@ async fn job_page(
 ) -> Result<HttpResponse, AdminError> {
     let raw = path.into_inner();
     let detail = match GrantId::parse(&raw) {
-        Ok(grant_id) => jobs::show_job(&state.pool, &grant_id, false).await?,
+        Ok(grant_id) => jobs::show_job(&state.pool, Some(&state.vault), &grant_id, false).await?,
         Err(_) => None,
     };
     Ok(match detail {
@@ -299,7 +301,7 @@ async fn api_job(
 ) -> Result<HttpResponse, AdminError> {
     let no_such_job = || AdminError::NotFound("no such job".into());
     let grant_id = GrantId::parse(&path).map_err(|_| no_such_job())?;
-    let detail = jobs::show_job(&state.pool, &grant_id, false).await?;
+    let detail = jobs::show_job(&state.pool, Some(&state.vault), &grant_id, false).await?;
     Ok(HttpResponse::Ok().json(detail.ok_or_else(no_such_job)?))
 }
 

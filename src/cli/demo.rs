@@ -51,6 +51,12 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     settings.worker.backoff_max_ms = 2_000;
     settings.worker.poll_interval_ms = 100;
     settings.dodo.rate_limit = RateLimitTier::Off;
+    // Keys are sealed under the configured encryption key, else under one made for this run
+    // and forgotten with it (the database is thrown away too, unless kept).
+    let own_key = settings.keys.encryption_keys.is_none();
+    if own_key {
+        settings.keys.encryption_keys = Some(crate::crypto::new_encryption_key());
+    }
     // The demo signs with a key of its own.
     let (signing_key, public_key) = crate::sources::sign::new_signing_key();
     settings.keys.signing_key = Some(signing_key);
@@ -61,6 +67,11 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     let result = demo(&settings, &options).await;
     if options.keep_database {
         println!("\n  kept database {}", settings.database_url_redacted());
+        if own_key {
+            println!(
+                "  its keys are sealed under an encryption key made for this run and not kept; set KEYRELAY_ENCRYPTION_KEY before the demo to read them afterwards"
+            );
+        }
     } else if let Err(e) = crate::db::drop_database(&settings).await {
         eprintln!("could not drop the demo database: {e}");
     }
@@ -102,7 +113,15 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         keys,
         ..Default::default()
     };
-    let report = import_keys(&stack.pool, "demo-pro", &parsed, false, |_| {}).await?;
+    let report = import_keys(
+        &stack.pool,
+        &settings.keys.vault()?,
+        "demo-pro",
+        &parsed,
+        false,
+        |_| {},
+    )
+    .await?;
     println!(
         "  pool       demo-pro (list): imported {} keys (one of them already exists at Dodo)",
         report.imported

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::output::{json, or_dash, table};
 use crate::configuration::Settings;
 use crate::domain::Actor;
+use crate::intake::payload_keys;
 use crate::ops::events;
 
 #[derive(Debug, Subcommand)]
@@ -38,7 +39,7 @@ pub enum EventsCommand {
     },
 }
 
-pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &PgPool, settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::List {
             event_type,
@@ -73,8 +74,17 @@ pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
             show_key,
         } => match events::show_event(pool, &webhook_id).await? {
             Some(mut detail) => {
-                if !show_key {
-                    mask_license_keys(&mut detail.payload);
+                if show_key {
+                    let vault = settings.keys.vault()?;
+                    let opened =
+                        payload_keys::open(&detail.payload.to_string(), &vault, &webhook_id)
+                            .map_err(|e| {
+                                anyhow::anyhow!("the license key in this event cannot be read: {e}")
+                            })?;
+                    detail.payload = serde_json::from_str(&opened)?;
+                } else {
+                    let vault = settings.keys.vault().ok();
+                    payload_keys::mask(&mut detail.payload, vault.as_ref(), &webhook_id);
                 }
                 json(&detail)?
             }
@@ -83,8 +93,9 @@ pub async fn run(pool: &PgPool, command: EventsCommand) -> anyhow::Result<()> {
             }
         },
         EventsCommand::Replay { webhook_ids } => {
+            let vault = settings.keys.vault()?;
             for id in webhook_ids {
-                let outcome = events::replay(pool, &id, Actor::Cli).await?;
+                let outcome = events::replay(pool, &vault, &id, Actor::Cli).await?;
                 println!(
                     "{id}: {}",
                     match outcome {
@@ -110,24 +121,4 @@ pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
         None => bail!("another keyrelay process is reconciling right now; try again in a minute"),
     }
     Ok(())
-}
-
-/// Masks every `license_key.key` in a stored payload.
-fn mask_license_keys(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(fields) => {
-            for (name, field) in fields.iter_mut() {
-                match (name.as_str(), field) {
-                    ("license_key", serde_json::Value::Object(license)) => {
-                        if let Some(serde_json::Value::String(key)) = license.get_mut("key") {
-                            *key = crate::domain::mask_key(key);
-                        }
-                    }
-                    (_, other) => mask_license_keys(other),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_license_keys),
-        _ => {}
-    }
 }

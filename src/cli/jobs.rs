@@ -5,6 +5,7 @@ use clap::Subcommand;
 use sqlx::PgPool;
 
 use super::output::{json, or_dash, shown, table};
+use crate::configuration::Settings;
 use crate::domain::{Actor, GrantId, JobState};
 use crate::ops::jobs::{self, ActionResult};
 
@@ -65,7 +66,7 @@ fn parse_grant_id(s: &str) -> Result<GrantId, String> {
     GrantId::parse(s).map_err(|e| e.to_string())
 }
 
-pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
             state,
@@ -108,7 +109,13 @@ pub async fn run(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
             json: as_json,
             show_key,
         } => {
-            let Some(detail) = jobs::show_job(pool, &grant_id, show_key).await? else {
+            // Keys show masked with the encryption key, `(sealed)` without; in full only with it.
+            let vault = match show_key {
+                true => Some(settings.keys.vault()?),
+                false => settings.keys.vault().ok(),
+            };
+            let Some(detail) = jobs::show_job(pool, vault.as_ref(), &grant_id, show_key).await?
+            else {
                 bail!("no job for grant {grant_id}; see `keyrelay jobs list`");
             };
             if as_json {

@@ -126,10 +126,12 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     // Key tools need no settings: they work on a machine with no configuration at all.
-    let command = match cli.command {
-        Command::Keys(command) => return keys::run(command),
-        command => command,
-    };
+    let command = cli.command;
+    if let Command::Keys(keys_command) = &command
+        && let Some(done) = keys::run_offline(keys_command)
+    {
+        return done;
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     let quiet = matches!(command, Command::Demo { .. } | Command::Bench(_));
     crate::telemetry::init(settings.log.format, if quiet { "error" } else { "info" });
@@ -149,16 +151,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
-            crate::db::migrate(&settings).await?;
+            let pool = crate::db::migrate(&settings).await?;
+            let vault = settings.keys.vault().ok();
+            let sealed = crate::ops::sealing::seal_plaintext(&pool, vault.as_ref()).await?;
+            if sealed > 0 {
+                println!("sealed {sealed} rows that held key values in plaintext");
+            }
             println!(
                 "database {} is up to date",
                 settings.database_url_redacted()
             );
         }
-        Command::Pool(command) => pool::run(&crate::db::connect(&settings).await?, command).await?,
-        Command::Jobs(command) => jobs::run(&crate::db::connect(&settings).await?, command).await?,
+        Command::Pool(command) => {
+            pool::run(&crate::db::connect(&settings).await?, &settings, command).await?
+        }
+        Command::Jobs(command) => {
+            jobs::run(&crate::db::connect(&settings).await?, &settings, command).await?
+        }
         Command::Events(command) => {
-            events::run(&crate::db::connect(&settings).await?, command).await?
+            events::run(&crate::db::connect(&settings).await?, &settings, command).await?
         }
         Command::Reconcile => events::reconcile(&settings).await?,
         Command::Demo {
@@ -181,7 +192,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             sandbox::run(&bind, &api_key, &webhook_secret, rate_limit).await?;
         }
         Command::Bench(args) => bench::run(settings, args).await?,
-        Command::Keys(command) => return keys::run(command),
+        Command::Keys(_) => return keys::rotate(&settings).await,
     }
     Ok(true)
 }

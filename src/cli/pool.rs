@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
 use super::output::{json, or_dash, table};
+use crate::configuration::Settings;
+use crate::crypto::Vault;
 use crate::pool::{self, NewPool, keyfile};
 use crate::sources::Source;
 
@@ -82,7 +84,7 @@ fn parse_entitlement(raw: &str) -> Result<String, String> {
         .map_err(|e| format!("{e}; copy the entitlement id from Dodo's dashboard"))
 }
 
-pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> anyhow::Result<()> {
     match command {
         PoolCommand::Add {
             name,
@@ -124,7 +126,7 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
             name,
             file,
             dry_run,
-        } => import(pool, &name, file, dry_run).await?,
+        } => import(pool, &settings.keys.vault()?, &name, file, dry_run).await?,
         PoolCommand::History {
             name,
             limit,
@@ -216,6 +218,7 @@ pub async fn run(pool: &PgPool, command: PoolCommand) -> anyhow::Result<()> {
 
 async fn import(
     pool: &PgPool,
+    vault: &Vault,
     name: &str,
     file: Option<PathBuf>,
     dry_run: bool,
@@ -251,7 +254,7 @@ async fn import(
     if parsed.keys.len() < 20_000 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let report = pool::import_keys(pool, name, &parsed, dry_run, |n| bar.inc(n)).await?;
+    let report = pool::import_keys(pool, vault, name, &parsed, dry_run, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     println!(
         "{}imported {}, duplicates {}, invalid {}",

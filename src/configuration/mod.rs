@@ -22,6 +22,7 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("DODO_PAYMENTS_WEBHOOK_KEY", "webhook.secret"),
     ("KEYRELAY_ADMIN_TOKEN", "admin.token"),
     ("KEYRELAY_SIGNING_KEY", "keys.signing_key"),
+    ("KEYRELAY_ENCRYPTION_KEY", "keys.encryption_keys"),
 ];
 
 /// Shortest admin token accepted: it guards retries and cancels of paid grants.
@@ -258,9 +259,22 @@ pub struct AdminSettings {
 pub struct KeySettings {
     /// Base64 Ed25519 private key for `sign` pools (`keyrelay keys new-signing-key`).
     pub signing_key: Option<SecretString>,
+    /// Space-separated base64 32-byte keys; the first seals key values, all open them.
+    pub encryption_keys: Option<SecretString>,
 }
 
 impl KeySettings {
+    /// The encryption keys; an error that says how to make one when none is configured.
+    pub fn vault(&self) -> anyhow::Result<crate::crypto::Vault> {
+        match &self.encryption_keys {
+            Some(keys) => crate::crypto::Vault::from_config(keys),
+            None => bail!(
+                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set: keyrelay stores key values only encrypted; {}",
+                crate::crypto::MAKE_ONE
+            ),
+        }
+    }
+
     /// The key maker for workers: signs with `signing_key` when set.
     pub fn key_maker(&self) -> anyhow::Result<crate::sources::KeyMaker> {
         let signing = self
@@ -268,7 +282,11 @@ impl KeySettings {
             .as_ref()
             .map(crate::sources::sign::parse_signing_key)
             .transpose()?;
-        Ok(crate::sources::KeyMaker::new(signing))
+        let vault = match &self.encryption_keys {
+            Some(_) => Some(std::sync::Arc::new(self.vault()?)),
+            None => None,
+        };
+        Ok(crate::sources::KeyMaker::new(signing, vault))
     }
 }
 
@@ -384,6 +402,9 @@ impl Settings {
         }
         self.dodo.validate_rate_limit()?;
         self.keys.key_maker()?;
+        if self.keys.encryption_keys.is_some() {
+            self.keys.vault()?;
+        }
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency must be at least 1");
         }

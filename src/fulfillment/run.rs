@@ -13,7 +13,7 @@ use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
-use crate::domain::{AttemptOutcome, JobState, KeyAction, printable};
+use crate::domain::{AttemptOutcome, JobState, KeyAction, LicenseKey, printable};
 use crate::ops::alerts::Alerter;
 use crate::sources::KeyMaker;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
@@ -71,13 +71,23 @@ impl WorkerContext {
 /// parked waiting for keys, or its lease was lost).
 pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Completion> {
     loop {
+        let key = match ctx.keys.vault().and_then(|vault| job.key.open(vault)) {
+            Ok(key) => key,
+            Err(why) => {
+                let error = format!(
+                    "the key bound to grant {} cannot be read, so nothing was sent: {why}",
+                    job.grant_id
+                );
+                return Some(set_aside(ctx, &job, error));
+            }
+        };
         let turn = wait_for_turn(ctx, &job).await?;
         let started_at = Utc::now();
         let clock = Instant::now();
         let answer = match turn {
             Ok(turn) => {
                 ctx.dodo
-                    .fulfill(turn, &job.grant_id, &request(&job.key))
+                    .fulfill(turn, &job.grant_id, &request(&job.key, &key))
                     .await
             }
             Err(e) => Err(e),
@@ -93,8 +103,7 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
             ),
             false => None,
         };
-        let mut decision =
-            decide::decide(&answer, lookup.as_ref(), &job.key.value, ctx.budget(&job));
+        let mut decision = decide::decide(&answer, lookup.as_ref(), &key, ctx.budget(&job));
         let attempt = |d: &Decision| AttemptRecord {
             key_id: job.key.key_id,
             started_at,
@@ -181,6 +190,12 @@ pub async fn guarded(
         job.grant_id,
         printable(&cause, 500)
     );
+    Some(set_aside(ctx, job, error))
+}
+
+/// Fails one job that cannot go on (a panic, a key that cannot be read) with `error`, keeping
+/// its key bound to it; said at error level.
+fn set_aside(ctx: &WorkerContext, job: &ClaimedJob, error: String) -> Completion {
     let decision = Decision {
         next: Next::Finish(JobState::Failed),
         key: KeyAction::Keep,
@@ -198,13 +213,13 @@ pub async fn guarded(
         outcome: decision.outcome,
         error: decision.error.clone(),
     };
-    Some(completion(ctx, job, decision, None, attempt))
+    completion(ctx, job, decision, None, attempt)
 }
 
 /// The body of the fulfill call: the key, and the pool's options.
-fn request(key: &ReservedKey) -> FulfillRequest {
+fn request(key: &ReservedKey, value: &LicenseKey) -> FulfillRequest {
     FulfillRequest {
-        key: key.value.clone(),
+        key: value.clone(),
         activations_limit: key.activations_limit,
         expires_at: key
             .expires_in_days

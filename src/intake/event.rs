@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 
 use super::signature::VerifiedWebhook;
+use crate::crypto::Vault;
 use crate::dodo::{Envelope, Grant, GrantStatus};
-use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, LicenseKey, Serve, printable};
+use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, Serve, printable};
 use crate::lifecycle::GrantEvent;
 use crate::store::enqueue::NewJob;
 
@@ -75,9 +76,11 @@ impl GrantFacts {
         self.dodo_key.is_some()
     }
 
-    /// Whether Dodo holds `key` for this grant.
-    pub fn carries(&self, key: &LicenseKey) -> bool {
-        key.is(self.dodo_key.as_deref())
+    /// Whether Dodo holds, for this grant, the key whose look-up hash is `our_hash`.
+    pub fn carries(&self, vault: &Vault, our_hash: &[u8]) -> bool {
+        self.dodo_key
+            .as_deref()
+            .is_some_and(|theirs| vault.hashes(theirs).iter().any(|h| h == our_hash))
     }
 
     /// Dodo's reason for a failed or revoked grant.

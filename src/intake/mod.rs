@@ -2,15 +2,18 @@
 //! event and what it asks for (`record`), wake the workers, and answer 2xx only after the commit.
 
 pub mod event;
+pub mod payload_keys;
 pub mod record;
 pub mod signature;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use futures_util::StreamExt;
 use sqlx::PgPool;
 
+use crate::crypto::Vault;
 use crate::signal::JobSignal;
 use event::{IncomingEvent, ParseError};
 use record::Recording;
@@ -25,6 +28,8 @@ pub struct IntakeState {
     pub signal: JobSignal,
     /// How long a request body may take to arrive in full.
     pub body_timeout: Duration,
+    /// Seals the license keys that delivered events carry.
+    pub vault: Arc<Vault>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,10 +152,10 @@ pub async fn receive_webhook(
         })?;
     let event = match IncomingEvent::parse(&webhook) {
         Ok(event) => event,
-        Err(e) => return Err(refuse(&state.pool, e).await),
+        Err(e) => return Err(refuse(&state, e).await),
     };
     let label = type_label(&event.event_type);
-    let stored = record::record(&state.pool, &event, Recording::Received)
+    let stored = record::record(&state.pool, &state.vault, &event, Recording::Received)
         .await
         .map_err(|e| {
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
@@ -180,20 +185,26 @@ pub async fn receive_webhook(
 
 /// A verified webhook keyrelay cannot process: kept with its reason when it is JSON (so
 /// operators see it), logged, and answered 4xx — or 503 if it could not even be kept.
-async fn refuse(pool: &PgPool, e: ParseError) -> IntakeError {
+async fn refuse(state: &IntakeState, e: ParseError) -> IntakeError {
     count("unknown", "invalid");
     let ParseError::Unprocessable(unprocessable) = &e else {
         tracing::warn!(error = %e, "unparsable webhook");
         return e.into();
     };
     tracing::warn!(webhook_id = %unprocessable.webhook_id, reason = %unprocessable.reason, "verified webhook cannot be processed; kept for operators");
+    let (payload, key_sealed_with) = payload_keys::seal(
+        &unprocessable.payload,
+        &state.vault,
+        &unprocessable.webhook_id,
+    );
     let row = crate::store::enqueue::NewEvent {
         webhook_id: &unprocessable.webhook_id,
         event_type: &unprocessable.event_type,
         grant_id: None,
-        payload: &unprocessable.payload,
+        payload: &payload,
+        key_sealed_with,
     };
-    match crate::store::enqueue::insert_event(pool, row, Some(&unprocessable.reason)).await {
+    match crate::store::enqueue::insert_event(&state.pool, row, Some(&unprocessable.reason)).await {
         Ok(_) => e.into(),
         Err(db) => {
             tracing::error!(error = %db, "could not keep an unprocessable webhook; answering 503");

@@ -7,6 +7,8 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::event::{GrantFacts, IncomingEvent};
+use super::payload_keys;
+use crate::crypto::Vault;
 use crate::domain::Actor;
 use crate::lifecycle::{self, EventFacts, GrantEvent, JobNow, Settlement};
 use crate::store::audit::{self, Subject};
@@ -81,14 +83,17 @@ impl Outcome {
 /// returned `Ok`.
 pub async fn record(
     pool: &PgPool,
+    vault: &Vault,
     event: &IncomingEvent<'_>,
     how: Recording,
 ) -> Result<Outcome, sqlx::Error> {
+    let (payload, key_sealed_with) = payload_keys::seal(&event.payload, vault, event.webhook_id);
     let row = NewEvent {
         webhook_id: event.webhook_id,
         event_type: &event.event_type,
         grant_id: event.grant.as_ref().map(|g| &g.id),
-        payload: &event.payload,
+        payload: &payload,
+        key_sealed_with,
     };
     let lifecycle_event = GrantEvent::from_type(&event.event_type);
     if let (Some(grant), Some(kind)) = (&event.grant, lifecycle_event) {
@@ -96,7 +101,7 @@ pub async fn record(
         let new_event = enqueue::insert_event(&mut *tx, row, None).await?;
         let settled = match how {
             Recording::Received if !new_event => false,
-            _ => apply(&mut tx, kind, grant, event.timestamp, how.actor()).await?,
+            _ => apply(&mut tx, vault, kind, grant, event.timestamp, how.actor()).await?,
         };
         let outcome = Outcome {
             new_event,
@@ -126,6 +131,7 @@ pub async fn record(
 /// Applies a lifecycle event to the grant's job and key; true if anything changed.
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
     kind: GrantEvent,
     grant: &GrantFacts,
     event_time: Option<DateTime<Utc>>,
@@ -137,8 +143,8 @@ async fn apply(
         at: grant.updated_at.or(event_time),
         carries_our_key: job
             .as_ref()
-            .and_then(|j| j.key_value.as_ref())
-            .is_some_and(|ours| grant.carries(ours)),
+            .and_then(|j| j.key_hash.as_ref())
+            .is_some_and(|ours| grant.carries(vault, ours)),
         reason: grant.reason(kind),
     };
     let now = job.as_ref().map(|j| JobNow {

@@ -3,8 +3,10 @@
 
 use sqlx::PgPool;
 
+use crate::crypto::Vault;
 use crate::domain::Actor;
 use crate::intake::event::IncomingEvent;
+use crate::intake::payload_keys;
 use crate::intake::record::{self, Recording};
 use crate::store::read;
 
@@ -17,6 +19,8 @@ pub enum ReplayError {
     NotFound(String),
     #[error("stored event {0} is not a webhook envelope: {1}")]
     Unparsable(String, String),
+    #[error("the license key stored in event {0} cannot be read: {1}")]
+    Unreadable(String, crate::crypto::OpenError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -33,14 +37,17 @@ pub async fn show_event(
 /// lifecycle event already applied is stale.
 pub async fn replay(
     pool: &PgPool,
+    vault: &Vault,
     webhook_id: &str,
     actor: Actor,
 ) -> Result<ReplayOutcome, ReplayError> {
-    let payload = read::event_payload(pool, webhook_id)
+    let stored = read::event_payload(pool, webhook_id)
         .await?
         .ok_or_else(|| ReplayError::NotFound(webhook_id.to_string()))?;
+    let payload = payload_keys::open(&stored, vault, webhook_id)
+        .map_err(|e| ReplayError::Unreadable(webhook_id.to_string(), e))?;
     let event = IncomingEvent::from_parts(webhook_id, payload.as_bytes())
         .map_err(|e| ReplayError::Unparsable(webhook_id.to_string(), e.to_string()))?;
-    let outcome = record::record(pool, &event, Recording::Replayed(actor)).await?;
+    let outcome = record::record(pool, vault, &event, Recording::Replayed(actor)).await?;
     Ok(outcome.replayed())
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::crypto::{Row, Vault};
 use crate::domain::{Actor, GrantId, KeyState, LicenseKey};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::{self, operator, read};
@@ -32,20 +33,29 @@ pub struct JobDetail {
     pub audit: Vec<AuditEntry>,
 }
 
-/// One job with its key (masked unless `reveal_key`), every attempt and its audit trail.
+/// One job with its key (masked unless `reveal_key`; `(sealed)` without `vault`), every
+/// attempt and its audit trail.
 pub async fn show_job(
     pool: &PgPool,
+    vault: Option<&Vault>,
     grant_id: &GrantId,
     reveal_key: bool,
 ) -> Result<Option<JobDetail>, sqlx::Error> {
     let Some(job) = read::job(pool, grant_id).await? else {
         return Ok(None);
     };
-    let show = |k: LicenseKey| {
-        if reveal_key {
-            k.reveal().to_string()
-        } else {
-            k.masked()
+    let show = |key_id: i64, sealed: &[u8]| {
+        let Some(vault) = vault else {
+            return "(sealed)".to_string();
+        };
+        let opened = vault
+            .open(sealed, Row::Key(key_id))
+            .map_err(|e| e.to_string())
+            .and_then(|v| LicenseKey::parse(&v).map_err(|e| e.to_string()));
+        match opened {
+            Ok(k) if reveal_key => k.reveal().to_string(),
+            Ok(k) => k.masked(),
+            Err(e) => format!("(unreadable: {e})"),
         }
     };
     let key = read::live_key(pool, grant_id).await?;
@@ -58,14 +68,17 @@ pub async fn show_job(
             outcome: a.outcome,
             error: a.error,
             duration_ms: a.duration_ms,
-            key: a.key.map(show),
+            key: a
+                .key_id
+                .zip(a.key_sealed)
+                .map(|(id, sealed)| show(id, &sealed)),
         })
         .collect();
     Ok(Some(JobDetail {
         audit: audit::for_grant(pool, grant_id).await?,
         job,
-        key_state: key.as_ref().map(|k| k.1),
-        key: key.map(|k| show(k.0)),
+        key_state: key.as_ref().map(|k| k.2),
+        key: key.map(|(id, sealed, _)| show(id, &sealed)),
         attempt_history,
     }))
 }

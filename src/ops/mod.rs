@@ -6,4 +6,5 @@ pub mod alerts;
 pub mod events;
 pub mod jobs;
 pub mod reconcile;
+pub mod sealing;
 pub mod stats;

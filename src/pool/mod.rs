@@ -7,6 +7,7 @@ pub mod keyfile;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::crypto::Vault;
 use crate::domain::{EntitlementId, IdError};
 use crate::sources::Source;
 use crate::sources::generate::{Template, TemplateError};
@@ -168,8 +169,10 @@ const PROGRESS_STEP: usize = 5_000;
 /// Imports `keys` (unique, in file order) into the named pool in one transaction: either every
 /// new key is stored or none is. Keys already anywhere in the database are skipped and counted.
 /// With `dry_run` the transaction is rolled back, so the counts are exact but nothing changes.
+/// Values are stored sealed under `vault`'s first key.
 pub async fn import_keys(
     pool: &PgPool,
+    vault: &Vault,
     name: &str,
     parsed: &keyfile::ParsedKeys,
     dry_run: bool,
@@ -183,7 +186,7 @@ pub async fn import_keys(
     }
     let batch_id = import.batch_id().to_string();
     for chunk in parsed.keys.chunks(PROGRESS_STEP) {
-        import.add(chunk).await?;
+        import.add(chunk, vault).await?;
         progress(chunk.len() as u64);
     }
     let done = import.finish(dry_run).await?;

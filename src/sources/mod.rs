@@ -7,10 +7,12 @@ pub mod generate;
 pub mod sign;
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::SigningKey;
 
+use crate::crypto::Vault;
 use crate::domain::{EntitlementId, GrantId, LicenseKey};
 
 /// How a pool gets its keys.
@@ -60,10 +62,11 @@ pub struct Recipe {
     pub expires_in_days: Option<i32>,
 }
 
-/// Makes keys for `generate` and `sign` pools.
+/// Makes keys for `generate` and `sign` pools, and seals them for storage.
 #[derive(Clone, Default)]
 pub struct KeyMaker {
     signing: Option<SigningKey>,
+    vault: Option<Arc<Vault>>,
 }
 
 impl fmt::Debug for KeyMaker {
@@ -75,8 +78,18 @@ impl fmt::Debug for KeyMaker {
 }
 
 impl KeyMaker {
-    pub fn new(signing: Option<SigningKey>) -> KeyMaker {
-        KeyMaker { signing }
+    pub fn new(signing: Option<SigningKey>, vault: Option<Arc<Vault>>) -> KeyMaker {
+        KeyMaker { signing, vault }
+    }
+
+    /// The encryption keys new keys are sealed with.
+    pub fn vault(&self) -> Result<&Vault, String> {
+        self.vault.as_deref().ok_or_else(|| {
+            format!(
+                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {}",
+                crate::crypto::MAKE_ONE
+            )
+        })
     }
 
     /// A new key for `grant_id` from the pool's recipe, or why none can be made.

@@ -10,8 +10,11 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::KEY_LOCK_CLASS;
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
+use crate::crypto::{Row, Vault};
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
 use crate::sources::{KeyMaker, Recipe};
+
+use super::sealed::{SealedValue, new_key_ids};
 
 /// A job this worker now owns until its lease ends.
 #[derive(Debug, Clone)]
@@ -26,13 +29,24 @@ pub struct ClaimedJob {
     pub key: ReservedKey,
 }
 
-/// The key bound to a job, with the pool's fulfillment options.
+/// The key bound to a job (sealed, as stored), with the pool's fulfillment options.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReservedKey {
     pub key_id: i64,
-    pub value: LicenseKey,
+    pub value_sealed: Vec<u8>,
     pub activations_limit: Option<i32>,
     pub expires_in_days: Option<i32>,
+}
+
+impl ReservedKey {
+    /// The key's value; an error that says why it cannot be read.
+    pub fn open(&self, vault: &Vault) -> Result<LicenseKey, String> {
+        let value = vault
+            .open(&self.value_sealed, Row::Key(self.key_id))
+            .map_err(|e| format!("key #{} cannot be read: {e}", self.key_id))?;
+        LicenseKey::parse(&value)
+            .map_err(|e| format!("key #{} is not a valid key: {e}", self.key_id))
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -154,7 +168,7 @@ async fn key_details(
 ) -> Result<Vec<ReservedKey>, sqlx::Error> {
     sqlx::query_as(
         r#"
-        SELECT keys.id AS key_id, keys.value, pools.activations_limit, pools.expires_in_days
+        SELECT keys.id AS key_id, keys.value_sealed, pools.activations_limit, pools.expires_in_days
         FROM keys JOIN pools ON pools.id = keys.pool_id
         WHERE keys.id = ANY($1)
         "#,
@@ -213,7 +227,7 @@ async fn reserve_keys(
             INSERT INTO audit_log (actor, action, grant_id, key_id)
             SELECT 'worker', 'reserve', grant_id, key_id FROM pairs
         )
-        SELECT pairs.grant_id, keys.id AS key_id, keys.value, pools.activations_limit,
+        SELECT pairs.grant_id, keys.id AS key_id, keys.value_sealed, pools.activations_limit,
                pools.expires_in_days
         FROM pairs JOIN keys ON keys.id = pairs.key_id JOIN pools ON pools.id = keys.pool_id
         "#,
@@ -265,6 +279,16 @@ async fn make_keys(
         .iter()
         .filter_map(|(grant, ent)| recipes.get(ent).map(|r| (grant, r)))
         .collect();
+    let vault = match maker.vault() {
+        Ok(vault) => vault,
+        Err(why) => {
+            made.failed = pending
+                .iter()
+                .map(|(g, _)| ((*g).clone(), why.clone()))
+                .collect();
+            return Ok(made);
+        }
+    };
     let now = Utc::now();
     for _ in 0..MAKE_TRIES {
         if pending.is_empty() {
@@ -277,7 +301,7 @@ async fn make_keys(
                 Err(why) => made.failed.push((grant.clone(), why)),
             }
         }
-        let bound = bind_made_keys(tx, &values).await?;
+        let bound = bind_made_keys(tx, vault, &values).await?;
         pending = values
             .into_iter()
             .filter(|(grant, _, _)| !bound.iter().any(|(g, _)| g == *grant))
@@ -301,6 +325,7 @@ async fn make_keys(
 /// skipped (its grant is missing from the answer).
 async fn bind_made_keys(
     tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
     values: &[(&GrantId, &Recipe, LicenseKey)],
 ) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
@@ -312,20 +337,29 @@ async fn bind_made_keys(
     if values.is_empty() {
         return Ok(Vec::new());
     }
+    let ids = new_key_ids(tx, values.len()).await?;
     let pools: Vec<i64> = values.iter().map(|(_, r, _)| r.pool_id).collect();
     let grants: Vec<&GrantId> = values.iter().map(|(g, _, _)| *g).collect();
-    let keys: Vec<&str> = values.iter().map(|(_, _, k)| k.reveal()).collect();
+    let sealed: Vec<SealedValue> = values
+        .iter()
+        .zip(&ids)
+        .map(|((_, _, key), id)| SealedValue::new(vault, key, *id))
+        .collect();
     let sources: Vec<&str> = values.iter().map(|(_, r, _)| r.source.as_str()).collect();
     let bound: Vec<Bound> = sqlx::query_as(
         r#"
         WITH made AS (
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
-                AS made(pool_id, grant_id, value, source)
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[],
+                                 $5::bytea[], $6::text[])
+                AS made(pool_id, grant_id, id, value_sealed, value_hash, source)
         ), inserted AS (
-            INSERT INTO keys (pool_id, value, state, grant_id, batch_id)
-            SELECT pool_id, value, 'reserved', grant_id, source FROM made
-            ON CONFLICT (value) DO NOTHING
-            RETURNING id, pool_id, grant_id, value, batch_id
+            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
+                              grant_id, batch_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT id, pool_id, value_sealed, value_hash, $7, 'reserved', grant_id, source
+            FROM made
+            ON CONFLICT (value_hash) DO NOTHING
+            RETURNING id, pool_id, grant_id, value_sealed, batch_id
         ), bound AS (
             UPDATE jobs SET key_id = inserted.id, updated_at = now()
             FROM inserted WHERE jobs.grant_id = inserted.grant_id
@@ -334,15 +368,18 @@ async fn bind_made_keys(
             SELECT 'worker', 'make', pool_id, grant_id, id, 'made by the ' || batch_id || ' source'
             FROM inserted
         )
-        SELECT inserted.grant_id, inserted.id AS key_id, inserted.value,
+        SELECT inserted.grant_id, inserted.id AS key_id, inserted.value_sealed,
                pools.activations_limit, pools.expires_in_days
         FROM inserted JOIN pools ON pools.id = inserted.pool_id
         "#,
     )
     .bind(&pools)
     .bind(&grants)
-    .bind(&keys)
+    .bind(&ids)
+    .bind(sealed.iter().map(|s| &s.sealed).collect::<Vec<_>>())
+    .bind(sealed.iter().map(|s| &s.hash).collect::<Vec<_>>())
     .bind(&sources)
+    .bind(vault.sealing_key_id())
     .fetch_all(&mut **tx)
     .await?;
     Ok(bound.into_iter().map(|b| (b.grant_id, b.key)).collect())

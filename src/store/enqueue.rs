@@ -13,8 +13,10 @@ pub struct NewEvent<'a> {
     pub webhook_id: &'a str,
     pub event_type: &'a str,
     pub grant_id: Option<&'a GrantId>,
-    /// The body as received (valid JSON).
+    /// The body as received (valid JSON), license keys in it sealed.
     pub payload: &'a str,
+    /// The encryption key that sealed the license keys in the payload, if it holds any.
+    pub key_sealed_with: Option<i32>,
 }
 
 /// The job a `created` event asks for.
@@ -64,8 +66,8 @@ pub async fn record_event<'e>(
     let sql = format!(
         r#"
         WITH ev AS (
-            INSERT INTO events (webhook_id, event_type, grant_id, payload)
-            VALUES ($1, $2, $3, $4::jsonb)
+            INSERT INTO events (webhook_id, event_type, grant_id, payload, key_sealed_with)
+            VALUES ($1, $2, $3, $4::jsonb, $10)
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING webhook_id
         ), job AS (
@@ -89,6 +91,7 @@ pub async fn record_event<'e>(
         .bind(job.and_then(|j| j.grant_updated_at))
         .bind(serve_name(job.map_or(Serve::No, |j| j.serve)))
         .bind(replay)
+        .bind(event.key_sealed_with)
         .fetch_one(executor)
         .await?;
     Ok(Recorded {
@@ -105,14 +108,15 @@ pub async fn insert_event<'e>(
     problem: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO events (webhook_id, event_type, grant_id, payload, problem) \
-         VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (webhook_id) DO NOTHING",
+        "INSERT INTO events (webhook_id, event_type, grant_id, payload, problem, key_sealed_with) \
+         VALUES ($1, $2, $3, $4::jsonb, $5, $6) ON CONFLICT (webhook_id) DO NOTHING",
     )
     .bind(event.webhook_id)
     .bind(event.event_type)
     .bind(event.grant_id)
     .bind(event.payload)
     .bind(problem)
+    .bind(event.key_sealed_with)
     .execute(executor)
     .await?
     .rows_affected();

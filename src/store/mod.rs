@@ -22,6 +22,7 @@ pub mod operator;
 pub mod pools;
 pub mod prune;
 pub mod read;
+pub mod sealed;
 pub mod settle;
 pub mod stock;
 

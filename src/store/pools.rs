@@ -5,6 +5,10 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::audit::{self, Subject};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
+use std::collections::HashSet;
+
+use super::sealed::{SealedValue, new_key_ids};
+use crate::crypto::Vault;
 use crate::domain::{Actor, EntitlementId, LicenseKey};
 use crate::sources::Source;
 
@@ -139,21 +143,52 @@ impl Import<'_> {
         &self.batch_id
     }
 
-    /// Adds keys in file order, skipping values already anywhere in the database; returns how
-    /// many were new. Nothing is visible to others until `finish`.
-    pub async fn add(&mut self, keys: &[LicenseKey]) -> Result<u64, sqlx::Error> {
+    /// Adds keys in file order, sealed, skipping values already anywhere in the database
+    /// (under any configured encryption key) or earlier in the file; returns how many were
+    /// new. Nothing is visible to others until `finish`.
+    pub async fn add(&mut self, keys: &[LicenseKey], vault: &Vault) -> Result<u64, sqlx::Error> {
         let mut added = 0;
         for chunk in keys.chunks(IMPORT_CHUNK) {
+            let hashes: Vec<Vec<Vec<u8>>> =
+                chunk.iter().map(|k| vault.hashes(k.reveal())).collect();
+            let all: Vec<&Vec<u8>> = hashes.iter().flatten().collect();
+            let stored: HashSet<Vec<u8>> =
+                sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
+                    .bind(&all)
+                    .fetch_all(&mut *self.tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let mut seen = HashSet::new();
+            let new: Vec<&LicenseKey> = chunk
+                .iter()
+                .zip(&hashes)
+                .filter(|(_, h)| !h.iter().any(|h| stored.contains(h)) && seen.insert(&h[0]))
+                .map(|(key, _)| key)
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            let ids = new_key_ids(&mut self.tx, new.len()).await?;
+            let sealed: Vec<SealedValue> = new
+                .iter()
+                .zip(&ids)
+                .map(|(key, id)| SealedValue::new(vault, key, *id))
+                .collect();
             added += sqlx::query(
                 r#"
-                INSERT INTO keys (pool_id, value, batch_id)
-                SELECT $1, value, $3 FROM unnest($2::text[]) WITH ORDINALITY AS file(value, line)
-                ORDER BY line
-                ON CONFLICT (value) DO NOTHING
+                INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id)
+                OVERRIDING SYSTEM VALUE
+                SELECT id, $1, value_sealed, value_hash, $5, $6
+                FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS file(id, value_sealed, value_hash)
+                ON CONFLICT (value_hash) DO NOTHING
                 "#,
             )
             .bind(self.pool_id)
-            .bind(chunk)
+            .bind(&ids)
+            .bind(sealed.iter().map(|s| &s.sealed).collect::<Vec<_>>())
+            .bind(sealed.iter().map(|s| &s.hash).collect::<Vec<_>>())
+            .bind(vault.sealing_key_id())
             .bind(&self.batch_id)
             .execute(&mut *self.tx)
             .await?

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, KeyState, LicenseKey};
+use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, KeyState};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JobSummary {
@@ -51,13 +51,14 @@ pub async fn job(pool: &PgPool, grant_id: &GrantId) -> Result<Option<JobSummary>
     .await
 }
 
-/// The grant's live key (reserved, delivered or revoked), if it has one.
+/// The grant's live key (reserved, delivered or revoked), if it has one: id, sealed value,
+/// state.
 pub async fn live_key(
     pool: &PgPool,
     grant_id: &GrantId,
-) -> Result<Option<(LicenseKey, KeyState)>, sqlx::Error> {
+) -> Result<Option<(i64, Vec<u8>, KeyState)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT value, state FROM keys \
+        "SELECT id, value_sealed, state FROM keys \
          WHERE grant_id = $1 AND state IN ('reserved', 'delivered', 'revoked')",
     )
     .bind(grant_id)
@@ -73,7 +74,9 @@ pub struct AttemptRow {
     pub outcome: String,
     pub error: Option<String>,
     pub duration_ms: i32,
-    pub key: Option<LicenseKey>,
+    pub key_id: Option<i64>,
+    /// The attempt's key, sealed as stored.
+    pub key_sealed: Option<Vec<u8>>,
 }
 
 /// The grant's attempts, oldest first.
@@ -81,7 +84,7 @@ pub async fn attempts(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AttemptRo
     sqlx::query_as(
         r#"
         SELECT attempts.started_at, attempts.http_status, attempts.outcome, attempts.error,
-               attempts.duration_ms, keys.value AS key
+               attempts.duration_ms, keys.id AS key_id, keys.value_sealed AS key_sealed
         FROM attempts LEFT JOIN keys ON keys.id = attempts.key_id
         WHERE attempts.grant_id = $1 ORDER BY attempts.id
         "#,

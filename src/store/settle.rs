@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState, LicenseKey};
+use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState};
 
 /// One call to Dodo's fulfill endpoint, as recorded in `attempts`.
 #[derive(Debug, Clone)]
@@ -209,7 +209,8 @@ pub async fn complete_batch(
 pub struct JobForEvent {
     pub state: JobState,
     pub key_id: Option<i64>,
-    pub key_value: Option<LicenseKey>,
+    /// The look-up hash of the job's key (`crypto::Vault::hash`).
+    pub key_hash: Option<Vec<u8>>,
     pub key_state: Option<KeyState>,
     /// The grant's `updated_at` from the newest lifecycle event applied.
     pub grant_updated_at: Option<DateTime<Utc>>,
@@ -222,7 +223,7 @@ pub async fn lock_job_for_event(
 ) -> Result<Option<JobForEvent>, sqlx::Error> {
     sqlx::query_as(
         r#"
-        SELECT jobs.state, jobs.key_id, keys.value AS key_value, keys.state AS key_state,
+        SELECT jobs.state, jobs.key_id, keys.value_hash AS key_hash, keys.state AS key_state,
                jobs.grant_updated_at
         FROM jobs LEFT JOIN keys ON keys.id = jobs.key_id
         WHERE jobs.grant_id = $1 FOR UPDATE OF jobs

@@ -1,7 +1,6 @@
 //! The `keyrelay` binary as operators use it: exit codes, error messages, masked keys.
 
 use keyrelay::fulfillment::run_batch;
-use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, keyrelay, keyrelay_async};
 
@@ -49,13 +48,28 @@ fn usage_errors_exit_2_and_bad_settings_name_the_key() {
         "{}",
         text(&o.stderr)
     );
+    // Key values are stored only encrypted: serve will not start without the key, and says
+    // how to make one.
+    let o = keyrelay(
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/keyrelay"),
+            ("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_c2VjcmV0MQ=="),
+        ],
+        &["serve", "--role", "web"],
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("KEYRELAY_ENCRYPTION_KEY") && err.contains("keyrelay keys new-encryption-key"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn operators_import_list_and_inspect_with_keys_masked() {
     let app = TestApp::spawn_web().await;
-    let url = app.settings().database.url.expose_secret().to_string();
-    let env = [("DATABASE_URL", url.as_str())];
+    let env = app.cli_env();
+    let env = crate::helpers::as_env(&env);
     let o = keyrelay_async(
         &env,
         &[

@@ -106,12 +106,10 @@ async fn delivered_settles_every_unfinished_state() {
     for state in [JobState::Running, JobState::Retrying] {
         // Delivered with the key we reserved: the key is delivered too.
         let grant = job_in_state(&app, state).await;
-        let ours: String =
-            sqlx::query_scalar("SELECT value FROM keys WHERE grant_id = $1 AND state = 'reserved'")
-                .bind(&grant.id)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+        let ours = app
+            .key_values(&format!("grant_id = '{}' AND state = 'reserved'", grant.id))
+            .await
+            .remove(0);
         send(
             &app,
             &at(&grant, GrantStatus::Delivered, Some(&ours), 5),

@@ -14,6 +14,7 @@ use keyrelay::harness::LocalStack;
 use keyrelay::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
 use keyrelay::sandbox::{Sandbox, SignedWebhook};
 use keyrelay::startup::{Role, dodo_client};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
 pub const ENT: &str = "ent_pro_license_manual";
@@ -30,6 +31,8 @@ pub fn base_settings() -> Settings {
     s.worker.lease_secs = 30;
     s.worker.shutdown_grace_secs = 10;
     s.dodo.rate_limit = RateLimitTier::Off;
+    // Each test seals its keys under a key of its own.
+    s.keys.encryption_keys = Some(keyrelay::crypto::new_encryption_key());
     s.dodo.timeout_secs = 2;
     // Tests that need the reconciler run it themselves, or turn the periodic one on.
     s.reconciler.interval_secs = 0;
@@ -173,7 +176,7 @@ impl TestApp {
             keys: keys.iter().map(|k| LicenseKey::parse(k).unwrap()).collect(),
             ..Default::default()
         };
-        import_keys(&self.pool, name, &parsed, false, |_| {})
+        import_keys(&self.pool, &self.vault(), name, &parsed, false, |_| {})
             .await
             .unwrap();
     }
@@ -232,9 +235,40 @@ impl TestApp {
         self.job(grant_id).await.state
     }
 
+    /// The encryption keys this app's key values are sealed with.
+    pub fn vault(&self) -> keyrelay::crypto::Vault {
+        self.settings().keys.vault().unwrap()
+    }
+
+    /// The environment a `keyrelay` command needs to work on this app's database.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        let keys = self.settings().keys.encryption_keys.as_ref().unwrap();
+        vec![
+            (
+                "DATABASE_URL",
+                self.settings().database.url.expose_secret().to_string(),
+            ),
+            ("KEYRELAY_ENCRYPTION_KEY", keys.expose_secret().to_string()),
+        ]
+    }
+
+    /// The key values of the rows `condition` selects (SQL on `keys`), opened, by id.
+    pub async fn key_values(&self, condition: &str) -> Vec<String> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!(
+            "SELECT id, value_sealed FROM keys WHERE {condition} ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let vault = self.vault();
+        rows.iter()
+            .map(|(id, sealed)| vault.open(sealed, keyrelay::crypto::Row::Key(*id)).unwrap())
+            .collect()
+    }
+
     pub async fn key_state(&self, value: &str) -> (KeyState, Option<String>) {
-        sqlx::query_as("SELECT state, grant_id FROM keys WHERE value = $1")
-            .bind(value)
+        sqlx::query_as("SELECT state, grant_id FROM keys WHERE value_hash = $1")
+            .bind(self.vault().hash(value))
             .fetch_one(&self.pool)
             .await
             .expect("key exists")
@@ -287,6 +321,11 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `TestApp::cli_env` as `keyrelay()` takes it.
+pub fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// A grant id as keyrelay's functions take it.

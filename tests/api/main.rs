@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod duplicates;
+mod encryption;
 mod grant_events;
 mod helpers;
 mod hostile;

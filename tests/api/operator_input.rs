@@ -128,7 +128,6 @@ fn a_refused_database_connection_says_so_and_names_the_host() {
 
 #[tokio::test]
 async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic() {
-    use secrecy::ExposeSecret;
     let app = crate::helpers::TestApp::spawn_web().await;
     app.add_pool("pro", crate::helpers::ENT, &["OUT-1"]).await;
     // Rows written before ids were checked: a 100 KB grant id, and one with a terminal escape.
@@ -146,8 +145,8 @@ async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic(
     .execute(&app.pool)
     .await
     .unwrap();
-    let url = app.settings().database.url.expose_secret().to_string();
-    let env = [("DATABASE_URL", url.as_str())];
+    let env = app.cli_env();
+    let env = crate::helpers::as_env(&env);
     for args in [
         &["jobs", "list"][..],
         &["events", "list"][..],
@@ -171,7 +170,6 @@ async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic(
 
 #[tokio::test]
 async fn events_show_masks_key_values_unless_asked() {
-    use secrecy::ExposeSecret;
     let app = crate::helpers::TestApp::spawn_web().await;
     let grant = app.sandbox.create_grant(crate::helpers::ENT, None);
     app.sandbox
@@ -181,8 +179,8 @@ async fn events_show_masks_key_values_unless_asked() {
         .sandbox
         .webhook_for(&delivered, "entitlement_grant.delivered");
     assert_eq!(app.post(&hook).await.status(), 200);
-    let url = app.settings().database.url.expose_secret().to_string();
-    let env = [("DATABASE_URL", url.as_str())];
+    let env = app.cli_env();
+    let env = crate::helpers::as_env(&env);
     let o = keyrelay_async(&env, &["events", "show", &hook.id]).await;
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -57,6 +57,10 @@ async fn serve_started_while_postgres_is_down_waits_and_comes_up_with_it() {
             format!("postgres://postgres@127.0.0.1:{db_port}/{name}"),
         )
         .env("DODO_PAYMENTS_WEBHOOK_KEY", "whsec_c2VjcmV0MQ==")
+        .env(
+            "KEYRELAY_ENCRYPTION_KEY",
+            secrecy::ExposeSecret::expose_secret(&keyrelay::crypto::new_encryption_key()),
+        )
         .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{http_port}"))
         .args(["serve", "--role", "web"])
         .stderr(Stdio::piped())

@@ -66,7 +66,7 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
     app.add_pool("pro", ENT, &["SHARED-1"]).await;
     app.add_pool("basic", "ent_basic", &[]).await;
     let parsed = parse_keys("# batch\nSHARED-1\nNEW-1\nNEW-1\n\nNEW-2\nBAD\u{1}KEY\n");
-    let dry = import_keys(&app.pool, "basic", &parsed, true, |_| {})
+    let dry = import_keys(&app.pool, &app.vault(), "basic", &parsed, true, |_| {})
         .await
         .unwrap();
     assert_eq!((dry.imported, dry.duplicates, dry.invalid), (2, 2, 1));
@@ -75,22 +75,21 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
         1,
         "a dry run stores nothing"
     );
-    let report = import_keys(&app.pool, "basic", &parsed, false, |_| {})
+    let report = import_keys(&app.pool, &app.vault(), "basic", &parsed, false, |_| {})
         .await
         .unwrap();
     assert_eq!(
         (report.imported, report.duplicates, report.invalid),
         (2, 2, 1)
     );
-    let again = import_keys(&app.pool, "basic", &parsed, false, |_| {})
+    let again = import_keys(&app.pool, &app.vault(), "basic", &parsed, false, |_| {})
         .await
         .unwrap();
     assert_eq!((again.imported, again.duplicates), (0, 4));
     // Keys are reserved in import order.
-    let order: Vec<String> = sqlx::query_scalar("SELECT value FROM keys WHERE pool_id = (SELECT id FROM pools WHERE name = 'basic') ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let order = app
+        .key_values("pool_id = (SELECT id FROM pools WHERE name = 'basic')")
+        .await;
     assert_eq!(order, vec!["NEW-1", "NEW-2"]);
     app.stop().await;
 }
@@ -101,18 +100,19 @@ async fn a_failing_import_stores_nothing() {
     app.add_pool("pro", ENT, &[]).await;
     let parsed = parse_keys("GOOD-1\nGOOD-2\n");
     // The pool name is wrong: nothing is imported anywhere.
-    let err = import_keys(&app.pool, "nope", &parsed, false, |_| {})
+    let err = import_keys(&app.pool, &app.vault(), "nope", &parsed, false, |_| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("keyrelay pool add nope"), "{err}");
     // A database error half-way rolls back the keys already inserted.
     let big = parse_keys(&(0..12_000).map(|i| format!("K-{i}\n")).collect::<String>());
     let mut chunks = 0;
-    sqlx::query("ALTER TABLE keys ADD CONSTRAINT no_k_11000 CHECK (value <> 'K-11000')")
+    // The 11,001st key (ids count from 1 in a new database) cannot be stored.
+    sqlx::query("ALTER TABLE keys ADD CONSTRAINT no_key_11001 CHECK (id <> 11001)")
         .execute(&app.pool)
         .await
         .unwrap();
-    let failed = import_keys(&app.pool, "pro", &big, false, |_| chunks += 1).await;
+    let failed = import_keys(&app.pool, &app.vault(), "pro", &big, false, |_| chunks += 1).await;
     assert!(failed.is_err());
     assert!(
         chunks >= 2,
@@ -124,22 +124,14 @@ async fn a_failing_import_stores_nothing() {
 
 #[tokio::test]
 async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
-    use keyrelay::store::{KEY_LOCK_CLASS, claim_batch, pools::resume_waiting_for_keys};
+    use keyrelay::store::{claim_batch, pools::Import};
     let app = TestApp::spawn_web().await;
     app.add_pool("pro", ENT, &[]).await;
     let grant = app.sell().await;
     // An import is half-way: it holds the entitlement's key lock and has inserted a key.
-    let mut import = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(KEY_LOCK_CLASS)
-        .bind(ENT)
-        .execute(&mut *import)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO keys (pool_id, value, batch_id) SELECT id, 'RACE-1', 'imp_race' FROM pools WHERE name = 'pro'")
-        .execute(&mut *import)
-        .await
-        .unwrap();
+    let mut import = Import::begin(&app.pool, "pro").await.unwrap().unwrap();
+    let race = keyrelay::domain::LicenseKey::parse("RACE-1").unwrap();
+    import.add(&[race], &app.vault()).await.unwrap();
     // A worker claims meanwhile; it must wait for the import rather than park the job.
     let pool = app.pool.clone();
     let claim = tokio::spawn(async move {
@@ -155,14 +147,13 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
         },
     )
     .await;
-    let entitlement = keyrelay::domain::EntitlementId::parse(ENT).unwrap();
-    resume_waiting_for_keys(&mut import, &entitlement)
-        .await
-        .unwrap();
-    import.commit().await.unwrap();
+    import.finish(false).await.unwrap();
     let claimed = claim.await.unwrap().unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].key.value.reveal(), "RACE-1");
+    assert_eq!(
+        claimed[0].key.open(&app.vault()).unwrap().reveal(),
+        "RACE-1"
+    );
     assert_eq!(app.job_state(&grant).await, JobState::Running);
     app.stop().await;
 }

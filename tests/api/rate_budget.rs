@@ -166,8 +166,11 @@ async fn three_worker_processes_drain_a_backlog_inside_the_budget() {
     let database_url = secrecy::ExposeSecret::expose_secret(&s.database.url).to_string();
     let api_key =
         secrecy::ExposeSecret::expose_secret(s.dodo.api_key.as_ref().unwrap()).to_string();
+    let encryption_key =
+        secrecy::ExposeSecret::expose_secret(s.keys.encryption_keys.as_ref().unwrap()).to_string();
     let env = [
         ("DATABASE_URL", database_url.as_str()),
+        ("KEYRELAY_ENCRYPTION_KEY", encryption_key.as_str()),
         (
             "DODO_PAYMENTS_BASE_URL",
             s.dodo.base_url.as_deref().unwrap(),

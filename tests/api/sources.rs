@@ -11,7 +11,6 @@ use keyrelay::domain::JobState;
 use keyrelay::pool::{NewPool, add_pool};
 use keyrelay::sources::{Source, sign};
 use keyrelay::startup::Role;
-use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, keyrelay, wait_until};
 
@@ -36,13 +35,17 @@ async fn wait_until_finished(app: &TestApp, count: i64) {
 
 /// (grant, key value) of every delivered job.
 async fn delivered_keys(app: &TestApp) -> Vec<(String, String)> {
-    sqlx::query_as(
-        "SELECT jobs.grant_id, keys.value FROM jobs JOIN keys ON keys.id = jobs.key_id \
-         WHERE jobs.state = 'delivered' ORDER BY jobs.grant_id",
+    let grants: Vec<String> = sqlx::query_scalar(
+        "SELECT jobs.grant_id FROM jobs JOIN keys ON keys.id = jobs.key_id \
+         WHERE jobs.state = 'delivered' ORDER BY keys.id",
     )
     .fetch_all(&app.pool)
     .await
-    .unwrap()
+    .unwrap();
+    let values = app
+        .key_values("id IN (SELECT key_id FROM jobs WHERE state = 'delivered')")
+        .await;
+    grants.into_iter().zip(values).collect()
 }
 
 /// Sells a grant of another entitlement, served by a list pool with one key: the grant that
@@ -133,11 +136,7 @@ async fn a_generated_key_dodo_already_holds_is_rejected_and_a_new_one_made() {
     for (_, value) in &delivered {
         assert!(value.ends_with("-B"), "{value} was already at Dodo");
     }
-    let rejected: Vec<String> =
-        sqlx::query_scalar("SELECT value FROM keys WHERE state = 'rejected'")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rejected = app.key_values("state = 'rejected'").await;
     assert!(!rejected.is_empty(), "no grant drew the taken value");
     assert!(rejected.iter().all(|v| v.ends_with("-A")));
     app.stop().await;
@@ -248,8 +247,8 @@ async fn a_sign_pool_without_a_signing_key_fails_its_jobs_with_the_reason_and_ot
 #[tokio::test]
 async fn the_cli_refuses_weak_templates_and_imports_into_made_pools() {
     let app = TestApp::spawn_web().await;
-    let url = app.settings().database.url.expose_secret().to_string();
-    let env = [("DATABASE_URL", url.as_str())];
+    let env = app.cli_env();
+    let env = crate::helpers::as_env(&env);
     let weak = keyrelay(
         &env,
         &[

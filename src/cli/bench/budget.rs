@@ -23,7 +23,13 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     let sandbox = start_sandbox(&mut settings)?;
     sandbox.sandbox.enforce_rate_limits(Some(limits));
     let pool = crate::db::connect(&settings).await?;
-    queue_backlog(&pool, &sandbox.sandbox, args.budget_jobs).await?;
+    queue_backlog(
+        &pool,
+        &settings.keys.vault()?,
+        &sandbox.sandbox,
+        args.budget_jobs,
+    )
+    .await?;
 
     let mut workers = Vec::new();
     for _ in 0..args.budget_workers.max(1) {

@@ -68,7 +68,9 @@ pub struct BenchArgs {
     budget_workers: usize,
 }
 
-pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    // Each run's database is thrown away, and so is the key its keys are sealed with.
+    settings.keys.encryption_keys = Some(crate::crypto::new_encryption_key());
     println!(
         "keyrelay bench on {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -114,6 +116,7 @@ where
 /// Imports `count` generated keys into the bench pool.
 async fn import_generated_keys(
     pool: &sqlx::PgPool,
+    vault: &crate::crypto::Vault,
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -124,17 +127,18 @@ async fn import_generated_keys(
         keys,
         ..Default::default()
     };
-    import_keys(pool, "bench", &parsed, false, |_| {}).await?;
+    import_keys(pool, vault, "bench", &parsed, false, |_| {}).await?;
     Ok(())
 }
 
 /// Sells `jobs` grants in the sandbox and queues a job for each, with a key for each in the pool.
 async fn queue_backlog(
     pool: &sqlx::PgPool,
+    vault: &crate::crypto::Vault,
     sandbox: &crate::sandbox::Sandbox,
     jobs: usize,
 ) -> anyhow::Result<()> {
-    import_generated_keys(pool, "BENCH", jobs).await?;
+    import_generated_keys(pool, vault, "BENCH", jobs).await?;
     let grants: Vec<_> = (0..jobs)
         .map(|_| {
             let g = sandbox.create_grant(ENTITLEMENT, None);
@@ -168,7 +172,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
             t.elapsed().as_secs_f64()
         );
     }
-    queue_backlog(&pool, &sandbox.sandbox, args.jobs).await?;
+    queue_backlog(&pool, &settings.keys.vault()?, &sandbox.sandbox, args.jobs).await?;
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();
@@ -223,7 +227,13 @@ async fn latency(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     let stack = LocalStack::start(settings, Role::All).await?;
     let url = stack.webhook_url.clone().expect("web role");
     let sandbox = stack.sandbox.sandbox.clone();
-    import_generated_keys(&stack.pool, "LAT", args.samples).await?;
+    import_generated_keys(
+        &stack.pool,
+        &stack.settings.keys.vault()?,
+        "LAT",
+        args.samples,
+    )
+    .await?;
     let mut pickups = Vec::new();
     for _ in 0..args.samples {
         let grant = sandbox.create_grant(ENTITLEMENT, None);

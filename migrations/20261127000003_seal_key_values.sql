@@ -1,0 +1,19 @@
+-- Key values are kept sealed (src/crypto.rs): `value_sealed` is the ciphertext, bound to the
+-- row's id; `value_hash` the keyed look-up hash on which values are unique; `sealed_with` the
+-- id of the encryption key that sealed it, which `keyrelay keys rotate` looks for. `value`
+-- held the plaintext in earlier versions: `keyrelay migrate` seals what it finds there and
+-- clears it, so no new row ever has it.
+ALTER TABLE keys
+    ALTER COLUMN value DROP NOT NULL,
+    ADD COLUMN value_sealed bytea,
+    ADD COLUMN value_hash   bytea,
+    ADD COLUMN sealed_with  integer,
+    ADD CONSTRAINT keys_value_hash_key UNIQUE (value_hash),
+    ADD CONSTRAINT keys_sealed_or_legacy CHECK (
+        (value_sealed IS NOT NULL AND value_hash IS NOT NULL AND sealed_with IS NOT NULL)
+        <> (value IS NOT NULL));
+
+-- Delivered events carry the key Dodo holds (`data.license_key.key`): it is stored sealed in
+-- the payload as `key_sealed`; this says under which encryption key, for rotation.
+ALTER TABLE events ADD COLUMN key_sealed_with integer;
+CREATE INDEX events_key_sealed_with ON events (key_sealed_with) WHERE key_sealed_with IS NOT NULL;

@@ -1,0 +1,195 @@
+//! Key values as the store writes them: sealed for their row and hashed for look-ups
+//! (`crypto::Vault`), under row ids taken before the insert so the seal can name the row.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::crypto::{Row, Vault};
+use crate::domain::LicenseKey;
+
+/// A key value ready to store in the row `id`.
+pub struct SealedValue {
+    pub sealed: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl SealedValue {
+    pub fn new(vault: &Vault, key: &LicenseKey, id: i64) -> SealedValue {
+        SealedValue {
+            sealed: vault.seal(key.reveal(), Row::Key(id)),
+            hash: vault.hash(key.reveal()),
+        }
+    }
+}
+
+/// Takes `count` new ids for `keys` rows, in ascending order (the order keys are handed out).
+pub async fn new_key_ids(
+    tx: &mut Transaction<'_, Postgres>,
+    count: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('keys', 'id')) FROM generate_series(1, $1)",
+    )
+    .bind(count as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Rows an earlier keyrelay stored in plaintext: keys, and events whose payload holds a key.
+pub async fn count_plaintext(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM keys WHERE value IS NOT NULL), \
+                (SELECT count(*) FROM events WHERE {EVENT_HOLDS_PLAINTEXT_KEY})"
+    ))
+    .fetch_one(pool)
+    .await
+}
+
+const EVENT_HOLDS_PLAINTEXT_KEY: &str =
+    "jsonb_path_exists(payload, 'lax $.**.license_key.key ? (@.type() == \"string\")')";
+
+/// Seals up to `batch` plaintext key values in place (same row, same id) and clears the
+/// plaintext; returns how many. Rows other transactions hold are left for the next batch.
+pub async fn seal_plaintext_keys(
+    pool: &PgPool,
+    vault: &Vault,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, value FROM keys WHERE value IS NOT NULL ORDER BY id LIMIT $1 \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let sealed: Vec<(Vec<u8>, Vec<u8>)> = rows
+        .iter()
+        .map(|(id, value)| (vault.seal(value, Row::Key(*id)), vault.hash(value)))
+        .collect();
+    let done = rewrite_keys(&mut tx, vault, &ids, &sealed, "value IS NOT NULL").await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Writes sealed values and hashes over the rows `ids` (still matching `still`), clearing
+/// any plaintext.
+async fn rewrite_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
+    ids: &[i64],
+    sealed: &[(Vec<u8>, Vec<u8>)],
+    still: &str,
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let (values, hashes): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        sealed.iter().map(|(s, h)| (s, h)).unzip();
+    Ok(sqlx::query(&format!(
+        "UPDATE keys SET value = NULL, value_sealed = new.sealed, value_hash = new.hash, \
+                         sealed_with = $4, updated_at = now() \
+         FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS new(id, sealed, hash) \
+         WHERE keys.id = new.id AND {still}"
+    ))
+    .bind(ids)
+    .bind(values)
+    .bind(hashes)
+    .bind(vault.sealing_key_id())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// Up to `batch` keys sealed under another key than the vault's first, opened and sealed
+/// again under it (`keys rotate`); returns (resealed, unreadable ids). Rows other
+/// transactions hold are left for the next batch, and a row fulfilled meanwhile is simply
+/// resealed: only the sealed columns change.
+pub async fn reseal_keys(
+    pool: &PgPool,
+    vault: &Vault,
+    after_id: i64,
+    batch: i64,
+) -> Result<(u64, Vec<i64>, Option<i64>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, value_sealed FROM keys WHERE id > $1 AND sealed_with <> $2 \
+         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(after_id)
+    .bind(vault.sealing_key_id())
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let last = rows.last().map(|(id, _)| *id);
+    let mut ids = Vec::new();
+    let mut sealed = Vec::new();
+    let mut unreadable = Vec::new();
+    for (id, old) in rows {
+        match vault.open(&old, Row::Key(id)) {
+            Ok(value) => {
+                ids.push(id);
+                sealed.push((vault.seal(&value, Row::Key(id)), vault.hash(&value)));
+            }
+            Err(_) => unreadable.push(id),
+        }
+    }
+    let done = rewrite_keys(&mut tx, vault, &ids, &sealed, "TRUE").await?;
+    tx.commit().await?;
+    Ok((done, unreadable, last))
+}
+
+/// Keys sealed under another key than the vault's first.
+pub async fn count_to_reseal(pool: &PgPool, vault: &Vault) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM keys WHERE sealed_with <> $1), \
+                (SELECT count(*) FROM events WHERE key_sealed_with <> $1)",
+    )
+    .bind(vault.sealing_key_id())
+    .fetch_one(pool)
+    .await
+}
+
+/// Up to `batch` events whose payload holds a key in plaintext (`plaintext`) or sealed under
+/// another key than the vault's first: webhook-id and payload, locked until `rewrite_events`.
+pub async fn events_to_seal(
+    tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
+    plaintext: bool,
+    batch: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let which = match plaintext {
+        true => EVENT_HOLDS_PLAINTEXT_KEY.to_string(),
+        false => format!("key_sealed_with <> {}", vault.sealing_key_id()),
+    };
+    sqlx::query_as(&format!(
+        "SELECT webhook_id, payload::text FROM events WHERE {which} \
+         ORDER BY webhook_id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(batch)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Stores events' payloads with their keys sealed under the vault's first key.
+pub async fn rewrite_events(
+    tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
+    rows: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let (ids, payloads): (Vec<&str>, Vec<&str>) =
+        rows.iter().map(|(i, p)| (i.as_str(), p.as_str())).unzip();
+    sqlx::query(
+        "UPDATE events SET payload = new.payload::jsonb, key_sealed_with = $3 \
+         FROM unnest($1::text[], $2::text[]) AS new(webhook_id, payload) \
+         WHERE events.webhook_id = new.webhook_id",
+    )
+    .bind(ids)
+    .bind(payloads)
+    .bind(vault.sealing_key_id())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

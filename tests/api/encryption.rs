@@ -1,0 +1,277 @@
+//! Key values at rest: a dump of the database holds none of them, a sealed value moved to
+//! another row does not open (and its job fails without sending anything), rotation beside a
+//! running keyrelay loses nothing, and a database from before encryption is sealed by
+//! `migrate`.
+
+use std::time::Duration;
+
+use keyrelay::crypto::{Vault, new_encryption_key};
+use keyrelay::domain::{JobState, LicenseKey};
+use keyrelay::fulfillment::run_batch;
+use keyrelay::pool::{import_keys, keyfile::ParsedKeys};
+use keyrelay::startup::Role;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::helpers::{ENT, TestApp, as_env, keyrelay_async, wait_until};
+
+fn parsed(keys: &[String]) -> ParsedKeys {
+    ParsedKeys {
+        keys: keys.iter().map(|k| LicenseKey::parse(k).unwrap()).collect(),
+        ..Default::default()
+    }
+}
+
+fn keys(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}-{i:05}-ZQ")).collect()
+}
+
+/// The whole database as `pg_dump` writes it.
+fn dump(app: &TestApp) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .arg(app.settings().database.url.expose_secret())
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_dump_of_the_database_holds_no_key_value() {
+    let app = TestApp::spawn().await;
+    app.add_pool("pro", ENT, &[]).await;
+    let values = keys("DUMP", 30);
+    app.import(
+        "pro",
+        &values.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut grants = Vec::new();
+    for _ in 0..10 {
+        grants.push(app.sell().await);
+    }
+    wait_until(
+        "ten grants are delivered",
+        Duration::from_secs(30),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+                .await
+                == 10
+        },
+    )
+    .await;
+    // Dodo's delivered events carry the key: they are stored too.
+    for grant in &grants {
+        let delivered = app.sandbox.grant(grant).unwrap();
+        let hook = app
+            .sandbox
+            .webhook_for(&delivered, "entitlement_grant.delivered");
+        assert_eq!(app.post(&hook).await.status(), 200);
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE key_sealed_with IS NOT NULL")
+            .await,
+        10
+    );
+    let dumped = dump(&app);
+    assert!(
+        dumped.contains("COPY public.keys"),
+        "the dump holds the keys table"
+    );
+    for value in &values {
+        let tail = &value[5..];
+        assert!(!dumped.contains(tail), "{value} is readable in the dump");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sealed_value_moved_to_another_row_fails_its_job_and_nothing_is_sent() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &["MOVE-AAAA-0001", "MOVE-AAAA-0002"])
+        .await;
+    // Someone with write access to the database copies key 1's sealed value onto key 2.
+    sqlx::query(
+        "UPDATE keys SET value_sealed = (SELECT value_sealed FROM keys ORDER BY id LIMIT 1) \
+         WHERE id = (SELECT max(id) FROM keys)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let first = app.sell().await;
+    let second = app.sell().await;
+    run_batch(&app.worker(), 10).await.unwrap();
+    let states = (app.job_state(&first).await, app.job(&second).await);
+    assert_eq!(states.0, JobState::Delivered);
+    assert_eq!(states.1.state, JobState::Failed);
+    let error = states.1.last_error.unwrap();
+    assert!(
+        error.contains("cannot be read") && error.contains("nothing was sent"),
+        "{error}"
+    );
+    let sent: Vec<String> = app
+        .sandbox
+        .fulfill_log()
+        .into_iter()
+        .map(|r| r.grant_id)
+        .collect();
+    assert_eq!(sent, vec![first], "only the readable key went to Dodo");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_beside_a_running_keyrelay_loses_nothing() {
+    let (old, new) = (new_encryption_key(), new_encryption_key());
+    let both = SecretString::from(format!("{} {}", new.expose_secret(), old.expose_secret()));
+    let app = TestApp::spawn_with(Role::All, |s| s.keys.encryption_keys = Some(both.clone())).await;
+    app.add_pool("pro", ENT, &[]).await;
+    // Keys imported before the rotation began: sealed under the old key only.
+    let before = Vault::from_config(&old).unwrap();
+    let values = keys("ROT", 3_000);
+    import_keys(&app.pool, &before, "pro", &parsed(&values), false, |_| {})
+        .await
+        .unwrap();
+    let rotating = Vault::from_config(&both).unwrap();
+    let selling = async {
+        let mut grants = Vec::new();
+        for _ in 0..60 {
+            grants.push(app.sell().await);
+        }
+        grants
+    };
+    let (grants, rotated) = tokio::join!(
+        selling,
+        keyrelay::ops::sealing::rotate(&app.pool, &rotating, |_| {})
+    );
+    let rotated = rotated.unwrap();
+    assert!(rotated.unreadable.is_empty());
+    assert!(rotated.keys >= 2_900, "resealed {}", rotated.keys);
+    wait_until(
+        "every grant is delivered",
+        Duration::from_secs(60),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+                .await
+                == 60
+        },
+    )
+    .await;
+    // Nothing is left under the old key: the new key alone opens every value.
+    let (left, _) = keyrelay::store::sealed::count_to_reseal(&app.pool, &rotating)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let only_new = Vault::from_config(&new).unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, value_sealed FROM keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let mut opened: Vec<String> = rows
+        .iter()
+        .map(|(id, s)| only_new.open(s, keyrelay::crypto::Row::Key(*id)).unwrap())
+        .collect();
+    opened.sort();
+    assert_eq!(opened, values, "every key is still there, once");
+    let delivered_at_dodo: std::collections::HashSet<String> = grants
+        .iter()
+        .map(|g| {
+            app.sandbox
+                .grant(g)
+                .unwrap()
+                .key_value()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(delivered_at_dodo.len(), 60);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn migrate_seals_a_database_from_before_encryption() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &[]).await;
+    // Rows as an earlier keyrelay wrote them: plaintext values and a delivered event's key.
+    sqlx::query(
+        "INSERT INTO keys (pool_id, value, batch_id) \
+         SELECT pools.id, v, 'imp_old' FROM pools, unnest(ARRAY['OLD-KEY-0001', 'OLD-KEY-0002']) v",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"INSERT INTO events (webhook_id, event_type, grant_id, payload)
+           VALUES ('msg_old', 'entitlement_grant.delivered', 'grant_old',
+                   '{"data": {"id": "grant_old", "license_key": {"key": "OLD-KEY-9999"}}}')"#,
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let env = app.cli_env();
+    let without_key = [env[0].clone()];
+    let refused = keyrelay_async(&as_env(&without_key), &["migrate"]).await;
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("2 key values and 1 events") && message.contains("new-encryption-key"),
+        "{message}"
+    );
+    let migrated = keyrelay_async(&as_env(&env), &["migrate"]).await;
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("sealed 3 rows"));
+    assert!(!dump(&app).contains("OLD-KEY"));
+    // The sealed keys serve grants like any other.
+    let grant = app.sell().await;
+    run_batch(&app.worker(), 10).await.unwrap();
+    assert_eq!(app.job_state(&grant).await, JobState::Delivered);
+    let sent = app.sandbox.grant(&grant).unwrap();
+    assert_eq!(sent.key_value(), Some("OLD-KEY-0001"));
+    let shown = keyrelay_async(&as_env(&env), &["events", "show", "msg_old", "--show-key"]).await;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("OLD-KEY-9999"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keys_rotate_reseals_under_the_first_key_and_can_run_again() {
+    let (old, new) = (new_encryption_key(), new_encryption_key());
+    let app = TestApp::spawn_with(Role::Web, |s| s.keys.encryption_keys = Some(old.clone())).await;
+    app.add_pool("pro", ENT, &["ROTATE-CLI-0001", "ROTATE-CLI-0002"])
+        .await;
+    let both = format!("{} {}", new.expose_secret(), old.expose_secret());
+    let database = app.cli_env()[0].1.clone();
+    let env = [
+        ("DATABASE_URL", database.as_str()),
+        ("KEYRELAY_ENCRYPTION_KEY", both.as_str()),
+    ];
+    let first = keyrelay_async(&env, &["keys", "rotate"]).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("resealed 2 keys"));
+    let again = keyrelay_async(&env, &["keys", "rotate"]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("resealed 0 keys"));
+    // The new key alone opens every value now.
+    let only_new = Vault::from_config(&new).unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, value_sealed FROM keys ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let opened: Vec<String> = rows
+        .iter()
+        .map(|(id, s)| only_new.open(s, keyrelay::crypto::Row::Key(*id)).unwrap())
+        .collect();
+    assert_eq!(opened, ["ROTATE-CLI-0001", "ROTATE-CLI-0002"]);
+    let made = keyrelay_async(&[], &["keys", "new-encryption-key"]).await;
+    let printed = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert!(Vault::from_config(&SecretString::from(printed)).is_ok());
+    app.stop().await;
+}
