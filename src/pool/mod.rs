@@ -12,6 +12,7 @@ use crate::domain::{EntitlementId, IdError};
 use crate::sources::Source;
 use crate::sources::generate::{Template, TemplateError};
 use crate::store::pools::{CreatePoolError, Import, NewPoolRow, create_pool};
+use crate::store::sealed::NewKey;
 
 pub use crate::store::stock::{PoolStock, list_pools};
 
@@ -185,10 +186,32 @@ pub async fn import_keys(
         return Err(PoolError::MakesItsKeys(name.to_string(), import.source()));
     }
     let batch_id = import.batch_id().to_string();
-    for chunk in parsed.keys.chunks(PROGRESS_STEP) {
-        import.add(chunk, vault).await?;
-        progress(chunk.len() as u64);
+    let ids = import.take_ids(parsed.keys.len()).await?;
+    // Sealing runs on another thread while the database stores the chunk before.
+    let (sealed_chunks, mut to_store) = tokio::sync::mpsc::channel::<(Vec<NewKey>, u64)>(2);
+    let (keys, sealer) = (parsed.keys.clone(), vault.clone());
+    let sealing = tokio::task::spawn_blocking(move || {
+        for (chunk, ids) in keys.chunks(PROGRESS_STEP).zip(ids.chunks(PROGRESS_STEP)) {
+            let rows = chunk
+                .iter()
+                .zip(ids)
+                .map(|(key, id)| NewKey::new(&sealer, key, *id))
+                .collect();
+            if sealed_chunks
+                .blocking_send((rows, chunk.len() as u64))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    while let Some((rows, count)) = to_store.recv().await {
+        import.add(&rows, vault.sealing_key_id()).await?;
+        progress(count);
     }
+    sealing
+        .await
+        .map_err(|e| PoolError::Database(sqlx::Error::Protocol(e.to_string())))?;
     let done = import.finish(dry_run).await?;
     Ok(ImportReport {
         pool: name.to_string(),

@@ -7,13 +7,9 @@ use super::audit::{self, Subject};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
 use std::collections::HashSet;
 
-use super::sealed::{SealedValue, new_key_ids};
-use crate::crypto::Vault;
-use crate::domain::{Actor, EntitlementId, LicenseKey};
+use super::sealed::{NewKey, new_key_ids};
+use crate::domain::{Actor, EntitlementId};
 use crate::sources::Source;
-
-/// Keys inserted per statement during an import.
-const IMPORT_CHUNK: usize = 5_000;
 
 #[derive(Debug, Clone)]
 pub struct NewPoolRow<'a> {
@@ -143,57 +139,56 @@ impl Import<'_> {
         &self.batch_id
     }
 
-    /// Adds keys in file order, sealed, skipping values already anywhere in the database
-    /// (under any configured encryption key) or earlier in the file; returns how many were
-    /// new. Nothing is visible to others until `finish`.
-    pub async fn add(&mut self, keys: &[LicenseKey], vault: &Vault) -> Result<u64, sqlx::Error> {
-        let mut added = 0;
-        for chunk in keys.chunks(IMPORT_CHUNK) {
-            let hashes: Vec<Vec<Vec<u8>>> =
-                chunk.iter().map(|k| vault.hashes(k.reveal())).collect();
-            let all: Vec<&Vec<u8>> = hashes.iter().flatten().collect();
-            let stored: HashSet<Vec<u8>> =
-                sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
-                    .bind(&all)
-                    .fetch_all(&mut *self.tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-            let mut seen = HashSet::new();
-            let new: Vec<&LicenseKey> = chunk
-                .iter()
-                .zip(&hashes)
-                .filter(|(_, h)| !h.iter().any(|h| stored.contains(h)) && seen.insert(&h[0]))
-                .map(|(key, _)| key)
-                .collect();
-            if new.is_empty() {
-                continue;
+    /// Takes ids for `count` keys of this import, ascending: the order they are handed out.
+    pub async fn take_ids(&mut self, count: usize) -> Result<Vec<i64>, sqlx::Error> {
+        new_key_ids(&mut self.tx, count).await
+    }
+
+    /// Adds sealed keys (ids from `take_ids`, in file order), skipping values already anywhere
+    /// in the database under any configured encryption key; returns how many were new.
+    /// Nothing is visible to others until `finish`.
+    pub async fn add(&mut self, keys: &[NewKey], sealed_with: i32) -> Result<u64, sqlx::Error> {
+        // Under one key the unique constraint finds every value already stored; during a
+        // rotation a value may be stored under an older key's hash, so look those up.
+        let older: Vec<&Vec<u8>> = keys.iter().flat_map(|k| &k.older_hashes).collect();
+        let stored: HashSet<&[u8]> = match older.is_empty() {
+            true => HashSet::new(),
+            false => {
+                let found: Vec<Vec<u8>> =
+                    sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
+                        .bind(&older)
+                        .fetch_all(&mut *self.tx)
+                        .await?;
+                let found: HashSet<Vec<u8>> = found.into_iter().collect();
+                older
+                    .iter()
+                    .filter(|h| found.contains(h.as_slice()))
+                    .map(|h| h.as_slice())
+                    .collect()
             }
-            let ids = new_key_ids(&mut self.tx, new.len()).await?;
-            let sealed: Vec<SealedValue> = new
-                .iter()
-                .zip(&ids)
-                .map(|(key, id)| SealedValue::new(vault, key, *id))
-                .collect();
-            added += sqlx::query(
-                r#"
-                INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id)
-                OVERRIDING SYSTEM VALUE
-                SELECT id, $1, value_sealed, value_hash, $5, $6
-                FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS file(id, value_sealed, value_hash)
-                ON CONFLICT (value_hash) DO NOTHING
-                "#,
-            )
-            .bind(self.pool_id)
-            .bind(&ids)
-            .bind(sealed.iter().map(|s| &s.sealed).collect::<Vec<_>>())
-            .bind(sealed.iter().map(|s| &s.hash).collect::<Vec<_>>())
-            .bind(vault.sealing_key_id())
-            .bind(&self.batch_id)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-        }
+        };
+        let new: Vec<&NewKey> = keys
+            .iter()
+            .filter(|k| !k.older_hashes.iter().any(|h| stored.contains(h.as_slice())))
+            .collect();
+        let added = sqlx::query(
+            r#"
+            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT id, $1, value_sealed, value_hash, $5, $6
+            FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS file(id, value_sealed, value_hash)
+            ON CONFLICT (value_hash) DO NOTHING
+            "#,
+        )
+        .bind(self.pool_id)
+        .bind(new.iter().map(|k| k.id).collect::<Vec<_>>())
+        .bind(new.iter().map(|k| &k.value.sealed).collect::<Vec<_>>())
+        .bind(new.iter().map(|k| &k.value.hash).collect::<Vec<_>>())
+        .bind(sealed_with)
+        .bind(&self.batch_id)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
         self.imported += added;
         Ok(added)
     }

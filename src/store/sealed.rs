@@ -21,19 +21,50 @@ impl SealedValue {
     }
 }
 
+/// A key of an import, sealed for the row it will be stored in.
+pub struct NewKey {
+    pub id: i64,
+    pub value: SealedValue,
+    /// Its look-up hashes under the older configured keys (during a rotation).
+    pub older_hashes: Vec<Vec<u8>>,
+}
+
+impl NewKey {
+    pub fn new(vault: &Vault, key: &LicenseKey, id: i64) -> NewKey {
+        let mut hashes = vault.hashes(key.reveal());
+        let hash = hashes.remove(0);
+        NewKey {
+            id,
+            value: SealedValue {
+                sealed: vault.seal(key.reveal(), Row::Key(id)),
+                hash,
+            },
+            older_hashes: hashes,
+        }
+    }
+}
+
+/// Ids one call to the `keys` id sequence reserves (its increment).
+const ID_BLOCK: i64 = 1_000;
+
 /// Takes `count` new ids for `keys` rows, in ascending order (the order keys are handed out).
 pub async fn new_key_ids(
     tx: &mut Transaction<'_, Postgres>,
     count: usize,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let mut ids: Vec<i64> = sqlx::query_scalar(
+    let blocks = (count as i64 + ID_BLOCK - 1) / ID_BLOCK;
+    let mut starts: Vec<i64> = sqlx::query_scalar(
         "SELECT nextval(pg_get_serial_sequence('keys', 'id')) FROM generate_series(1, $1)",
     )
-    .bind(count as i64)
+    .bind(blocks)
     .fetch_all(&mut **tx)
     .await?;
-    ids.sort_unstable();
-    Ok(ids)
+    starts.sort_unstable();
+    Ok(starts
+        .into_iter()
+        .flat_map(|start| start..start + ID_BLOCK)
+        .take(count)
+        .collect())
 }
 
 /// Rows an earlier keyrelay stored in plaintext: keys, and events whose payload holds a key.

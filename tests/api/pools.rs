@@ -131,7 +131,10 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
     // An import is half-way: it holds the entitlement's key lock and has inserted a key.
     let mut import = Import::begin(&app.pool, "pro").await.unwrap().unwrap();
     let race = keyrelay::domain::LicenseKey::parse("RACE-1").unwrap();
-    import.add(&[race], &app.vault()).await.unwrap();
+    let vault = app.vault();
+    let id = import.take_ids(1).await.unwrap()[0];
+    let row = keyrelay::store::sealed::NewKey::new(&vault, &race, id);
+    import.add(&[row], vault.sealing_key_id()).await.unwrap();
     // A worker claims meanwhile; it must wait for the import rather than park the job.
     let pool = app.pool.clone();
     let claim = tokio::spawn(async move {
