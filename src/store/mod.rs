@@ -4,7 +4,8 @@
 //! reconciler, the benchmark) decides; the store records the decision atomically.
 //!
 //! - `enqueue`: events and the jobs they create; the one rule for which grants are served.
-//! - `claim`: claiming due jobs with their keys, rejecting a key and reserving the next,
+//! - `claim`: claiming due jobs with their keys (`make`: keys made for generate and sign
+//!   pools; `sealed`: key values as stored), rejecting a key and reserving the next,
 //!   parking and resuming jobs that wait for keys.
 //! - `settle`: recording worker outcomes under the lease, lifecycle events, and the one
 //!   statement that moves keys between states.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod audit;
 pub mod claim;
 pub mod enqueue;
+mod make;
 pub mod operator;
 pub mod pools;
 pub mod prune;
