@@ -128,3 +128,36 @@ async fn serve_started_while_postgres_is_down_waits_and_comes_up_with_it() {
     settings.database.url = url.to_string().into();
     keyrelay::db::drop_database(&settings).await.unwrap();
 }
+
+#[tokio::test]
+async fn readiness_answers_503_within_250_ms_when_the_database_hangs() {
+    // A "database" that accepts connections and never says a word: a hung server or a
+    // firewall dropping packets, where no connection is refused fast.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut settings = crate::helpers::base_settings();
+    settings.database.url = format!("postgres://postgres@127.0.0.1:{port}/keyrelay").into();
+    let stack = keyrelay::harness::LocalStack::start(settings, keyrelay::startup::Role::Web)
+        .await
+        .unwrap();
+    let ready = stack
+        .webhook_url
+        .clone()
+        .unwrap()
+        .replace("/webhooks/dodo", "/readyz");
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let answer = http.get(&ready).send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(answer.status(), 503);
+        assert!(took < Duration::from_millis(250), "took {took:?}");
+    }
+    stack.stop().await.unwrap();
+}
