@@ -104,6 +104,11 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
             false => None,
         };
         let mut decision = decide::decide(&answer, lookup.as_ref(), &key, ctx.budget(&job));
+        // Dodo's messages are kept in attempts and the job; one that quotes our key must not
+        // store it readable.
+        decision.error = decision
+            .error
+            .map(|e| e.replace(key.reveal(), &key.masked()));
         let attempt = |d: &Decision| AttemptRecord {
             key_id: job.key.key_id,
             started_at,

@@ -62,7 +62,17 @@ impl Sandbox {
         fault: Option<Fault>,
     ) -> FulfillResult {
         let mut state = self.lock();
+        let key = serde_json::from_slice::<FulfillBody>(body)
+            .ok()
+            .and_then(|b| b.key)
+            .and_then(|k| k.as_str().map(str::to_string))
+            .unwrap_or_default();
         let result = match fault {
+            Some(Fault::EchoKey { status }) => FulfillResult::Error(
+                status,
+                "UNPROCESSABLE_ENTITY",
+                format!("license key {key} is not acceptable"),
+            ),
             Some(Fault::Status { status }) => {
                 FulfillResult::Error(status, "INTERNAL_SERVER_ERROR", "injected fault".into())
             }
@@ -84,11 +94,6 @@ impl Sandbox {
                 }
             }
         };
-        let key = serde_json::from_slice::<FulfillBody>(body)
-            .ok()
-            .and_then(|b| b.key)
-            .and_then(|k| k.as_str().map(str::to_string))
-            .unwrap_or_default();
         let status = match &result {
             FulfillResult::Ok(_) => 200,
             FulfillResult::Error(s, ..) | FulfillResult::Garbage(s) => *s,

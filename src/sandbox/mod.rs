@@ -35,6 +35,8 @@ pub enum Fault {
     /// Answer `status` with a body of binary junk, control characters and kilobytes of text,
     /// as a broken proxy might.
     Garbage { status: u16 },
+    /// Answer `status` with a message that quotes the key sent, as a validation error might.
+    EchoKey { status: u16 },
 }
 
 /// Faults drawn at random for every fulfill call without a scripted fault.

@@ -275,3 +275,27 @@ async fn keys_rotate_reseals_under_the_first_key_and_can_run_again() {
     assert!(Vault::from_config(&SecretString::from(printed)).is_ok());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_dodo_message_that_quotes_the_key_is_stored_masked() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("pro", ENT, &["ECHO-AAAA-BBBB-4242"]).await;
+    let grant = app.sell().await;
+    app.sandbox
+        .script_faults(&grant, [keyrelay::sandbox::Fault::EchoKey { status: 422 }]);
+    run_batch(&app.worker(), 10).await.unwrap();
+    let job = app.job(&grant).await;
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.last_error.unwrap();
+    assert!(error.contains("ECHO-****-****-4242"), "{error}");
+    let attempt_errors: Vec<Option<String>> = sqlx::query_scalar("SELECT error FROM attempts")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt_errors.len(), 1);
+    assert!(
+        !dump(&app).contains("AAAA-BBBB"),
+        "the key is readable in the database"
+    );
+    app.stop().await;
+}
