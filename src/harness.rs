@@ -22,6 +22,9 @@ pub struct LocalStack {
     app: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The key source name of the sandbox's vendor (`pool add … --source http --endpoint`).
+pub const SANDBOX_VENDOR: &str = "sandbox-vendor";
+
 /// Points `settings` at a fresh sandbox on a free local port and returns it running.
 /// The sandbox gets a random API key; it signs webhooks with the configured secret, if any.
 pub fn start_sandbox(settings: &mut Settings) -> anyhow::Result<RunningSandbox> {
@@ -42,6 +45,16 @@ pub fn start_sandbox(settings: &mut Settings) -> anyhow::Result<RunningSandbox> 
     let sandbox = RunningSandbox::start(Sandbox::new(&api_key, &webhook_key), listener)?;
     settings.dodo.base_url = Some(sandbox.base_url.clone());
     settings.dodo.api_key = Some(SecretString::from(api_key));
+    // The sandbox's key vendor, for `http` pools.
+    settings.key_sources.insert(
+        SANDBOX_VENDOR.into(),
+        crate::configuration::KeySourceSettings {
+            url: format!("{}/vendor/licenses", sandbox.base_url),
+            secret: settings.webhook.secret.clone().expect("set above"),
+            key_pointer: "/license/key".into(),
+            timeout_secs: 2,
+        },
+    );
     Ok(sandbox)
 }
 

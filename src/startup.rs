@@ -17,6 +17,7 @@ use crate::dodo::{DodoClient, RateBudget};
 use crate::fulfillment::{Worker, WorkerContext};
 use crate::intake::{self, IntakeState, signature::WebhookVerifier};
 use crate::signal::JobSignal;
+use crate::sources::endpoint::Endpoints;
 
 /// The periodic reconcile-and-prune pass of worker roles.
 struct Maintenance {
@@ -50,6 +51,8 @@ pub struct Application {
     pool: PgPool,
     signal: JobSignal,
     shutdown: CancellationToken,
+    /// How long stopping may take before what is left is abandoned.
+    stop_deadline: Duration,
 }
 
 impl Application {
@@ -114,7 +117,8 @@ impl Application {
         let worker = dodo.map(|dodo| {
             let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker)
                 .with_alert_webhook(settings.alerts.webhook_url.clone())
-                .with_key_maker(keys.clone());
+                .with_key_maker(keys.clone())
+                .with_endpoints(Endpoints::new(settings.key_sources.clone()));
             Worker::new(ctx, &settings.worker, signal.clone())
         });
         let rate_budget = match role.worker() {
@@ -138,6 +142,8 @@ impl Application {
             pool,
             signal,
             shutdown: CancellationToken::new(),
+            // In-flight jobs get the grace period; the HTTP server's own drain is bounded too.
+            stop_deadline: settings.worker.shutdown_grace() + Duration::from_secs(35),
         })
     }
 
@@ -194,10 +200,21 @@ impl Application {
             );
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
-        for task in tasks {
-            let _ = task.await;
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let stopped = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(self.stop_deadline, stopped).await.is_err() {
+            tracing::warn!(
+                "shutdown did not finish within {:?}; leaving the rest (leases expire and other workers resume)",
+                self.stop_deadline
+            );
+            aborts.iter().for_each(|a| a.abort());
         }
-        self.pool.close().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close within 5 s");
+        }
         Ok(())
     }
 }

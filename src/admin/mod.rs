@@ -127,6 +127,12 @@ async fn dashboard(
     let stats = crate::ops::stats::read(&state.pool).await?;
     let mut attention = jobs::list_jobs(&state.pool, Some(JobState::Failed), 50).await?;
     attention.extend(jobs::list_jobs(&state.pool, Some(JobState::Retrying), 50).await?);
+    // A license an endpoint issued that no grant uses must be revoked at the vendor.
+    for grant_id in crate::store::endpoint::grants_with_orphan_keys(&state.pool, 50).await? {
+        if let Some(job) = crate::store::read::job(&state.pool, &grant_id).await? {
+            attention.push(job);
+        }
+    }
     let pools = crate::pool::list_pools(&state.pool).await?;
     let page = pages::dashboard(
         &stats,

@@ -20,12 +20,14 @@ use crate::store::{read, stock};
 const ENTITLEMENT: &str = "ent_demo_pro_license";
 const GENERATED: &str = "ent_demo_generated";
 const SIGNED: &str = "ent_demo_signed";
+const VENDOR: &str = "ent_demo_vendor";
 
-/// Which pool sells grant `i`: one in ten each to the generate and sign pools.
+/// Which pool sells grant `i`: one in ten each to the generate, sign and http pools.
 fn entitlement_of_sale(i: usize) -> &'static str {
     match i % 10 {
         1 => GENERATED,
         2 => SIGNED,
+        3 => VENDOR,
         _ => ENTITLEMENT,
     }
 }
@@ -134,19 +136,22 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
             Some("GEN-XXXXX-XXXXX-XXXXX-XXXXX"),
         ),
         ("demo-signed", SIGNED, Source::Sign, None),
+        ("demo-vendor", VENDOR, Source::Http, None),
     ] {
         let new = NewPool {
             name: name.into(),
             entitlement_id: entitlement.into(),
             source: Some(source),
             template: template.map(str::to_string),
+            endpoint: (source == Source::Http).then(|| crate::harness::SANDBOX_VENDOR.into()),
             ..Default::default()
         };
         add_pool(&stack.pool, &new).await?;
     }
     println!("  pool       demo-gen (generate): keys made from GEN-XXXXX-XXXXX-XXXXX-XXXXX");
     println!("  pool       demo-signed (sign): Ed25519-signed keys an app checks offline");
-    println!("             (one sale in ten goes to each of these two)\n");
+    println!("  pool       demo-vendor (http): keys issued by the sandbox's license vendor");
+    println!("             (one sale in ten goes to each of these three)\n");
 
     sandbox.set_fault_rates(FaultRates {
         latency_ms: 15,
@@ -296,12 +301,28 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         "  signed keys                 {signed_ok} of {} verify with the demo's public key and name their grant",
         signed.len()
     );
+    let licenses = sandbox.vendor_licenses();
+    let vendor_grants = grants.iter().filter(|g| g.entitlement_id == VENDOR).count();
+    let vendor_ok = grants
+        .iter()
+        .filter(|g| g.entitlement_id == VENDOR)
+        .filter(|g| {
+            licenses
+                .iter()
+                .any(|l| l.grant_id == g.id && g.key_value() == Some(l.key.as_str()))
+        })
+        .count();
+    println!(
+        "  vendor keys                 {vendor_ok} of {vendor_grants} grants hold the license the vendor issued for them ({} issued)",
+        licenses.len()
+    );
 
     let ok = counts[&JobState::Delivered] as usize == options.grants
         && delivered_at_dodo == options.grants
         && distinct_keys.len() == options.grants
         && ours_match as usize == options.grants
-        && signed_ok == signed.len();
+        && signed_ok == signed.len()
+        && vendor_ok == vendor_grants;
     println!(
         "\n  {}",
         if ok {

@@ -158,6 +158,29 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
                 &["time", "http", "outcome", "duration", "key", "error"],
                 &rows,
             );
+            if !detail.received_keys.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = detail
+                    .received_keys
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.received_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                            r.masked.clone(),
+                            shown(&r.idempotency_key),
+                            match (r.bound, r.orphan) {
+                                (true, _) => "bound to this grant".into(),
+                                (false, true) => "ORPHAN: revoke it at the vendor".into(),
+                                _ => "-".into(),
+                            },
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["received", "key from endpoint", "idempotency key", "status"],
+                    &rows,
+                );
+            }
             if !detail.audit.is_empty() {
                 println!();
                 let rows: Vec<Vec<String>> = detail

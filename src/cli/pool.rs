@@ -50,6 +50,9 @@ pub enum PoolCommand {
         /// Accept a template with less than 80 bits of randomness (guessable keys).
         #[arg(long)]
         allow_weak_template: bool,
+        /// For --source http: the [key_sources.NAME] in keyrelay.toml that issues the keys.
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
     },
     /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
     Import {
@@ -96,7 +99,16 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
             template,
             alphabet,
             allow_weak_template,
+            endpoint,
         } => {
+            if let Some(name) = endpoint.as_deref()
+                && !settings.key_sources.contains_key(name)
+            {
+                anyhow::bail!(
+                    "no key source named `{name}`: add a [key_sources.{name}] section (url, secret) to keyrelay.toml, or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET to the environment",
+                    name.to_uppercase()
+                );
+            }
             let new = NewPool {
                 name,
                 entitlement_id,
@@ -107,12 +119,14 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                 template,
                 alphabet,
                 allow_weak_template,
+                endpoint,
             };
             let resumed = pool::add_pool(pool, &new).await?;
             let next = match source {
                 Source::List => format!("load keys with `keyrelay pool import {} FILE`", new.name),
                 Source::Generate => "keys are made from its template as grants arrive".into(),
                 Source::Sign => "keys are signed as grants arrive; workers need KEYRELAY_SIGNING_KEY (`keyrelay keys new-signing-key` makes one)".into(),
+                Source::Http => "keys are asked of the endpoint as grants arrive".into(),
             };
             println!(
                 "created {source} pool `{}` for entitlement {}; {next}",

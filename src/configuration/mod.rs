@@ -65,6 +65,9 @@ pub struct Settings {
     pub alerts: AlertSettings,
     #[serde(default)]
     pub keys: KeySettings,
+    /// HTTP key sources by name (`[key_sources.NAME]`), for `--source http` pools.
+    #[serde(default)]
+    pub key_sources: HashMap<String, KeySourceSettings>,
     pub log: LogSettings,
     pub reconciler: ReconcilerSettings,
     pub retention: RetentionSettings,
@@ -126,6 +129,28 @@ pub struct AdminSettings {
     /// cookie is then not marked `Secure`, or browsers would not send it back.
     #[serde(default)]
     pub insecure_http: bool,
+}
+
+/// An endpoint of the merchant's or a vendor's that issues a key for a grant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySourceSettings {
+    pub url: String,
+    /// `whsec_…`: keyrelay signs its requests with it (Standard Webhooks headers).
+    pub secret: SecretString,
+    /// JSON pointer to the key in the endpoint's answer.
+    #[serde(default = "default_key_pointer")]
+    pub key_pointer: String,
+    #[serde(default = "default_key_source_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_key_pointer() -> String {
+    "/key".into()
+}
+
+fn default_key_source_timeout() -> u64 {
+    10
 }
 
 /// Key material for pools whose keys keyrelay makes.
@@ -276,6 +301,24 @@ impl Settings {
             );
         }
         self.dodo.validate_rate_limit()?;
+        for (name, source) in &self.key_sources {
+            let url = url::Url::parse(&source.url).ok();
+            if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
+                bail!(
+                    "key_sources.{name}.url is not a valid http(s) URL (not shown: it may hold a credential)"
+                );
+            }
+            parse_webhook_secrets(source.secret.expose_secret())
+                .with_context(|| format!("key_sources.{name}.secret"))?;
+            if !(source.key_pointer.is_empty() || source.key_pointer.starts_with('/')) {
+                bail!(
+                    "key_sources.{name}.key_pointer must be a JSON pointer such as /key or /license/key"
+                );
+            }
+            if !(1..=300).contains(&source.timeout_secs) {
+                bail!("key_sources.{name}.timeout_secs must be between 1 and 300");
+            }
+        }
         self.keys.key_maker()?;
         if self.keys.encryption_keys.is_some() {
             self.keys.vault()?;
@@ -344,16 +387,14 @@ fn keyrelay_env_overrides(env: &HashMap<String, String>) -> anyhow::Result<Vec<(
         if CONVENTIONAL_ENV.iter().any(|(n, _)| n == name) || name.starts_with("KEYRELAY_TEST_") {
             continue;
         }
-        let Some((section, key)) = rest.split_once("__") else {
+        if !rest.contains("__") {
             bail!(
                 "unknown environment variable {name}: keyrelay settings are named \
                  KEYRELAY_<SECTION>__<KEY>, e.g. KEYRELAY_WORKER__CONCURRENCY"
             );
-        };
-        out.push((
-            format!("{}.{}", section.to_lowercase(), key.to_lowercase()),
-            value.clone(),
-        ));
+        }
+        // KEYRELAY_KEY_SOURCES__VENDOR__URL is key_sources.vendor.url.
+        out.push((rest.to_lowercase().replace("__", "."), value.clone()));
     }
     Ok(out)
 }

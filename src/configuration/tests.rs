@@ -180,3 +180,37 @@ fn rate_limit_mistakes_are_explained() {
             .contains("replaced by dodo.rate_limit")
     );
 }
+
+#[test]
+fn key_sources_come_from_the_environment_by_name() {
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            (
+                "KEYRELAY_KEY_SOURCES__VENDOR__URL",
+                "https://licenses.example.com/k",
+            ),
+            ("KEYRELAY_KEY_SOURCES__VENDOR__SECRET", "whsec_c2VjcmV0MQ=="),
+        ]),
+    )
+    .unwrap();
+    let vendor = &s.key_sources["vendor"];
+    assert_eq!(vendor.url, "https://licenses.example.com/k");
+    assert_eq!(
+        (vendor.key_pointer.as_str(), vendor.timeout_secs),
+        ("/key", 10)
+    );
+    let error = Settings::load_from(
+        None,
+        &env(&[
+            ("KEYRELAY_KEY_SOURCES__VENDOR__URL", "ftp://user:pw@host/k"),
+            ("KEYRELAY_KEY_SOURCES__VENDOR__SECRET", "whsec_c2VjcmV0MQ=="),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("key_sources.vendor.url") && !error.contains("pw@"),
+        "{error}"
+    );
+}

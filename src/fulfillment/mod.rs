@@ -6,6 +6,7 @@
 //! - `decide`: what Dodo's answers mean, as a pure function.
 
 pub mod decide;
+pub mod endpoint;
 pub mod run;
 pub mod worker;
 

@@ -16,6 +16,7 @@ use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
 use crate::domain::{AttemptOutcome, JobState, KeyAction, LicenseKey, printable};
 use crate::ops::alerts::Alerter;
 use crate::sources::KeyMaker;
+use crate::sources::endpoint::Endpoints;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
 
 /// Everything a job needs to run.
@@ -29,6 +30,8 @@ pub struct WorkerContext {
     pub lease: Duration,
     /// Makes keys for `generate` and `sign` pools.
     pub keys: KeyMaker,
+    /// Asks endpoints for the keys of `http` pools.
+    pub endpoints: Endpoints,
 }
 
 impl WorkerContext {
@@ -44,7 +47,14 @@ impl WorkerContext {
             max_attempts: settings.max_attempts,
             lease: settings.lease(),
             keys: KeyMaker::default(),
+            endpoints: Endpoints::new(Default::default()),
         }
+    }
+
+    /// Asks the configured key sources for the keys of `http` pools.
+    pub fn with_endpoints(mut self, endpoints: Endpoints) -> WorkerContext {
+        self.endpoints = endpoints;
+        self
     }
 
     /// Makes keys for `generate` and `sign` pools with `keys`.
@@ -131,7 +141,11 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                     job.key = next;
                     continue;
                 }
-                Ok(NextKey::Parked | NextKey::Failed | NextKey::LeaseLost) => return None,
+                Ok(
+                    NextKey::Parked | NextKey::Failed | NextKey::FromEndpoint | NextKey::LeaseLost,
+                ) => {
+                    return None;
+                }
                 Err(e) => {
                     let error = format!("rejecting a duplicate key failed: {e}");
                     decision = decide::retry(

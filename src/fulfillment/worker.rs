@@ -68,6 +68,12 @@ impl Worker {
         let tracker = TaskTracker::new();
         let (completions, completer) = spawn_completer(self.ctx.pool.clone());
         tracing::info!(concurrency = self.concurrency, "worker pool started");
+        let endpoints = tokio::spawn(endpoint_loop(
+            self.ctx.clone(),
+            self.signal.clone(),
+            self.poll_interval,
+            shutdown.clone(),
+        ));
         loop {
             let first = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
@@ -136,6 +142,7 @@ impl Worker {
             in_flight = tracker.len(),
             "worker pool stopping; finishing in-flight jobs"
         );
+        let _ = endpoints.await;
         tracker.close();
         if tokio::time::timeout(self.shutdown_grace, tracker.wait())
             .await
@@ -146,7 +153,14 @@ impl Worker {
             );
         }
         drop(completions);
-        let _ = completer.await;
+        // A job still stuck past the grace period keeps a sender alive; its lease expires and
+        // another worker resumes it, so the completer is not waited for forever.
+        if tokio::time::timeout(self.shutdown_grace, completer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("outcomes still queued at shutdown are left to the next worker");
+        }
         tracing::info!("worker pool stopped");
     }
 }
@@ -214,9 +228,39 @@ fn spawn_completer(
     (tx, handle)
 }
 
+/// Jobs an endpoint step asks keys for at once.
+const ENDPOINT_BATCH: usize = 8;
+
+/// Asks endpoints for the keys of `http` pools' jobs until shutdown, resting for the poll
+/// interval (or a wake-up) when there is nothing to ask.
+async fn endpoint_loop(
+    ctx: WorkerContext,
+    signal: JobSignal,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let handled = match super::endpoint::fetch_keys(&ctx, ENDPOINT_BATCH).await {
+            Ok(handled) => handled,
+            Err(e) => {
+                tracing::warn!(error = %e, "asking key sources failed; retrying after the poll interval");
+                0
+            }
+        };
+        if handled == 0 {
+            tokio::select! {
+                _ = signal.woken() => {}
+                _ = tokio::time::sleep(poll_interval) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
 /// Claims one batch, runs every job in it concurrently and records the outcomes; returns the
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
+    super::endpoint::fetch_keys(ctx, limit).await?;
     let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease, &ctx.keys).await?;
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use crate::crypto::{Row, Vault};
 use crate::domain::{Actor, GrantId, KeyState, LicenseKey};
 use crate::store::audit::{self, AuditEntry};
+use crate::store::endpoint::{self, ReceivedKey};
 use crate::store::{self, operator, read};
 
 pub use crate::store::ActionResult;
@@ -31,6 +32,9 @@ pub struct JobDetail {
     pub key_state: Option<KeyState>,
     pub attempt_history: Vec<AttemptView>,
     pub audit: Vec<AuditEntry>,
+    /// Keys an endpoint answered for the grant (`http` pools); an orphan needs revoking at
+    /// the vendor.
+    pub received_keys: Vec<ReceivedKey>,
 }
 
 /// One job with its key (masked unless `reveal_key`; `(sealed)` without `vault`), every
@@ -76,6 +80,7 @@ pub async fn show_job(
         .collect();
     Ok(Some(JobDetail {
         audit: audit::for_grant(pool, grant_id).await?,
+        received_keys: endpoint::received_keys(pool, grant_id).await?,
         job,
         key_state: key.as_ref().map(|k| k.2),
         key: key.map(|(id, sealed, _)| show(id, &sealed)),

@@ -47,6 +47,8 @@ pub struct NewPool {
     pub alphabet: Option<String>,
     /// `generate`: accept a template with less than 80 bits of randomness.
     pub allow_weak_template: bool,
+    /// `http`: the name of the `[key_sources.NAME]` that issues the keys.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,11 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
             ))?;
             Template::parse(template, new.alphabet.as_deref(), new.allow_weak_template)?;
         }
+        Source::Http if new.endpoint.is_none() => {
+            return Err(PoolError::BadSource(
+                "an http pool needs --endpoint NAME, naming a [key_sources.NAME] in keyrelay.toml",
+            ));
+        }
         _ if new.template.is_some() || new.alphabet.is_some() => {
             return Err(PoolError::BadSource(
                 "--template and --alphabet apply only to --source generate",
@@ -144,6 +151,7 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
         source,
         template: new.template.as_deref(),
         alphabet: new.alphabet.as_deref(),
+        endpoint: new.endpoint.as_deref().filter(|_| source == Source::Http),
         low_stock: i32::try_from(new.low_stock).map_err(|_| PoolError::OutOfRange)?,
         activations_limit: positive(new.activations_limit)?,
         expires_in_days: positive(new.expires_in_days)?,

@@ -5,6 +5,7 @@
 mod fulfill;
 mod limits;
 mod server;
+mod vendor;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,7 @@ use fulfill::apply_key;
 use limits::CallWindow;
 pub use limits::OverLimit;
 pub use server::RunningSandbox;
+pub use vendor::{License, VendorFault};
 
 /// A fault the sandbox can inject into a fulfill call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +76,7 @@ struct State {
     log: Vec<FulfillRecord>,
     webhooks_sent: HashSet<String>,
     fail_lookups: bool,
+    vendor: vendor::VendorState,
     calls: CallWindow,
     seq: u64,
 }

@@ -7,7 +7,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, w
 use serde::Deserialize;
 
 use super::fulfill::FulfillResult;
-use super::{Fault, FaultRates, Sandbox};
+use super::{Fault, FaultRates, Sandbox, VendorFault};
 use crate::dodo::GrantStatus;
 
 /// A sandbox serving on a local port.
@@ -38,6 +38,7 @@ impl RunningSandbox {
                     "/customers/{cus}/entitlement-grants",
                     web::get().to(list_customer_grants),
                 )
+                .route("/vendor/licenses", web::post().to(vendor_license))
                 .route("/sandbox/sell", web::post().to(sell))
                 .route("/sandbox/faults", web::put().to(set_faults))
                 .route("/sandbox/grants", web::get().to(all_grants))
@@ -56,8 +57,15 @@ impl RunningSandbox {
         })
     }
 
+    /// Stops serving; a request held on purpose (a hang fault) is cut off after a moment.
     pub async fn stop(&self) {
-        self.handle.stop(true).await;
+        let moment = std::time::Duration::from_secs(3);
+        if tokio::time::timeout(moment, self.handle.stop(true))
+            .await
+            .is_err()
+        {
+            let _ = tokio::time::timeout(moment, self.handle.stop(false)).await;
+        }
     }
 }
 
@@ -215,6 +223,68 @@ async fn revoke(
         Some(_) => HttpResponse::Ok().json(sandbox.revoke(&grant_id, "manual")),
         None => error(404, "NOT_FOUND", "grant not found"),
     }
+}
+
+/// `POST /vendor/licenses`: a license for the grant in the signed JSON body.
+async fn vendor_license(
+    request: HttpRequest,
+    body: web::Bytes,
+    sandbox: web::Data<Sandbox>,
+) -> HttpResponse {
+    sandbox.count_vendor_request();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let verified = timestamp.parse::<i64>().ok().is_some_and(|ts| {
+        let expected = super::sign(&sandbox.webhook_key, &id, ts, &body);
+        signature.split(' ').any(|s| s == expected)
+    });
+    if !verified {
+        return error(401, "UNAUTHORIZED", "bad signature");
+    }
+    let idempotency = header("idempotency-key");
+    let grant_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|b| b["grant_id"].as_str().map(str::to_string));
+    let (Some(grant_id), false) = (grant_id, idempotency.is_empty()) else {
+        return error(
+            422,
+            "UNPROCESSABLE_ENTITY",
+            "grant_id and Idempotency-Key are required",
+        );
+    };
+    match sandbox.next_vendor_fault(&grant_id) {
+        Some(VendorFault::Status { status }) => {
+            return error(status, "VENDOR_ERROR", "injected vendor fault");
+        }
+        Some(VendorFault::RateLimited { retry_after_secs }) => {
+            return HttpResponse::TooManyRequests()
+                .insert_header(("Retry-After", retry_after_secs.to_string()))
+                .json(serde_json::json!({ "message": "slow down" }));
+        }
+        Some(VendorFault::Slow { ms }) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        Some(VendorFault::MintThenHang) => {
+            sandbox.mint(&grant_id, &idempotency);
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+        None => {}
+    }
+    let key = sandbox.mint(&grant_id, &idempotency);
+    HttpResponse::Ok().json(serde_json::json!({
+        "license": { "id": format!("lic_{}", &key[4..]), "key": key, "status": "active" }
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,8 +1,10 @@
 //! Where keys come from. A `list` pool hands out imported keys; `generate` and `sign` pools
-//! make a key for each grant when its job is claimed. Every source ends in the same place: the
+//! make a key for each grant when its job is claimed; `http` pools ask an endpoint
+//! (`endpoint`). Every source ends in the same place: the
 //! store binds the key to the grant, unique in the database and audited, and commits before
 //! Dodo is called, so a retry sends the same key.
 
+pub mod endpoint;
 pub mod generate;
 pub mod sign;
 
@@ -26,6 +28,8 @@ pub enum Source {
     Generate,
     /// Ed25519-signed keys an app can verify offline.
     Sign,
+    /// Keys issued by an endpoint (`[key_sources.NAME]`).
+    Http,
 }
 
 impl Source {
@@ -34,6 +38,7 @@ impl Source {
             Source::List => "list",
             Source::Generate => "generate",
             Source::Sign => "sign",
+            Source::Http => "http",
         }
     }
 
@@ -100,7 +105,10 @@ impl KeyMaker {
         now: DateTime<Utc>,
     ) -> Result<LicenseKey, String> {
         match recipe.source {
-            Source::List => Err(format!("pool `{}` holds imported keys only", recipe.pool)),
+            Source::List | Source::Http => Err(format!(
+                "pool `{}` gets its keys from outside keyrelay ({})",
+                recipe.pool, recipe.source
+            )),
             Source::Generate => {
                 let pattern = recipe.template.as_deref().unwrap_or_default();
                 generate::Template::parse(pattern, recipe.alphabet.as_deref(), true)

@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::KEY_LOCK_CLASS;
 use super::make::{fail_without_key, make_keys};
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
+use super::{KEY_LOCK_CLASS, TAKE_LEASE};
 use crate::crypto::{Row, Vault};
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
 use crate::sources::KeyMaker;
@@ -72,20 +72,19 @@ pub async fn claim_batch(
     let mut tx = pool.begin().await?;
     // The claim also takes the shared key lock of every entitlement that needs a key, so the
     // reservation below (a new statement, a new snapshot) sees any import that committed first.
-    let rows: Vec<ClaimedRow> = sqlx::query_as(
+    let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
         r#"
         WITH due AS (
             SELECT grant_id FROM jobs
             WHERE state IN ('queued', 'retrying', 'running') AND run_at <= now()
+              -- A job of an http pool gets its key from the endpoint step first.
+              AND (key_id IS NOT NULL OR entitlement_id NOT IN
+                     (SELECT entitlement_id FROM pools WHERE source = 'http'))
             ORDER BY run_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         ), claimed AS (
-            UPDATE jobs SET state = 'running',
-                            lease_token = nextval('job_lease_tokens'),
-                            run_at = now() + make_interval(secs => $2),
-                            attempts = jobs.attempts + 1,
-                            updated_at = now()
+            UPDATE jobs SET {TAKE_LEASE}
             FROM due WHERE jobs.grant_id = due.grant_id
             RETURNING jobs.grant_id, jobs.entitlement_id, jobs.customer_id, jobs.lease_token,
                       jobs.attempts, jobs.created_at, jobs.key_id
@@ -94,8 +93,8 @@ pub async fn claim_batch(
             FROM (SELECT DISTINCT entitlement_id FROM claimed WHERE key_id IS NULL ORDER BY 1) AS keyless
         )
         SELECT claimed.* FROM claimed, key_locks
-        "#,
-    )
+        "#
+    ))
     .bind(limit as i64)
     .bind(lease.as_secs_f64())
     .bind(KEY_LOCK_CLASS)
@@ -282,8 +281,26 @@ pub enum NextKey {
     Parked,
     /// The pool could not make a new key: the job failed with the reason.
     Failed,
+    /// The pool's endpoint issues the next key: the job is queued for the endpoint step,
+    /// which asks with a new idempotency key.
+    FromEndpoint,
     /// Another worker owns the job now; stop.
     LeaseLost,
+}
+
+/// Queues the job again without a key if its pool is an `http` pool; whether it was.
+async fn from_endpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    grant_id: &GrantId,
+) -> Result<bool, sqlx::Error> {
+    let requeued = sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_token = NULL, run_at = now(), updated_at = now() \
+         WHERE grant_id = $1 AND entitlement_id IN (SELECT entitlement_id FROM pools WHERE source = 'http')",
+    )
+    .bind(grant_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(requeued.rows_affected() == 1)
 }
 
 /// Moves the end of a running job's lease to `lease` from now; false if the lease was lost.
@@ -355,6 +372,7 @@ pub async fn reject_key_and_reserve_next(
     }
     let next = match next {
         Some((_, key)) => NextKey::Reserved(key),
+        None if from_endpoint(&mut tx, &job.grant_id).await? => NextKey::FromEndpoint,
         None => {
             park_waiting_for_keys(&mut tx, std::slice::from_ref(&job.grant_id)).await?;
             NextKey::Parked

@@ -41,7 +41,7 @@ pub(super) async fn make_keys(
     let recipes: HashMap<EntitlementId, Recipe> = sqlx::query_as(
         "SELECT id AS pool_id, name AS pool, entitlement_id, source, template, alphabet, \
                 activations_limit, expires_in_days \
-         FROM pools WHERE entitlement_id = ANY($1) AND source <> 'list'",
+         FROM pools WHERE entitlement_id = ANY($1) AND source IN ('generate', 'sign')",
     )
     .bind(&entitlements)
     .fetch_all(&mut **tx)

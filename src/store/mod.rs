@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod audit;
 pub mod claim;
+pub mod endpoint;
 pub mod enqueue;
 mod make;
 pub mod operator;
@@ -39,6 +40,11 @@ pub use settle::{AttemptRecord, Completion, complete_batch};
 /// importers and pool creation hold it exclusively, so a job cannot be parked just as keys
 /// for it arrive.
 pub const KEY_LOCK_CLASS: i32 = 0x6b72_6b31;
+
+/// What claiming does to a job row: running under a new fencing token until the lease
+/// (seconds in `$2`) ends, with the attempt counted.
+const TAKE_LEASE: &str = "state = 'running', lease_token = nextval('job_lease_tokens'), \
+     run_at = now() + make_interval(secs => $2), attempts = jobs.attempts + 1, updated_at = now()";
 
 /// The NOTIFY channel that says "a job is ready".
 pub const JOBS_CHANNEL: &str = "keyrelay_jobs";

@@ -21,6 +21,7 @@ pub struct NewPoolRow<'a> {
     pub source: Source,
     pub template: Option<&'a str>,
     pub alphabet: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +43,8 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     let inserted = sqlx::query_scalar(
         r#"
         INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days,
-                           source, template, alphabet)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                           source, template, alphabet, endpoint)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         RETURNING id
         "#,
     )
@@ -55,6 +56,7 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     .bind(new.source)
     .bind(new.template)
     .bind(new.alphabet)
+    .bind(new.endpoint)
     .fetch_one(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {

@@ -3,8 +3,6 @@
 //! running keyrelay loses nothing, and a database from before encryption is sealed by
 //! `migrate`.
 
-use std::time::Duration;
-
 use keyrelay::crypto::{Vault, new_encryption_key};
 use keyrelay::domain::{JobState, LicenseKey};
 use keyrelay::fulfillment::run_batch;
@@ -12,7 +10,7 @@ use keyrelay::pool::{import_keys, keyfile::ParsedKeys};
 use keyrelay::startup::Role;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::helpers::{ENT, TestApp, as_env, keyrelay_async, wait_until};
+use crate::helpers::{ENT, TestApp, as_env, keyrelay_async};
 
 fn parsed(keys: &[String]) -> ParsedKeys {
     ParsedKeys {
@@ -49,20 +47,8 @@ async fn a_dump_of_the_database_holds_no_key_value() {
         &values.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .await;
-    let mut grants = Vec::new();
-    for _ in 0..10 {
-        grants.push(app.sell().await);
-    }
-    wait_until(
-        "ten grants are delivered",
-        Duration::from_secs(30),
-        || async {
-            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
-                .await
-                == 10
-        },
-    )
-    .await;
+    let grants = app.sell_many(10).await;
+    app.wait_delivered(10).await;
     // Dodo's delivered events carry the key: they are stored too.
     for grant in &grants {
         let delivered = app.sandbox.grant(grant).unwrap();
@@ -149,16 +135,7 @@ async fn rotation_beside_a_running_keyrelay_loses_nothing() {
     let rotated = rotated.unwrap();
     assert!(rotated.unreadable.is_empty());
     assert!(rotated.keys >= 2_900, "resealed {}", rotated.keys);
-    wait_until(
-        "every grant is delivered",
-        Duration::from_secs(60),
-        || async {
-            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
-                .await
-                == 60
-        },
-    )
-    .await;
+    app.wait_delivered(60).await;
     // Nothing is left under the old key: the new key alone opens every value.
     let (left, _) = keyrelay::store::sealed::count_to_reseal(&app.pool, &rotating)
         .await

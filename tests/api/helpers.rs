@@ -153,6 +153,9 @@ impl TestApp {
             &s.worker,
         )
         .with_key_maker(s.keys.key_maker().unwrap())
+        .with_endpoints(keyrelay::sources::endpoint::Endpoints::new(
+            s.key_sources.clone(),
+        ))
     }
 
     pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {
@@ -221,6 +224,29 @@ impl TestApp {
             response.text().await.unwrap_or_default()
         );
         grant.id
+    }
+
+    /// Sells `count` grants (see `sell`).
+    pub async fn sell_many(&self, count: usize) -> Vec<String> {
+        let mut grants = Vec::with_capacity(count);
+        for _ in 0..count {
+            grants.push(self.sell().await);
+        }
+        grants
+    }
+
+    /// Waits (at most a minute) until `count` jobs are delivered.
+    pub async fn wait_delivered(&self, count: i64) {
+        wait_until(
+            &format!("{count} jobs are delivered"),
+            Duration::from_secs(60),
+            || async {
+                self.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+                    .await
+                    == count
+            },
+        )
+        .await;
     }
 
     pub async fn job(&self, grant_id: &str) -> JobRow {

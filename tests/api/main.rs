@@ -11,6 +11,7 @@ mod encryption;
 mod grant_events;
 mod helpers;
 mod hostile;
+mod http_source;
 mod lifecycle;
 mod observability;
 mod operations;

@@ -1,0 +1,94 @@
+//! The endpoint step of `http` pools: claim jobs that have no key yet, ask their endpoint,
+//! record what it answered, and queue the job for Dodo with its key — or retry (5xx, 429,
+//! timeouts, with the same idempotency key) or fail it (another 4xx, no key in the answer).
+
+use chrono::Utc;
+
+use super::WorkerContext;
+use crate::domain::JobState;
+use crate::sources::endpoint::EndpointError;
+use crate::store::endpoint::{self, KeylessJob, Received};
+
+/// Asks endpoints for the keys of up to `limit` jobs; how many jobs were handled.
+pub async fn fetch_keys(ctx: &WorkerContext, limit: usize) -> Result<usize, sqlx::Error> {
+    let jobs = endpoint::claim_keyless(&ctx.pool, limit, ctx.lease).await?;
+    let runs = jobs.iter().map(|job| async move {
+        let (idempotency, answer) = ctx.endpoints.request_key(job).await;
+        settle(ctx, job, &idempotency, answer).await
+    });
+    for done in futures_util::future::join_all(runs).await {
+        done?;
+    }
+    Ok(jobs.len())
+}
+
+async fn settle(
+    ctx: &WorkerContext,
+    job: &KeylessJob,
+    idempotency: &str,
+    answer: Result<crate::domain::LicenseKey, EndpointError>,
+) -> Result<(), sqlx::Error> {
+    let grant_id = job.grant_id.as_str();
+    let failed = |error: String| async move {
+        tracing::error!(grant_id, pool = %job.pool, error = %error, "no key from the endpoint; job failed");
+        endpoint::settle_keyless(&ctx.pool, job, JobState::Failed, Utc::now(), false, &error).await
+    };
+    match answer {
+        Ok(key) => {
+            let vault = match ctx.keys.vault() {
+                Ok(vault) => vault,
+                Err(why) => return failed(why).await.map(drop),
+            };
+            match endpoint::record_received(&ctx.pool, vault, job, idempotency, &key).await? {
+                Received::Bound => {
+                    tracing::info!(grant_id, pool = %job.pool, "key received from the endpoint")
+                }
+                Received::LeaseLost => tracing::warn!(
+                    grant_id,
+                    pool = %job.pool,
+                    key = %key,
+                    "the endpoint answered after another worker took the job over; its key is recorded as an orphan to revoke at the vendor"
+                ),
+                Received::Duplicate => tracing::error!(
+                    grant_id,
+                    pool = %job.pool,
+                    key = %key,
+                    "the endpoint answered a key that is already stored; job failed"
+                ),
+            }
+        }
+        Err(EndpointError::Fail(error)) => {
+            failed(error).await?;
+        }
+        Err(EndpointError::Retry {
+            error,
+            retry_after,
+            slow_down,
+        }) => {
+            let attempt = job.attempts.max(0) as u32;
+            if !slow_down && attempt >= ctx.max_attempts {
+                failed(format!(
+                    "gave up after {attempt} attempts; last error: {error}"
+                ))
+                .await?;
+                return Ok(());
+            }
+            let delay = ctx.retry.delay(attempt, retry_after, &mut rand::rng());
+            let run_at = chrono::TimeDelta::from_std(delay)
+                .ok()
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                .unwrap_or_else(Utc::now);
+            tracing::warn!(grant_id, pool = %job.pool, error = %error, "the endpoint gave no key; will retry with the same idempotency key");
+            endpoint::settle_keyless(
+                &ctx.pool,
+                job,
+                JobState::Retrying,
+                run_at,
+                slow_down,
+                &error,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}

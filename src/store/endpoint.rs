@@ -1,0 +1,245 @@
+//! Jobs of `http` pools before they have a key: claimed for the endpoint step, then either
+//! bound to the key the endpoint answered (and queued for Dodo), or retried or failed. Every
+//! key an endpoint answers is recorded in `received_keys`; one that is not bound is an orphan.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::TAKE_LEASE;
+use super::sealed::{SealedValue, new_key_ids};
+use crate::crypto::Vault;
+use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, LicenseKey};
+
+/// A job of an http pool that needs its key, owned until its lease ends.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeylessJob {
+    pub grant_id: GrantId,
+    pub entitlement_id: EntitlementId,
+    pub customer_id: CustomerId,
+    pub lease_token: i64,
+    pub attempts: i32,
+    pub pool: String,
+    pub endpoint: String,
+    /// Keys of this grant Dodo already held: each one asks the endpoint anew.
+    pub rejected: i64,
+    pub payment_id: Option<String>,
+    pub subscription_id: Option<String>,
+}
+
+/// Claims up to `limit` due jobs of http pools that have no key yet, counting the attempt and
+/// setting a lease.
+pub async fn claim_keyless(
+    pool: &PgPool,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<KeylessJob>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        r#"
+        WITH due AS (
+            SELECT jobs.grant_id FROM jobs
+            JOIN pools ON pools.entitlement_id = jobs.entitlement_id AND pools.source = 'http'
+            WHERE jobs.state IN ('queued', 'retrying', 'running') AND jobs.run_at <= now()
+              AND jobs.key_id IS NULL
+            ORDER BY jobs.run_at
+            LIMIT $1
+            FOR UPDATE OF jobs SKIP LOCKED
+        ), claimed AS (
+            UPDATE jobs SET {TAKE_LEASE}
+            FROM due WHERE jobs.grant_id = due.grant_id
+            RETURNING jobs.grant_id, jobs.entitlement_id, jobs.customer_id, jobs.lease_token,
+                      jobs.attempts, jobs.webhook_id
+        )
+        SELECT claimed.grant_id, claimed.entitlement_id, claimed.customer_id,
+               claimed.lease_token, claimed.attempts, pools.name AS pool, pools.endpoint,
+               (SELECT count(*) FROM keys
+                WHERE keys.grant_id = claimed.grant_id AND keys.state = 'rejected') AS rejected,
+               events.payload -> 'data' ->> 'payment_id' AS payment_id,
+               events.payload -> 'data' ->> 'subscription_id' AS subscription_id
+        FROM claimed
+        JOIN pools ON pools.entitlement_id = claimed.entitlement_id
+        LEFT JOIN events ON events.webhook_id = claimed.webhook_id
+        "#
+    ))
+    .bind(limit as i64)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// What became of a key an endpoint answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Bound to the grant; the job is queued for Dodo.
+    Bound,
+    /// Another worker owns the job now: the key is recorded as an orphan.
+    LeaseLost,
+    /// The value is already stored (for another grant or pool): recorded as an orphan, and
+    /// the job failed with the reason.
+    Duplicate,
+}
+
+/// Records `key` as answered for the job's grant under `idempotency_key`, and binds it to the
+/// grant (reserved, audited, sealed) if the job is still this worker's and the value is new;
+/// the job then goes back to the queue without using an attempt.
+pub async fn record_received(
+    pool: &PgPool,
+    vault: &Vault,
+    job: &KeylessJob,
+    idempotency_key: &str,
+    key: &LicenseKey,
+) -> Result<Received, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let owned = sqlx::query(
+        "SELECT 1 FROM jobs WHERE grant_id = $1 AND lease_token = $2 AND state = 'running' \
+         AND key_id IS NULL FOR UPDATE",
+    )
+    .bind(&job.grant_id)
+    .bind(job.lease_token)
+    .fetch_optional(&mut *tx)
+    .await?
+    .is_some();
+    let mut outcome = Received::LeaseLost;
+    let mut key_id: Option<i64> = None;
+    if owned {
+        let id = new_key_ids(&mut tx, 1).await?[0];
+        let sealed = SealedValue::new(vault, key, id);
+        key_id = sqlx::query_scalar(
+            r#"
+            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
+                              grant_id, batch_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT $1, pools.id, $2, $3, $4, 'reserved', $5, 'http:' || pools.endpoint
+            FROM pools WHERE pools.name = $6
+            ON CONFLICT (value_hash) DO NOTHING
+            RETURNING id
+            "#,
+        )
+        .bind(id)
+        .bind(&sealed.sealed)
+        .bind(&sealed.hash)
+        .bind(vault.sealing_key_id())
+        .bind(&job.grant_id)
+        .bind(&job.pool)
+        .fetch_optional(&mut *tx)
+        .await?;
+        outcome = match key_id {
+            Some(_) => Received::Bound,
+            None => Received::Duplicate,
+        };
+    }
+    sqlx::query(
+        "INSERT INTO received_keys (grant_id, idempotency_key, value_hash, masked, bound, orphan) \
+         VALUES ($1, $2, $3, $4, $5, NOT $5)",
+    )
+    .bind(&job.grant_id)
+    .bind(idempotency_key)
+    .bind(vault.hash(key.reveal()))
+    .bind(key.masked())
+    .bind(outcome == Received::Bound)
+    .execute(&mut *tx)
+    .await?;
+    match (outcome, key_id) {
+        (Received::Bound, Some(key_id)) => {
+            sqlx::query(
+                r#"
+                WITH bound AS (
+                    UPDATE jobs SET key_id = $3, state = 'queued', lease_token = NULL,
+                                    run_at = now(), attempts = attempts - 1, last_error = NULL,
+                                    updated_at = now()
+                    WHERE grant_id = $1 AND lease_token = $2
+                )
+                INSERT INTO audit_log (actor, action, grant_id, key_id, detail)
+                VALUES ('worker', 'receive', $1, $3, 'issued by the endpoint of pool ' || $4)
+                "#,
+            )
+            .bind(&job.grant_id)
+            .bind(job.lease_token)
+            .bind(key_id)
+            .bind(&job.pool)
+            .execute(&mut *tx)
+            .await?;
+            super::notify_jobs_ready(&mut *tx).await?;
+        }
+        (Received::Duplicate, _) => {
+            let error = format!(
+                "the endpoint of pool `{}` answered a key that is already stored (for another grant or pool); revoke it at the vendor and retry the job",
+                job.pool
+            );
+            settle_keyless(&mut *tx, job, JobState::Failed, Utc::now(), false, &error).await?;
+        }
+        _ => {}
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Sets a keyless job aside under its lease: `retrying` at `run_at` or `failed`, with the
+/// reason; `refund` gives back the attempt (the endpoint asked us to slow down).
+pub async fn settle_keyless<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    job: &KeylessJob,
+    state: JobState,
+    run_at: DateTime<Utc>,
+    refund: bool,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let ended = sqlx::query(
+        r#"
+        UPDATE jobs SET state = $3, run_at = $4, lease_token = NULL, last_error = $6,
+                        attempts = attempts - CASE WHEN $5 THEN 1 ELSE 0 END,
+                        finished_at = CASE WHEN $3 = 'failed'::job_state THEN now() END,
+                        updated_at = now()
+        WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'
+        "#,
+    )
+    .bind(&job.grant_id)
+    .bind(job.lease_token)
+    .bind(state)
+    .bind(run_at)
+    .bind(refund)
+    .bind(error)
+    .execute(executor)
+    .await?;
+    Ok(ended.rows_affected() == 1)
+}
+
+/// One key an endpoint answered for a grant, as operators see it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ReceivedKey {
+    pub masked: String,
+    pub idempotency_key: String,
+    pub received_at: DateTime<Utc>,
+    pub bound: bool,
+    /// Issued by the endpoint but given to no grant: revoke it at the vendor.
+    pub orphan: bool,
+}
+
+/// Grants with a key an endpoint issued that no grant uses, newest first.
+pub async fn grants_with_orphan_keys(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<GrantId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT grant_id FROM received_keys WHERE orphan \
+         GROUP BY grant_id ORDER BY max(received_at) DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every key endpoints answered for the grant, oldest first.
+pub async fn received_keys(
+    pool: &PgPool,
+    grant_id: &GrantId,
+) -> Result<Vec<ReceivedKey>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT masked, idempotency_key, received_at, bound, orphan FROM received_keys \
+         WHERE grant_id = $1 ORDER BY id",
+    )
+    .bind(grant_id)
+    .fetch_all(pool)
+    .await
+}
