@@ -201,13 +201,19 @@ impl Application {
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
-        let stopped = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(self.stop_deadline, stopped).await.is_err() {
-            tracing::warn!(
-                "shutdown did not finish within {:?}; leaving the rest (leases expire and other workers resume)",
-                self.stop_deadline
-            );
-            aborts.iter().for_each(|a| a.abort());
+        let mut stopped = std::pin::pin!(futures_util::future::join_all(tasks));
+        tokio::select! {
+            _ = &mut stopped => {}
+            // From the stop request on, what is left gets a bounded time.
+            _ = shutdown.cancelled() => {
+                if tokio::time::timeout(self.stop_deadline, &mut stopped).await.is_err() {
+                    tracing::warn!(
+                        "shutdown did not finish within {:?}; leaving the rest (leases expire and other workers resume)",
+                        self.stop_deadline
+                    );
+                    aborts.iter().for_each(|a| a.abort());
+                }
+            }
         }
         if tokio::time::timeout(Duration::from_secs(5), self.pool.close())
             .await
