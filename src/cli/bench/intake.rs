@@ -44,6 +44,15 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
                 base64::engine::general_purpose::STANDARD.encode(key)
             ),
         )
+        .env(
+            "KEYRELAY_ENCRYPTION_KEY",
+            settings
+                .keys
+                .encryption_keys
+                .as_ref()
+                .map(|k| k.expose_secret().to_string())
+                .unwrap_or_default(),
+        )
         .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
         .env("RUST_LOG", "error")
