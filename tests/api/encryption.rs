@@ -276,3 +276,50 @@ async fn a_dodo_message_that_quotes_the_key_is_stored_masked() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn after_the_demo_a_dump_holds_none_of_its_keys() {
+    let server = crate::helpers::base_settings();
+    let url = server.database.url.expose_secret().to_string();
+    let key = new_encryption_key();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("KEYRELAY_ENCRYPTION_KEY", key.expose_secret()),
+    ];
+    let demo = keyrelay_async(&env, &["demo", "--grants", "40", "--keep-database"]).await;
+    let out = String::from_utf8_lossy(&demo.stdout).into_owned();
+    assert!(
+        demo.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let kept = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("kept database "))
+        .expect("the demo names the kept database")
+        .to_string();
+    let dumped = std::process::Command::new("pg_dump")
+        .arg(&kept)
+        .output()
+        .expect("pg_dump runs");
+    let dumped = String::from_utf8_lossy(&dumped.stdout).into_owned();
+    let mut settings = server.clone();
+    settings.database.url = kept.clone().into();
+    keyrelay::db::drop_database(&settings).await.unwrap();
+    assert!(
+        dumped.contains("COPY public.keys"),
+        "the dump holds the keys table"
+    );
+    // The demo's list keys, generated keys and vendor keys all have a recognisable shape
+    // (the generate pool's template, `GEN-XXXXX-…`, is not a key).
+    for shape in ["DEMO-", "GEN-", "VND-"] {
+        let found = dumped.match_indices(shape).find(|(i, _)| {
+            let next: String = dumped[i + shape.len()..].chars().take(4).collect();
+            next.len() == 4 && next.chars().all(|c| c.is_ascii_alphanumeric()) && next != "XXXX"
+        });
+        assert!(
+            found.is_none(),
+            "a {shape}… key is readable in the dump: {found:?}"
+        );
+    }
+}
