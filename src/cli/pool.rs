@@ -37,7 +37,8 @@ pub enum PoolCommand {
               value_parser = clap::value_parser!(u32).range(1..=i64::from(pool::MAX_EXPIRY_DAYS)))]
         expires_in_days: Option<u32>,
         /// Where keys come from: imported (list), made from --template (generate), or
-        /// Ed25519-signed for offline checks (sign; needs KEYRELAY_SIGNING_KEY).
+        /// Ed25519-signed for offline checks (sign; needs KEYRELAY_SIGNING_KEY), or issued by
+        /// an endpoint (http; needs --endpoint).
         #[arg(long, value_enum, default_value = "list")]
         source: Source,
         /// For --source generate: each X becomes one random character, the rest is kept.

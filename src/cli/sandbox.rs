@@ -69,6 +69,10 @@ pub async fn run(
     println!(
         "                -d '{{\"server_error\":0.2,\"apply_then_500\":0.1,\"latency_ms\":50}}'"
     );
+    println!(
+        "Key vendor for http pools: [key_sources.NAME] url = \"{}/vendor/licenses\", secret = the webhook key above, key_pointer = \"/license/key\"",
+        running.base_url
+    );
     println!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await?;
     running.stop().await;
