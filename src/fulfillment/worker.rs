@@ -70,7 +70,6 @@ impl Worker {
         tracing::info!(concurrency = self.concurrency, "worker pool started");
         let endpoints = tokio::spawn(endpoint_loop(
             self.ctx.clone(),
-            self.signal.clone(),
             self.poll_interval,
             shutdown.clone(),
         ));
@@ -232,13 +231,9 @@ fn spawn_completer(
 const ENDPOINT_BATCH: usize = 8;
 
 /// Asks endpoints for the keys of `http` pools' jobs until shutdown, resting for the poll
-/// interval (or a wake-up) when there is nothing to ask.
-async fn endpoint_loop(
-    ctx: WorkerContext,
-    signal: JobSignal,
-    poll_interval: Duration,
-    shutdown: CancellationToken,
-) {
+/// interval when there is nothing to ask. It does not wait on the job signal: a wake-up it
+/// took would be one the claim loop missed.
+async fn endpoint_loop(ctx: WorkerContext, poll_interval: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let handled = match super::endpoint::fetch_keys(&ctx, ENDPOINT_BATCH).await {
             Ok(handled) => handled,
@@ -249,7 +244,6 @@ async fn endpoint_loop(
         };
         if handled == 0 {
             tokio::select! {
-                _ = signal.woken() => {}
                 _ = tokio::time::sleep(poll_interval) => {}
                 _ = shutdown.cancelled() => {}
             }
