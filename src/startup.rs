@@ -72,9 +72,10 @@ impl Application {
         // Every setting the role needs is checked before the database is touched.
         Self::check(settings, role)?;
         let verifier = webhook_verifier(settings, role)?;
+        let vault = Arc::new(settings.keys.vault()?);
         let pool = if settings.database.migrate_on_start {
             let pool = crate::db::migrate(settings).await?;
-            crate::ops::sealing::seal_plaintext(&pool, Some(&settings.keys.vault()?)).await?;
+            crate::ops::sealing::seal_plaintext(&pool, Some(&vault)).await?;
             pool
         } else {
             crate::db::lazy_pool(settings)?
@@ -98,14 +99,14 @@ impl Application {
                     verifier,
                     signal: signal.clone(),
                     body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
-                    vault: Arc::new(settings.keys.vault()?),
+                    vault: Arc::clone(&vault),
                 };
                 let server = web_server(listener, state, pool.clone(), settings)?;
                 (Some(server), Some(address))
             }
             None => (None, None),
         };
-        let keys = settings.keys.key_maker()?;
+        let keys = settings.keys.key_maker_with(Some(vault))?;
         let maintenance = dodo
             .as_ref()
             .filter(|_| settings.reconciler.interval_secs > 0)

@@ -175,18 +175,26 @@ impl KeySettings {
         }
     }
 
-    /// The key maker for workers: signs with `signing_key` when set.
-    pub fn key_maker(&self) -> anyhow::Result<crate::sources::KeyMaker> {
+    /// The key maker for workers: signs with `signing_key` when set, seals with `vault`.
+    pub fn key_maker_with(
+        &self,
+        vault: Option<std::sync::Arc<crate::crypto::Vault>>,
+    ) -> anyhow::Result<crate::sources::KeyMaker> {
         let signing = self
             .signing_key
             .as_ref()
             .map(crate::sources::sign::parse_signing_key)
             .transpose()?;
+        Ok(crate::sources::KeyMaker::new(signing, vault))
+    }
+
+    /// The key maker for workers, sealing with the configured encryption keys (if any).
+    pub fn key_maker(&self) -> anyhow::Result<crate::sources::KeyMaker> {
         let vault = match &self.encryption_keys {
             Some(_) => Some(std::sync::Arc::new(self.vault()?)),
             None => None,
         };
-        Ok(crate::sources::KeyMaker::new(signing, vault))
+        self.key_maker_with(vault)
     }
 }
 

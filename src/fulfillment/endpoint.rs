@@ -74,10 +74,7 @@ async fn settle(
                 return Ok(());
             }
             let delay = ctx.retry.delay(attempt, retry_after, &mut rand::rng());
-            let run_at = chrono::TimeDelta::from_std(delay)
-                .ok()
-                .and_then(|d| Utc::now().checked_add_signed(d))
-                .unwrap_or_else(Utc::now);
+            let run_at = super::run::later(Utc::now(), delay);
             tracing::warn!(grant_id, pool = %job.pool, error = %error, "the endpoint gave no key; will retry with the same idempotency key");
             endpoint::settle_keyless(
                 &ctx.pool,

@@ -283,7 +283,8 @@ fn completion(
     }
 }
 
-fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+/// `delay` after `now`; `now` if that overflows.
+pub(super) fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
     TimeDelta::from_std(delay)
         .ok()
         .and_then(|d| now.checked_add_signed(d))

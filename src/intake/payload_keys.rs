@@ -43,11 +43,7 @@ pub fn open(payload: &str, vault: &Vault, webhook_id: &str) -> Result<String, Op
     let mut result = Ok(());
     for_each_license(&mut json, &mut |license| {
         if let Some(Value::String(sealed)) = license.remove("key_sealed") {
-            let opened = STANDARD
-                .decode(sealed)
-                .map_err(|_| OpenError::Malformed)
-                .and_then(|bytes| vault.open(&bytes, Row::Event(webhook_id)));
-            match opened {
+            match open_sealed(&sealed, vault, webhook_id) {
                 Ok(key) => {
                     license.insert("key".into(), Value::String(key));
                 }
@@ -64,10 +60,7 @@ pub fn mask(json: &mut Value, vault: Option<&Vault>, webhook_id: &str) {
     for_each_license(json, &mut |license| {
         let shown = match license.remove("key_sealed") {
             Some(Value::String(sealed)) => vault
-                .and_then(|v| {
-                    let bytes = STANDARD.decode(sealed).ok()?;
-                    v.open(&bytes, Row::Event(webhook_id)).ok()
-                })
+                .and_then(|v| open_sealed(&sealed, v, webhook_id).ok())
                 .map_or_else(|| "(sealed)".to_string(), |k| crate::domain::mask_key(&k)),
             _ => match license.get("key") {
                 Some(Value::String(key)) => crate::domain::mask_key(key),
@@ -76,6 +69,12 @@ pub fn mask(json: &mut Value, vault: Option<&Vault>, webhook_id: &str) {
         };
         license.insert("key".into(), Value::String(shown));
     });
+}
+
+/// One `key_sealed` value (base64 of the sealed key) opened.
+fn open_sealed(sealed: &str, vault: &Vault, webhook_id: &str) -> Result<String, OpenError> {
+    let bytes = STANDARD.decode(sealed).map_err(|_| OpenError::Malformed)?;
+    vault.open(&bytes, Row::Event(webhook_id))
 }
 
 /// Calls `f` on every object under a `license_key` field.

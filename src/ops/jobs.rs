@@ -4,10 +4,11 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::crypto::{Row, Vault};
-use crate::domain::{Actor, GrantId, KeyState, LicenseKey};
+use crate::crypto::Vault;
+use crate::domain::{Actor, GrantId, KeyState};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::endpoint::{self, ReceivedKey};
+use crate::store::sealed::open_key;
 use crate::store::{self, operator, read};
 
 pub use crate::store::ActionResult;
@@ -52,11 +53,7 @@ pub async fn show_job(
         let Some(vault) = vault else {
             return "(sealed)".to_string();
         };
-        let opened = vault
-            .open(sealed, Row::Key(key_id))
-            .map_err(|e| e.to_string())
-            .and_then(|v| LicenseKey::parse(&v).map_err(|e| e.to_string()));
-        match opened {
+        match open_key(vault, key_id, sealed) {
             Ok(k) if reveal_key => k.reveal().to_string(),
             Ok(k) => k.masked(),
             Err(e) => format!("(unreadable: {e})"),

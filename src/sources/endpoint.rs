@@ -119,26 +119,13 @@ impl Endpoints {
             .body(body)
             .send()
             .await
-            .map_err(|e| EndpointError::Retry {
-                error: format!(
-                    "key source `{}` did not answer: {}",
-                    job.endpoint,
-                    crate::dodo::describe_error(&e)
-                ),
-                retry_after: None,
-                slow_down: false,
-            })?;
+            .map_err(|e| no_answer(job, "did not answer", &e))?;
         let status = answer.status().as_u16();
         let retry_after = crate::dodo::wait_hint(answer.headers());
-        let bytes = answer.bytes().await.map_err(|e| EndpointError::Retry {
-            error: format!(
-                "key source `{}` broke off its answer: {}",
-                job.endpoint,
-                crate::dodo::describe_error(&e)
-            ),
-            retry_after: None,
-            slow_down: false,
-        })?;
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| no_answer(job, "broke off its answer", &e))?;
         match status {
             200..=299 => key_at(&bytes, &source.key_pointer).map_err(|why| {
                 EndpointError::Fail(format!(
@@ -161,6 +148,19 @@ impl Endpoints {
                 message(&bytes)
             ))),
         }
+    }
+}
+
+/// A request that got no (whole) answer: retried, naming the server but not the URL.
+fn no_answer(job: &KeylessJob, what: &str, e: &reqwest::Error) -> EndpointError {
+    EndpointError::Retry {
+        error: format!(
+            "key source `{}` {what}: {}",
+            job.endpoint,
+            crate::dodo::describe_error(e)
+        ),
+        retry_after: None,
+        slow_down: false,
     }
 }
 

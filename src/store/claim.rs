@@ -11,7 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::make::{fail_without_key, make_keys};
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
 use super::{KEY_LOCK_CLASS, TAKE_LEASE};
-use crate::crypto::{Row, Vault};
+use crate::crypto::Vault;
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
 use crate::sources::KeyMaker;
 
@@ -40,11 +40,7 @@ pub struct ReservedKey {
 impl ReservedKey {
     /// The key's value; an error that says why it cannot be read.
     pub fn open(&self, vault: &Vault) -> Result<LicenseKey, String> {
-        let value = vault
-            .open(&self.value_sealed, Row::Key(self.key_id))
-            .map_err(|e| format!("key #{} cannot be read: {e}", self.key_id))?;
-        LicenseKey::parse(&value)
-            .map_err(|e| format!("key #{} is not a valid key: {e}", self.key_id))
+        super::sealed::open_key(vault, self.key_id, &self.value_sealed)
     }
 }
 

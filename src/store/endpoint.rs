@@ -100,7 +100,6 @@ pub async fn record_received(
     .fetch_optional(&mut *tx)
     .await?
     .is_some();
-    let mut outcome = Received::LeaseLost;
     let mut key_id: Option<i64> = None;
     if owned {
         let id = new_key_ids(&mut tx, 1).await?[0];
@@ -124,11 +123,12 @@ pub async fn record_received(
         .bind(&job.pool)
         .fetch_optional(&mut *tx)
         .await?;
-        outcome = match key_id {
-            Some(_) => Received::Bound,
-            None => Received::Duplicate,
-        };
     }
+    let outcome = match (owned, key_id) {
+        (false, _) => Received::LeaseLost,
+        (true, Some(_)) => Received::Bound,
+        (true, None) => Received::Duplicate,
+    };
     sqlx::query(
         "INSERT INTO received_keys (grant_id, idempotency_key, value_hash, masked, bound, orphan) \
          VALUES ($1, $2, $3, $4, $5, NOT $5)",
@@ -137,11 +137,11 @@ pub async fn record_received(
     .bind(idempotency_key)
     .bind(vault.hash(key.reveal()))
     .bind(key.masked())
-    .bind(outcome == Received::Bound)
+    .bind(key_id.is_some())
     .execute(&mut *tx)
     .await?;
     match (outcome, key_id) {
-        (Received::Bound, Some(key_id)) => {
+        (_, Some(key_id)) => {
             sqlx::query(
                 r#"
                 WITH bound AS (

@@ -1,13 +1,13 @@
 //! Pools and key imports. Both take the entitlement's key lock exclusively and resume the jobs
 //! waiting for keys in the same transaction, so no job is parked just as its keys arrive.
 
+use std::collections::HashSet;
+
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::audit::{self, Subject};
-use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
-use std::collections::HashSet;
-
 use super::sealed::{NewKey, new_key_ids};
+use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
 use crate::domain::{Actor, EntitlementId};
 use crate::sources::Source;
 
@@ -153,25 +153,18 @@ impl Import<'_> {
         // Under one key the unique constraint finds every value already stored; during a
         // rotation a value may be stored under an older key's hash, so look those up.
         let older: Vec<&Vec<u8>> = keys.iter().flat_map(|k| &k.older_hashes).collect();
-        let stored: HashSet<&[u8]> = match older.is_empty() {
+        let stored: HashSet<Vec<u8>> = match older.is_empty() {
             true => HashSet::new(),
-            false => {
-                let found: Vec<Vec<u8>> =
-                    sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
-                        .bind(&older)
-                        .fetch_all(&mut *self.tx)
-                        .await?;
-                let found: HashSet<Vec<u8>> = found.into_iter().collect();
-                older
-                    .iter()
-                    .filter(|h| found.contains(h.as_slice()))
-                    .map(|h| h.as_slice())
-                    .collect()
-            }
+            false => sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
+                .bind(&older)
+                .fetch_all(&mut *self.tx)
+                .await?
+                .into_iter()
+                .collect(),
         };
         let new: Vec<&NewKey> = keys
             .iter()
-            .filter(|k| !k.older_hashes.iter().any(|h| stored.contains(h.as_slice())))
+            .filter(|k| !k.older_hashes.iter().any(|h| stored.contains(h)))
             .collect();
         let added = sqlx::query(
             r#"

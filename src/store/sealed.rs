@@ -21,6 +21,14 @@ impl SealedValue {
     }
 }
 
+/// The key stored sealed in the `keys` row `id`; an error that says why it cannot be read.
+pub fn open_key(vault: &Vault, id: i64, sealed: &[u8]) -> Result<LicenseKey, String> {
+    let value = vault
+        .open(sealed, Row::Key(id))
+        .map_err(|e| format!("key #{id} cannot be read: {e}"))?;
+    LicenseKey::parse(&value).map_err(|e| format!("key #{id} is not a valid key: {e}"))
+}
+
 /// A key of an import, sealed for the row it will be stored in.
 pub struct NewKey {
     pub id: i64,
