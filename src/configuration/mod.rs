@@ -316,8 +316,9 @@ impl Settings {
                     "key_sources.{name}.url is not a valid http(s) URL (not shown: it may hold a credential)"
                 );
             }
-            parse_webhook_secrets(source.secret.expose_secret())
-                .with_context(|| format!("key_sources.{name}.secret"))?;
+            if parse_webhook_secrets(source.secret.expose_secret()).is_err() {
+                bail!("key_sources.{name}.secret is not whsec_ followed by base64");
+            }
             if !(source.key_pointer.is_empty() || source.key_pointer.starts_with('/')) {
                 bail!(
                     "key_sources.{name}.key_pointer must be a JSON pointer such as /key or /license/key"

@@ -213,4 +213,21 @@ fn key_sources_come_from_the_environment_by_name() {
         error.contains("key_sources.vendor.url") && !error.contains("pw@"),
         "{error}"
     );
+    let error = Settings::load_from(
+        None,
+        &env(&[
+            (
+                "KEYRELAY_KEY_SOURCES__VENDOR__URL",
+                "https://licenses.example.com/k",
+            ),
+            ("KEYRELAY_KEY_SOURCES__VENDOR__SECRET", "not base64!"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("key_sources.vendor.secret is not whsec_")
+            && !error.contains("webhook.secret"),
+        "{error}"
+    );
 }
