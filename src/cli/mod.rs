@@ -80,6 +80,12 @@ pub enum Command {
     },
     /// Measure intake, drain and pickup latency (SPEC §5) on this machine.
     Bench(bench::BenchArgs),
+    /// Exit 0 when keyrelay answers ready at URL (the container's health check).
+    Healthcheck {
+        /// The readiness URL to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
 }
 
 impl Cli {
@@ -131,6 +137,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         && let Some(done) = keys::run_offline(keys_command)
     {
         return done;
+    }
+    // The health check runs every few seconds in a container: it needs no settings either.
+    if let Command::Healthcheck { url } = &command {
+        return healthcheck(url).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     let quiet = matches!(command, Command::Demo { .. } | Command::Bench(_));
@@ -193,11 +203,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Bench(args) => bench::run(settings, args).await?,
         Command::Keys(_) => return keys::rotate(&settings).await,
+        Command::Healthcheck { url } => return healthcheck(&url).await,
     }
     Ok(true)
 }
 
-async fn wait_for_stop_signal() {
+/// Asks `url` once, with a short timeout: the container runtime calls this every few seconds.
+async fn healthcheck(url: &str) -> anyhow::Result<bool> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(4))
+        .build()?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url} did not answer: {e}"))?;
+    if response.status().is_success() {
+        println!("ready: {url} answered {}", response.status());
+        Ok(true)
+    } else {
+        eprintln!("not ready: {url} answered {}", response.status());
+        Ok(false)
+    }
+}
+
+pub(crate) async fn wait_for_stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

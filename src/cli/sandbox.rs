@@ -73,8 +73,8 @@ pub async fn run(
         "Key vendor for http pools: [key_sources.NAME] url = \"{}/vendor/licenses\", secret = the webhook key above, key_pointer = \"/license/key\"",
         running.base_url
     );
-    println!("Ctrl-C stops it.");
-    tokio::signal::ctrl_c().await?;
+    println!("Ctrl-C (or SIGTERM) stops it.");
+    super::wait_for_stop_signal().await;
     running.stop().await;
     Ok(())
 }

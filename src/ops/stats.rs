@@ -14,7 +14,10 @@ pub struct QueueStats {
     pub jobs_by_state: Vec<(JobState, i64)>,
     /// Seconds since the oldest job that is ready to run was created (0 when none waits).
     pub oldest_queued_age_secs: f64,
-    pub keys_available: Vec<(String, i64)>,
+    /// Seconds since the oldest grant without a key (any unfinished job) was created.
+    pub oldest_unfinished_age_secs: f64,
+    /// Stock of the pools that hold keys (`list` pools).
+    pub keys_available: Vec<stock::Stock>,
     pub dead_tuples: Vec<(String, i64)>,
 }
 
@@ -22,7 +25,8 @@ pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
     Ok(QueueStats {
         jobs_by_state: stock::count_jobs_by_state(pool).await?,
         oldest_queued_age_secs: stock::oldest_queued_age_secs(pool).await?,
-        keys_available: stock::available_per_pool(pool).await?,
+        oldest_unfinished_age_secs: stock::oldest_unfinished_age_secs(pool).await?,
+        keys_available: stock::stock_per_pool(pool).await?,
         dead_tuples: stock::dead_tuples(pool).await?,
     })
 }
@@ -53,13 +57,38 @@ pub fn render(stats: &QueueStats) -> String {
     );
     let _ = writeln!(
         out,
-        "# HELP keyrelay_keys_available Available keys per pool.\n# TYPE keyrelay_keys_available gauge"
+        "# HELP keyrelay_oldest_unfinished_job_age_seconds Age of the oldest grant still without a key.\n\
+         # TYPE keyrelay_oldest_unfinished_job_age_seconds gauge\n\
+         keyrelay_oldest_unfinished_job_age_seconds {:.3}",
+        stats.oldest_unfinished_age_secs
     );
-    for (pool, n) in &stats.keys_available {
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_keys_available Available keys per list pool.\n# TYPE keyrelay_keys_available gauge"
+    );
+    for s in &stats.keys_available {
         let _ = writeln!(
             out,
-            "keyrelay_keys_available{{pool=\"{}\"}} {n}",
-            label(pool)
+            "keyrelay_keys_available{{pool=\"{}\"}} {}",
+            label(&s.pool),
+            s.available
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_pool_low_stock_threshold The low-stock threshold of each list pool that has one.\n\
+         # TYPE keyrelay_pool_low_stock_threshold gauge"
+    );
+    for s in stats
+        .keys_available
+        .iter()
+        .filter(|s| s.low_stock_threshold > 0)
+    {
+        let _ = writeln!(
+            out,
+            "keyrelay_pool_low_stock_threshold{{pool=\"{}\"}} {}",
+            label(&s.pool),
+            s.low_stock_threshold
         );
     }
     let _ = writeln!(

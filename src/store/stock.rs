@@ -49,10 +49,20 @@ pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
     .await
 }
 
-/// Available keys per pool, by pool name (cheap: read at every metrics scrape).
-pub async fn available_per_pool(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+/// A pool that holds stock (`list` pools: the others make each key when a grant needs it).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stock {
+    pub pool: String,
+    pub available: i64,
+    pub low_stock_threshold: i32,
+}
+
+/// Available keys and the low-stock threshold of every `list` pool, by pool name (cheap: read
+/// at every metrics scrape).
+pub async fn stock_per_pool(pool: &PgPool) -> Result<Vec<Stock>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT pools.name, {AVAILABLE_IN_POOL} FROM pools ORDER BY pools.name"
+        "SELECT pools.name AS pool, {AVAILABLE_IN_POOL} AS available, pools.low_stock AS low_stock_threshold \
+         FROM pools WHERE pools.source = 'list' ORDER BY pools.name"
     ))
     .fetch_all(pool)
     .await
@@ -132,6 +142,19 @@ pub async fn oldest_queued_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
          FROM jobs WHERE state = 'queued'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Seconds since the oldest grant that still has no key was paid for: every job that is not
+/// delivered, failed or cancelled. Each half is read on its own partial index (`jobs_due`,
+/// `jobs_waiting`), so finished history does not slow it down.
+pub async fn oldest_unfinished_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - least( \
+             (SELECT min(created_at) FROM jobs WHERE state IN ('queued', 'retrying', 'running')), \
+             (SELECT min(created_at) FROM jobs WHERE state = 'waiting_for_keys')))::float8, 0)",
     )
     .fetch_one(pool)
     .await
