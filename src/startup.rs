@@ -184,6 +184,10 @@ impl Application {
                 }
             }));
         }
+        tasks.push(tokio::spawn(crate::ops::stats::sample_queue_depth(
+            self.pool.clone(),
+            shutdown.clone(),
+        )));
         if let Some(m) = self.maintenance {
             let pool = self.pool.clone();
             tasks.push(tokio::spawn(crate::ops::reconcile::run_maintenance(

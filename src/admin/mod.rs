@@ -3,9 +3,11 @@
 //! HttpOnly, SameSite=Strict session cookie. Page actions carry a CSRF token.
 
 mod auth;
+mod chart;
 mod extract;
 mod pages;
 mod throttle;
+mod views;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -30,11 +32,20 @@ pub struct AdminState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
-            .route("", web::get().to(dashboard))
-            .route("/", web::get().to(dashboard))
+            .route("", web::get().to(views::overview))
+            .route("/", web::get().to(views::overview))
             .route("/login", web::get().to(login_form))
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
+            .route("/jobs", web::get().to(views::jobs_page))
+            .route("/jobs/bulk", web::get().to(views::bulk_confirm))
+            .route("/jobs/bulk", web::post().to(views::bulk_run))
+            .route("/attention", web::get().to(views::attention))
+            .route("/events", web::get().to(views::events_page))
+            .route(
+                "/events/{webhook_id}/replay",
+                web::post().to(views::replay_event),
+            )
             .route("/jobs/{grant_id}", web::get().to(job_page))
             .route("/jobs/{grant_id}/{action}", web::post().to(job_action_form))
             .route("/api/stats", web::get().to(api_stats))
@@ -59,16 +70,24 @@ fn html(status: StatusCode, body: String) -> HttpResponse {
         .body(body)
 }
 
-/// `?done=` on a page names one of a few fixed messages; anything else shows nothing, so no
-/// link can make the dashboard say what its author wants.
+/// `?done=` on a page names one of a few fixed messages (with `n`, a number, for bulk
+/// actions); anything else shows nothing, so no link can make the dashboard say what its
+/// author wants.
 #[derive(Deserialize)]
 struct Flash {
     done: Option<String>,
+    n: Option<u64>,
 }
 
 impl Flash {
-    fn message(&self) -> Option<&'static str> {
+    fn message(&self) -> Option<String> {
+        let n = self.n.unwrap_or(0);
         Some(match self.done.as_deref()? {
+            "bulk_retry" => return Some(format!("bulk retry done: {n} job(s) queued again")),
+            "bulk_cancel" => return Some(format!("bulk cancel done: {n} job(s) cancelled")),
+            "replayed" => "replay done: the event ran through intake again",
+            "event_not_found" => "there is no such event",
+            "replay_failed" => "the event could not be replayed; the log says why",
             "retried" => "retry done: the job is queued again",
             "cancelled" => "cancel done: the job is cancelled and its key released",
             "cancelled_key_kept" => {
@@ -78,7 +97,8 @@ impl Flash {
             "not_found" => "there is no such job",
             "unknown_action" => "unknown action",
             _ => return None,
-        })
+        }
+        .to_string())
     }
 }
 
@@ -117,31 +137,6 @@ fn check_csrf(
         Credential::Session(s) if !state.auth.csrf_valid(s, token) => Err(AdminError::Csrf),
         _ => Ok(()),
     }
-}
-
-async fn dashboard(
-    who: SignedIn,
-    state: web::Data<AdminState>,
-    flash: web::Query<Flash>,
-) -> Result<HttpResponse, AdminError> {
-    let stats = crate::ops::stats::read(&state.pool).await?;
-    let mut attention = jobs::list_jobs(&state.pool, Some(JobState::Failed), 50).await?;
-    attention.extend(jobs::list_jobs(&state.pool, Some(JobState::Retrying), 50).await?);
-    // A license an endpoint issued that no grant uses must be revoked at the vendor.
-    for grant_id in crate::store::endpoint::grants_with_orphan_keys(&state.pool, 50).await? {
-        if let Some(job) = crate::store::read::job(&state.pool, &grant_id).await? {
-            attention.push(job);
-        }
-    }
-    let pools = crate::pool::list_pools(&state.pool).await?;
-    let page = pages::dashboard(
-        &stats,
-        &attention,
-        &pools,
-        &csrf(&state, &who),
-        flash.message(),
-    );
-    Ok(html(StatusCode::OK, page))
 }
 
 async fn login_form() -> HttpResponse {
@@ -223,7 +218,7 @@ async fn job_page(
     Ok(match detail {
         Some(detail) => html(
             StatusCode::OK,
-            pages::job(&detail, &csrf(&state, &who), flash.message()),
+            pages::job(&detail, &csrf(&state, &who), flash.message().as_deref()),
         ),
         None => html(StatusCode::NOT_FOUND, pages::not_found(&raw)),
     })
@@ -320,6 +315,7 @@ async fn api_job_action(
     let done = run_action(&state, &grant_id, &action).await?;
     let message = Flash {
         done: Some(done.code().into()),
+        n: None,
     }
     .message()
     .unwrap_or_default();

@@ -8,15 +8,43 @@ use super::output::{json, or_dash, shown, table};
 use crate::configuration::Settings;
 use crate::domain::{Actor, GrantId, JobState};
 use crate::ops::jobs::{self, ActionResult};
+use crate::store::search::{self, Cursor, JobFilter, parse_when};
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// Jobs, newest first.
+    /// Jobs, newest first, a page at a time; the filters combine.
     List {
+        /// Only jobs in this state: queued, running, retrying, waiting_for_keys, delivered,
+        /// failed or cancelled.
         #[arg(long, value_parser = parse_state)]
         state: Option<JobState>,
-        #[arg(long, default_value_t = 50)]
+        /// Only this customer's grants (Dodo's customer id, e.g. cus_123).
+        #[arg(long, value_name = "CUSTOMER_ID")]
+        customer: Option<String>,
+        /// Only the grants of this payment (Dodo's payment id, e.g. pay_123).
+        #[arg(long, value_name = "PAYMENT_ID")]
+        payment: Option<String>,
+        /// A grant, customer or payment id, or the last four characters of a key (what its
+        /// masked form shows).
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+        /// Only the jobs of this pool's entitlement.
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
+        /// Only jobs created since then: an RFC 3339 time, or an age such as 30m, 6h or 2d.
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<DateTime<Utc>>,
+        /// Only jobs created before then (same forms as --since).
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        until: Option<DateTime<Utc>>,
+        /// How many jobs to show (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
+        /// The next page: the cursor printed under the previous one.
+        #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+        after: Option<Cursor>,
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +90,10 @@ fn parse_state(s: &str) -> Result<JobState, String> {
     })
 }
 
+fn parse_cursor(s: &str) -> Result<Cursor, String> {
+    Cursor::decode(s).ok_or_else(|| "not a cursor printed by `keyrelay jobs list`".into())
+}
+
 fn parse_grant_id(s: &str) -> Result<GrantId, String> {
     GrantId::parse(s).map_err(|e| e.to_string())
 }
@@ -70,12 +102,32 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
     match command {
         JobsCommand::List {
             state,
+            customer,
+            payment,
+            search,
+            pool: pool_name,
+            since,
+            until,
             limit,
+            after,
             json: as_json,
         } => {
-            let list = jobs::list_jobs(pool, state, limit).await?;
+            let filter = JobFilter {
+                search,
+                customer,
+                payment,
+                state,
+                pool: pool_name,
+                since,
+                until,
+            };
+            let list = search::find_jobs(pool, &filter, after.as_ref(), limit).await?;
             if as_json {
                 return json(&list);
+            }
+            if list.is_empty() {
+                println!("no jobs match {}", shown(&filter.describe()));
+                return Ok(());
             }
             let rows: Vec<Vec<String>> = list
                 .iter()
@@ -103,6 +155,11 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
                 ],
                 &rows,
             );
+            if list.len() as i64 == limit
+                && let Some(last) = list.last()
+            {
+                println!("next page: --after {}", Cursor::after(last).encode());
+            }
         }
         JobsCommand::Show {
             grant_id,

@@ -205,6 +205,8 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                         } else {
                             "ok".into()
                         },
+                        format!("{} / {}", p.sold_last_day, p.sold_last_week),
+                        p.forecast(),
                         or_dash(p.activations_limit),
                         or_dash(p.expires_in_days),
                     ]
@@ -221,6 +223,8 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                     "rejected",
                     "revoked",
                     "stock",
+                    "sold day/week",
+                    "runs out",
                     "activations",
                     "expiry_days",
                 ],

@@ -88,6 +88,14 @@ impl IdKind for Entitlement {
 }
 pub type EntitlementId = Id<Entitlement>;
 
+/// Marks a payment id (a grant's payment, for finding it by what the customer's receipt says).
+#[derive(Debug)]
+pub enum Payment {}
+impl IdKind for Payment {
+    const NAME: &'static str = "payment id";
+}
+pub type PaymentId = Id<Payment>;
+
 impl<K> Clone for Id<K> {
     fn clone(&self) -> Self {
         Id::trusted(self.value.clone())

@@ -76,6 +76,12 @@ impl LicenseKey {
         mask_key(&self.0)
     }
 
+    /// The characters of the key its masked form shows at the end (lowercased), by which
+    /// people find it; empty when the mask shows none.
+    pub fn search_tail(&self) -> String {
+        key_tail(&self.0)
+    }
+
     /// Whether `other` (a value Dodo reported) is this key.
     pub fn is(&self, other: Option<&str>) -> bool {
         other == Some(self.0.as_str())
@@ -91,6 +97,24 @@ impl fmt::Debug for LicenseKey {
 impl fmt::Display for LicenseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked())
+    }
+}
+
+/// The last four characters of `key` (lowercased) when its masked form shows them, else empty.
+pub fn key_tail(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let masked = mask_key(key);
+    if tail.chars().count() == 4 && masked.ends_with(&tail) && !tail.contains('*') {
+        tail.to_lowercase()
+    } else {
+        String::new()
     }
 }
 

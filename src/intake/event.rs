@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::signature::VerifiedWebhook;
 use crate::crypto::Vault;
 use crate::dodo::{Envelope, Grant, GrantStatus};
-use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, Serve, printable};
+use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, PaymentId, Serve, printable};
 use crate::lifecycle::GrantEvent;
 use crate::store::enqueue::NewJob;
 
@@ -37,6 +37,9 @@ pub struct GrantFacts {
     pub id: GrantId,
     pub customer_id: CustomerId,
     pub entitlement_id: EntitlementId,
+    /// The grant's payment; a payment id keyrelay cannot store is dropped, not refused: the
+    /// grant is served all the same, only not found by that id.
+    pub payment_id: Option<PaymentId>,
     pub status: GrantStatus,
     pub serve: Serve,
     pub updated_at: Option<DateTime<Utc>>,
@@ -63,6 +66,10 @@ impl GrantFacts {
             id: GrantId::parse(&grant.id)?,
             customer_id: CustomerId::parse(&grant.customer_id)?,
             entitlement_id: EntitlementId::parse(&grant.entitlement_id)?,
+            payment_id: grant
+                .payment_id
+                .as_deref()
+                .and_then(|p| PaymentId::parse(p).ok()),
             status: grant.status.clone(),
             serve: ownership(grant),
             updated_at: parse_time(grant.updated_at.as_deref()),
@@ -98,6 +105,7 @@ impl GrantFacts {
             grant_id: &self.id,
             entitlement_id: &self.entitlement_id,
             customer_id: &self.customer_id,
+            payment_id: self.payment_id.as_ref(),
             grant_updated_at: self.updated_at,
             serve: self.serve,
         }

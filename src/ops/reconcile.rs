@@ -12,7 +12,7 @@ pub use crate::store::prune::Pruned;
 use tokio_util::sync::CancellationToken;
 
 use crate::dodo::{DodoClient, GrantStatus};
-use crate::domain::{CustomerId, GrantId, Serve};
+use crate::domain::{CustomerId, GrantId, PaymentId, Serve};
 use crate::intake::event::GrantFacts;
 use crate::store::{self, enqueue, pools};
 
@@ -63,7 +63,7 @@ async fn reconcile_locked(
                 break;
             }
             // The list endpoint ignores integration filters: keep pending license-key grants.
-            let pending: Vec<(GrantId, CustomerId)> = items
+            let pending: Vec<(GrantId, CustomerId, Option<PaymentId>)> = items
                 .iter()
                 .filter_map(|g| match GrantFacts::from_grant(g) {
                     Ok(facts) => Some(facts),
@@ -74,7 +74,7 @@ async fn reconcile_locked(
                     }
                 })
                 .filter(|g| g.is_pending_without_key() && g.serve != Serve::No)
-                .map(|g| (g.id, g.customer_id))
+                .map(|g| (g.id, g.customer_id, g.payment_id))
                 .collect();
             report.pending_seen += pending.len();
             let enqueued = enqueue::enqueue_grants(
@@ -138,5 +138,7 @@ pub async fn prune(pool: &PgPool, older_than: Duration) -> Result<Pruned, sqlx::
     let cutoff = chrono::Utc::now()
         .checked_sub_signed(age)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    // The dashboard charts a day; samples are kept a week.
+    store::history::prune_samples(pool, chrono::Utc::now() - chrono::TimeDelta::days(7)).await?;
     store::prune::prune(pool, cutoff).await
 }

@@ -18,6 +18,9 @@ const BATCH: i64 = 1_000;
 pub async fn seal_plaintext(pool: &PgPool, vault: Option<&Vault>) -> anyhow::Result<u64> {
     let (keys, events) = sealed::count_plaintext(pool).await?;
     if keys + events == 0 {
+        if let Some(vault) = vault {
+            fill_key_tails(pool, vault).await?;
+        }
         return Ok(0);
     }
     let Some(vault) = vault else {
@@ -34,11 +37,31 @@ pub async fn seal_plaintext(pool: &PgPool, vault: Option<&Vault>) -> anyhow::Res
         }
     }
     done += reseal_events(pool, vault, true, |_| {}).await?;
+    fill_key_tails(pool, vault).await?;
     tracing::info!(
         rows = done,
         "sealed key values an earlier keyrelay stored in plaintext"
     );
     Ok(done)
+}
+
+/// Gives keys stored before keyrelay kept their searchable tail one (`keys.tail`).
+async fn fill_key_tails(pool: &PgPool, vault: &Vault) -> anyhow::Result<()> {
+    let mut filled = 0;
+    loop {
+        let now = sealed::fill_key_tails(pool, vault, BATCH).await?;
+        filled += now;
+        if now == 0 {
+            break;
+        }
+    }
+    if filled > 0 {
+        tracing::info!(
+            keys = filled,
+            "made stored keys searchable by their last characters"
+        );
+    }
+    Ok(())
 }
 
 /// What `keys rotate` did.

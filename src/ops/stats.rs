@@ -31,6 +31,22 @@ pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
     })
 }
 
+/// Samples queue depth by state once a minute until shutdown, for the dashboard's chart. Every
+/// process does it; the first one each minute writes the sample.
+pub async fn sample_queue_depth(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+    let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every_minute.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = crate::store::history::record_queue_sample(&pool).await {
+            tracing::debug!(error = %e, "could not sample queue depth; will try next minute");
+        }
+    }
+}
+
 fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")

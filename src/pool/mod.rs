@@ -14,7 +14,7 @@ use crate::sources::generate::{Template, TemplateError};
 use crate::store::pools::{CreatePoolError, Import, NewPoolRow, create_pool};
 use crate::store::sealed::NewKey;
 
-pub use crate::store::stock::{PoolStock, list_pools};
+pub use crate::store::stock::{PoolStock, list_pools, pool_names};
 
 /// Longest key expiry a pool may set: a hundred years.
 pub const MAX_EXPIRY_DAYS: u32 = 36_500;

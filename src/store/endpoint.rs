@@ -107,9 +107,9 @@ pub async fn record_received(
         key_id = sqlx::query_scalar(
             r#"
             INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
-                              grant_id, batch_id)
+                              grant_id, batch_id, tail)
             OVERRIDING SYSTEM VALUE
-            SELECT $1, pools.id, $2, $3, $4, 'reserved', $5, 'http:' || pools.endpoint
+            SELECT $1, pools.id, $2, $3, $4, 'reserved', $5, 'http:' || pools.endpoint, $7
             FROM pools WHERE pools.name = $6
             ON CONFLICT (value_hash) DO NOTHING
             RETURNING id
@@ -121,6 +121,7 @@ pub async fn record_received(
         .bind(vault.sealing_key_id())
         .bind(&job.grant_id)
         .bind(&job.pool)
+        .bind(&sealed.tail)
         .fetch_optional(&mut *tx)
         .await?;
     }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, Serve};
+use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, PaymentId, Serve};
 
 /// A verified webhook, as stored.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +25,7 @@ pub struct NewJob<'a> {
     pub grant_id: &'a GrantId,
     pub entitlement_id: &'a EntitlementId,
     pub customer_id: &'a CustomerId,
+    pub payment_id: Option<&'a PaymentId>,
     pub grant_updated_at: Option<DateTime<Utc>>,
     pub serve: Serve,
 }
@@ -71,8 +72,9 @@ pub async fn record_event<'e>(
             ON CONFLICT (webhook_id) DO NOTHING
             RETURNING webhook_id
         ), job AS (
-            INSERT INTO jobs (grant_id, entitlement_id, customer_id, webhook_id, source, grant_updated_at)
-            SELECT $3, $5, $6, $1, 'webhook', $7
+            INSERT INTO jobs (grant_id, entitlement_id, customer_id, webhook_id, source,
+                              grant_updated_at, payment_id)
+            SELECT $3, $5, $6, $1, 'webhook', $7, $11
             WHERE $5::text IS NOT NULL AND ($9 OR EXISTS (SELECT 1 FROM ev)) AND {}
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
@@ -92,6 +94,7 @@ pub async fn record_event<'e>(
         .bind(serve_name(job.map_or(Serve::No, |j| j.serve)))
         .bind(replay)
         .bind(event.key_sealed_with)
+        .bind(job.and_then(|j| j.payment_id))
         .fetch_one(executor)
         .await?;
     Ok(Recorded {
@@ -137,8 +140,8 @@ pub async fn record_unseen_grant(
         r#"
         WITH job AS (
             INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, finished_at,
-                              grant_updated_at, last_error, source)
-            SELECT $1, $2, $3, $4, now(), $5, $6, 'webhook'
+                              grant_updated_at, last_error, source, payment_id)
+            SELECT $1, $2, $3, $4, now(), $5, $6, 'webhook', $9
             WHERE {}
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
@@ -157,6 +160,7 @@ pub async fn record_unseen_grant(
         .bind(note)
         .bind(serve_name(job.serve))
         .bind(actor.as_str())
+        .bind(job.payment_id)
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -168,18 +172,20 @@ pub async fn record_unseen_grant(
 pub async fn enqueue_grants(
     pool: &PgPool,
     entitlement_id: &EntitlementId,
-    grants: &[(GrantId, CustomerId)],
+    grants: &[(GrantId, CustomerId, Option<PaymentId>)],
     source: &str,
     detail: &str,
 ) -> Result<Vec<GrantId>, sqlx::Error> {
-    let (ids, customers): (Vec<&GrantId>, Vec<&CustomerId>) =
-        grants.iter().map(|(g, c)| (g, c)).unzip();
+    let ids: Vec<&GrantId> = grants.iter().map(|g| &g.0).collect();
+    let customers: Vec<&CustomerId> = grants.iter().map(|g| &g.1).collect();
+    let payments: Vec<Option<&PaymentId>> = grants.iter().map(|g| g.2.as_ref()).collect();
     sqlx::query_scalar(
         r#"
         WITH new AS (
-            INSERT INTO jobs (grant_id, entitlement_id, customer_id, source)
-            SELECT found.grant_id, $3, found.customer_id, $4
-            FROM unnest($1::text[], $2::text[]) AS found(grant_id, customer_id)
+            INSERT INTO jobs (grant_id, entitlement_id, customer_id, source, payment_id)
+            SELECT found.grant_id, $3, found.customer_id, $4, found.payment_id
+            FROM unnest($1::text[], $2::text[], $6::text[])
+                AS found(grant_id, customer_id, payment_id)
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
         ), audited AS (
@@ -194,6 +200,7 @@ pub async fn enqueue_grants(
     .bind(entitlement_id)
     .bind(source)
     .bind(detail)
+    .bind(&payments)
     .fetch_all(pool)
     .await
 }

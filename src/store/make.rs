@@ -124,13 +124,13 @@ async fn bind_made_keys(
         r#"
         WITH made AS (
             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[],
-                                 $5::bytea[], $6::text[])
-                AS made(pool_id, grant_id, id, value_sealed, value_hash, source)
+                                 $5::bytea[], $6::text[], $8::text[])
+                AS made(pool_id, grant_id, id, value_sealed, value_hash, source, tail)
         ), inserted AS (
             INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
-                              grant_id, batch_id)
+                              grant_id, batch_id, tail)
             OVERRIDING SYSTEM VALUE
-            SELECT id, pool_id, value_sealed, value_hash, $7, 'reserved', grant_id, source
+            SELECT id, pool_id, value_sealed, value_hash, $7, 'reserved', grant_id, source, tail
             FROM made
             ON CONFLICT (value_hash) DO NOTHING
             RETURNING id, pool_id, grant_id, value_sealed, batch_id
@@ -154,6 +154,7 @@ async fn bind_made_keys(
     .bind(sealed.iter().map(|s| &s.hash).collect::<Vec<_>>())
     .bind(&sources)
     .bind(vault.sealing_key_id())
+    .bind(sealed.iter().map(|s| &s.tail).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(bound.into_iter().map(|b| (b.grant_id, b.key)).collect())

@@ -12,7 +12,8 @@
 //! - `operator`: retry and cancel.
 //! - `pools`: pools and key imports.
 //! - `stock`: counts (keys per pool and state, jobs per state) and low-stock flags.
-//! - `read`: what operators and the dashboard look at.
+//! - `read`: what operators and the dashboard look at; `search`: finding jobs by id, key,
+//!   state, pool and time, a page at a time; `history`: the dashboard's time series.
 //! - `audit`, `prune`, and `admin` (signed-out sessions).
 
 pub mod admin;
@@ -20,12 +21,14 @@ pub mod audit;
 pub mod claim;
 pub mod endpoint;
 pub mod enqueue;
+pub mod history;
 mod make;
 pub mod operator;
 pub mod pools;
 pub mod prune;
 pub mod read;
 pub mod sealed;
+pub mod search;
 pub mod settle;
 pub mod stock;
 

@@ -168,10 +168,11 @@ impl Import<'_> {
             .collect();
         let added = sqlx::query(
             r#"
-            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id)
+            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id, tail)
             OVERRIDING SYSTEM VALUE
-            SELECT id, $1, value_sealed, value_hash, $5, $6
-            FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) AS file(id, value_sealed, value_hash)
+            SELECT id, $1, value_sealed, value_hash, $5, $6, tail
+            FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $7::text[])
+                AS file(id, value_sealed, value_hash, tail)
             ON CONFLICT (value_hash) DO NOTHING
             "#,
         )
@@ -181,6 +182,7 @@ impl Import<'_> {
         .bind(new.iter().map(|k| &k.value.hash).collect::<Vec<_>>())
         .bind(sealed_with)
         .bind(&self.batch_id)
+        .bind(new.iter().map(|k| &k.value.tail).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?
         .rows_affected();

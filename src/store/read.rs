@@ -14,6 +14,7 @@ pub struct JobSummary {
     pub attempts: i32,
     pub entitlement_id: EntitlementId,
     pub customer_id: CustomerId,
+    pub payment_id: Option<String>,
     pub last_error: Option<String>,
     pub last_http_status: Option<i32>,
     pub source: String,
@@ -22,7 +23,7 @@ pub struct JobSummary {
     pub run_at: DateTime<Utc>,
 }
 
-const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement_id, customer_id, last_error, \
+pub(crate) const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement_id, customer_id, payment_id, last_error, \
      last_http_status, source, created_at, updated_at, run_at";
 
 /// Newest first, optionally in one state.
@@ -125,6 +126,43 @@ pub async fn list_events(
     )
     .bind(event_type)
     .bind(grant_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Stored events received before `before` (a received time and webhook-id; all when None), newest first: the events page,
+/// a page at a time on the `received_at` index.
+pub async fn events_before(
+    pool: &PgPool,
+    before: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<EventSummary>, sqlx::Error> {
+    let (at, id) = before.unzip();
+    let older = match at {
+        Some(_) => "WHERE received_at <= $2 AND (received_at, webhook_id) < ($2, $3)",
+        None => "WHERE $2::timestamptz IS NULL AND $3::text IS NULL",
+    };
+    sqlx::query_as(&format!(
+        "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events {older} \
+         ORDER BY received_at DESC, webhook_id DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .bind(at)
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Events keyrelay set aside (it could not process them), oldest first.
+pub async fn events_with_problem(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<EventSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events \
+         WHERE problem IS NOT NULL ORDER BY received_at LIMIT $1",
+    )
     .bind(limit)
     .fetch_all(pool)
     .await

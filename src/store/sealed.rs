@@ -10,6 +10,8 @@ use crate::domain::LicenseKey;
 pub struct SealedValue {
     pub sealed: Vec<u8>,
     pub hash: Vec<u8>,
+    /// `keys.tail`: what the masked key shows at its end, for search.
+    pub tail: String,
 }
 
 impl SealedValue {
@@ -17,6 +19,7 @@ impl SealedValue {
         SealedValue {
             sealed: vault.seal(key.reveal(), Row::Key(id)),
             hash: vault.hash(key.reveal()),
+            tail: key.search_tail(),
         }
     }
 }
@@ -46,6 +49,7 @@ impl NewKey {
             value: SealedValue {
                 sealed: vault.seal(key.reveal(), Row::Key(id)),
                 hash,
+                tail: key.search_tail(),
             },
             older_hashes: hashes,
         }
@@ -109,6 +113,40 @@ pub async fn seal_plaintext_keys(
         .map(|(id, value)| (vault.seal(value, Row::Key(*id)), vault.hash(value)))
         .collect();
     let done = rewrite_keys(&mut tx, vault, &ids, &sealed, "value IS NOT NULL").await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Sets `keys.tail` on up to `batch` keys stored before keyrelay kept it (opening each);
+/// returns how many.
+pub async fn fill_key_tails(pool: &PgPool, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, value_sealed FROM keys WHERE tail IS NULL AND value_sealed IS NOT NULL \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    // A key no configured encryption key opens gets an empty tail: it is not searchable, and
+    // `keys rotate` reports it.
+    let (ids, tails): (Vec<i64>, Vec<String>) = rows
+        .iter()
+        .map(|(id, sealed)| {
+            let tail =
+                open_key(vault, *id, sealed).map_or_else(|_| String::new(), |k| k.search_tail());
+            (*id, tail)
+        })
+        .unzip();
+    let done = sqlx::query(
+        "UPDATE keys SET tail = new.tail FROM unnest($1::bigint[], $2::text[]) AS new(id, tail) \
+         WHERE keys.id = new.id",
+    )
+    .bind(&ids)
+    .bind(&tails)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     Ok(done)
 }

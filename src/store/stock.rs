@@ -26,6 +26,33 @@ pub struct PoolStock {
     pub low_stock: bool,
     pub activations_limit: Option<i32>,
     pub expires_in_days: Option<i32>,
+    /// Grants delivered from the pool in the last 24 hours and 7 days.
+    pub sold_last_day: i64,
+    pub sold_last_week: i64,
+    /// When a `list` pool runs out at the recent sales rate (the faster of the last day's and
+    /// the last week's): days from now. None when nothing sold, or keys are made per grant.
+    #[sqlx(skip)]
+    pub runs_out_in_days: Option<f64>,
+}
+
+impl PoolStock {
+    /// The forecast in words: "about 12 days", "unlimited", or why there is none.
+    pub fn forecast(&self) -> String {
+        match (self.source.makes_keys(), self.runs_out_in_days) {
+            (true, _) => "never (keys are made per grant)".into(),
+            (false, _) if self.available == 0 => "empty now".into(),
+            (false, None) => "no sales in the last week".into(),
+            (false, Some(d)) if d < 1.0 => format!("within a day (about {:.0} h)", d * 24.0),
+            (false, Some(d)) => format!("in about {d:.0} days"),
+        }
+    }
+
+    fn with_forecast(mut self) -> PoolStock {
+        let per_day = (self.sold_last_day as f64).max(self.sold_last_week as f64 / 7.0);
+        self.runs_out_in_days =
+            (self.source == Source::List && per_day > 0.0).then(|| self.available as f64 / per_day);
+        self
+    }
 }
 
 /// Every pool with its keys counted by state, by name.
@@ -40,13 +67,27 @@ pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
                count(keys.id) FILTER (WHERE keys.state = 'revoked')   AS revoked,
                pools.low_stock AS low_stock_threshold,
                {AVAILABLE_IN_POOL} < pools.low_stock AS low_stock,
-               pools.activations_limit, pools.expires_in_days
+               pools.activations_limit, pools.expires_in_days,
+               (SELECT count(*) FROM jobs WHERE jobs.state = 'delivered'
+                  AND jobs.entitlement_id = pools.entitlement_id
+                  AND jobs.finished_at >= now() - interval '1 day') AS sold_last_day,
+               (SELECT count(*) FROM jobs WHERE jobs.state = 'delivered'
+                  AND jobs.entitlement_id = pools.entitlement_id
+                  AND jobs.finished_at >= now() - interval '7 days') AS sold_last_week
         FROM pools LEFT JOIN keys ON keys.pool_id = pools.id AND keys.state <> 'available'
         GROUP BY pools.id ORDER BY pools.name
         "#
     ))
     .fetch_all(pool)
     .await
+    .map(|pools: Vec<PoolStock>| pools.into_iter().map(PoolStock::with_forecast).collect())
+}
+
+/// Every pool's name, in order.
+pub async fn pool_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM pools ORDER BY name")
+        .fetch_all(pool)
+        .await
 }
 
 /// A pool that holds stock (`list` pools: the others make each key when a grant needs it).

@@ -20,5 +20,6 @@ mod outage;
 mod payloads;
 mod pools;
 mod rate_budget;
+mod search;
 mod signature;
 mod sources;

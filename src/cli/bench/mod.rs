@@ -143,7 +143,7 @@ async fn queue_backlog(
         .map(|_| {
             let g = sandbox.create_grant(ENTITLEMENT, None);
             let facts = crate::intake::event::GrantFacts::from_grant(&g)?;
-            anyhow::Ok((facts.id, facts.customer_id))
+            anyhow::Ok((facts.id, facts.customer_id, facts.payment_id))
         })
         .collect::<Result<_, _>>()?;
     enqueue::enqueue_grants(pool, &entitlement(), &grants, "bench", "benchmark").await?;

@@ -1,11 +1,16 @@
-//! The dashboard's HTML: one small server-rendered page per view, no scripts.
+//! The dashboard's HTML: one small server-rendered page per view, no scripts. `overview` has
+//! the charts and pools, `lists` the job search, bulk actions, needs-attention and events.
+
+mod lists;
+mod overview;
+
+pub use lists::{BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
+pub use overview::overview;
 
 use crate::domain::{JobState, mask_key};
-use crate::ops::jobs::{JobDetail, JobSummary};
-use crate::ops::stats::QueueStats;
-use crate::pool::PoolStock;
+use crate::ops::jobs::JobDetail;
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -13,7 +18,7 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn path_segment(s: &str) -> String {
+pub fn path_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -26,9 +31,17 @@ th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e3e6ea;vertical-
 .card b{display:block;font-size:20px}.failed{color:#b42318}.low{color:#b42318;font-weight:600}.ok{color:#067647}\
 .flash{background:#e8f1ff;border:1px solid #b3cdf5;padding:8px 12px;border-radius:6px}\
 button{cursor:pointer;padding:3px 10px;border:1px solid #98a2b3;border-radius:4px;background:#fff}\
-form.inline{display:inline}.muted{color:#667085}input{padding:6px;width:320px}";
+form.inline{display:inline}.muted{color:#667085}input{padding:6px;width:320px}\
+nav a{color:#cfd4dc;margin-left:18px;text-decoration:none}nav a:hover{color:#fff}\
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{background:#fff;border:1px solid #e3e6ea;border-radius:6px;margin:0;padding:8px 10px}\
+.chart figcaption{font-weight:600;margin-bottom:4px}.chart text{font-size:10px;fill:#667085}\
+.legend{display:flex;gap:12px;flex-wrap:wrap;font-size:12px;color:#475467}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}\
+form.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:end;background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:10px}\
+form.filters label{display:flex;flex-direction:column;font-size:12px;color:#475467}form.filters input,form.filters select{width:auto;padding:5px}\
+.confirm{background:#fffaeb;border:1px solid #fedf89;border-radius:6px;padding:12px 16px}.error{color:#b42318;font-weight:600}\
+a.card{color:inherit;text-decoration:none}a.card:hover{border-color:#98a2b3}.pager{margin:10px 0}.range a{margin-right:8px}.range b{margin-right:8px}";
 
-fn layout(title: &str, body: &str, csrf: Option<&str>) -> String {
+pub fn layout(title: &str, body: &str, csrf: Option<&str>) -> String {
     let logout = csrf
         .filter(|c| !c.is_empty())
         .map(|c| {
@@ -41,7 +54,10 @@ fn layout(title: &str, body: &str, csrf: Option<&str>) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · keyrelay</title>\
          <meta name=viewport content=\"width=device-width\"><style>{STYLE}</style></head>\
-         <body><header><a href=\"/admin\">keyrelay on-call</a>{logout}</header><main>{body}</main></body></html>",
+         <body><header><div><a href=\"/admin\">keyrelay on-call</a><nav style=\"display:inline\">\
+         <a href=\"/admin\">Overview</a><a href=\"/admin/jobs\">Jobs</a>\
+         <a href=\"/admin/attention\">Needs attention</a><a href=\"/admin/events\">Events</a></nav></div>{logout}</header>\
+         <main>{body}</main></body></html>",
         esc(title)
     )
 }
@@ -62,7 +78,7 @@ pub fn login(error: Option<&str>) -> String {
     )
 }
 
-fn action_button(grant_id: &str, action: &str, label: &str, csrf: &str) -> String {
+pub fn action_button(grant_id: &str, action: &str, label: &str, csrf: &str) -> String {
     format!(
         "<form class=inline method=post action=\"/admin/jobs/{}/{action}\"><input type=hidden name=csrf value=\"{}\">\
          <button id=\"{action}-{}\">{label}</button></form>",
@@ -72,86 +88,9 @@ fn action_button(grant_id: &str, action: &str, label: &str, csrf: &str) -> Strin
     )
 }
 
-fn flash(done: Option<&str>) -> String {
+pub fn flash(done: Option<&str>) -> String {
     done.map(|d| format!("<p class=flash id=flash>{}</p>", esc(d)))
         .unwrap_or_default()
-}
-
-pub fn dashboard(
-    stats: &QueueStats,
-    attention: &[JobSummary],
-    pools: &[PoolStock],
-    csrf: &str,
-    done: Option<&str>,
-) -> String {
-    let cards: String = stats
-        .jobs_by_state
-        .iter()
-        .map(|(state, n)| {
-            let class = if *state == JobState::Failed && *n > 0 {
-                " class=failed"
-            } else {
-                ""
-            };
-            format!(
-                "<div class=card id=\"count-{state}\"><span>{state}</span><b{class}>{n}</b></div>"
-            )
-        })
-        .collect();
-    let rows: String = attention
-        .iter()
-        .map(|j| {
-            let mut actions = String::new();
-            if j.state == JobState::Failed {
-                actions.push_str(&action_button(j.grant_id.as_str(), "retry", "Retry", csrf));
-                actions.push(' ');
-            }
-            actions.push_str(&action_button(j.grant_id.as_str(), "cancel", "Cancel", csrf));
-            format!(
-                "<tr id=\"job-{}\"><td><a href=\"/admin/jobs/{}\">{}</a></td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(j.grant_id.as_str()),
-                path_segment(j.grant_id.as_str()),
-                esc(j.grant_id.as_str()),
-                if j.state == JobState::Failed { "failed" } else { "muted" },
-                j.state,
-                j.attempts,
-                j.last_http_status.map_or("-".into(), |s| s.to_string()),
-                esc(j.last_error.as_deref().unwrap_or("-")),
-                actions
-            )
-        })
-        .collect();
-    let attention_table = if attention.is_empty() {
-        "<p class=ok>Nothing failed or retrying.</p>".to_string()
-    } else {
-        format!(
-            "<table><tr><th>Grant</th><th>State</th><th>Attempts</th><th>HTTP</th><th>Last error</th><th></th></tr>{rows}</table>"
-        )
-    };
-    let pool_rows: String = pools
-        .iter()
-        .map(|p| {
-            let stock = if p.low_stock {
-                format!("<span class=low>LOW (below {})</span>", p.low_stock_threshold)
-            } else {
-                "<span class=ok>ok</span>".into()
-            };
-            format!(
-                "<tr id=\"pool-{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{stock}</td></tr>",
-                esc(&p.name), esc(&p.name), esc(&p.entitlement_id), p.available, p.reserved, p.delivered, p.rejected, p.revoked
-            )
-        })
-        .collect();
-    let body = format!(
-        "{}<h2>Jobs by state</h2><div class=cards>{cards}\
-         <div class=card id=oldest-queued><span>oldest queued</span><b>{:.0} s</b></div></div>\
-         <h2>Needs attention</h2>{attention_table}\
-         <h2>Pools</h2><table><tr><th>Pool</th><th>Entitlement</th><th>Available</th><th>Reserved</th><th>Delivered</th>\
-         <th>Rejected</th><th>Revoked</th><th>Stock</th></tr>{pool_rows}</table>",
-        flash(done),
-        stats.oldest_queued_age_secs
-    );
-    layout("Dashboard", &body, Some(csrf))
 }
 
 pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
@@ -203,7 +142,7 @@ pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
     let body = format!(
         "{}<h2>Grant {}</h2><table>\
          <tr><th>State</th><td id=job-state>{}</td></tr><tr><th>Attempts</th><td>{}</td></tr>\
-         <tr><th>Entitlement</th><td>{}</td></tr><tr><th>Customer</th><td>{}</td></tr>\
+         <tr><th>Entitlement</th><td>{}</td></tr><tr><th>Customer</th><td>{}</td></tr><tr><th>Payment</th><td>{}</td></tr>\
          <tr><th>Key</th><td>{}</td></tr><tr><th>Last error</th><td>{}</td></tr></table>\
          <p>{actions}</p><h2>Attempts</h2><table><tr><th>Time</th><th>HTTP</th><th>Outcome</th><th>Duration</th><th>Key</th><th>Error</th></tr>{attempts}</table>\
          <h2>Audit trail</h2><table><tr><th>Time</th><th>Actor</th><th>Action</th><th>Detail</th></tr>{audit}</table>",
@@ -213,6 +152,7 @@ pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
         j.attempts,
         esc(j.entitlement_id.as_str()),
         esc(j.customer_id.as_str()),
+        esc(j.payment_id.as_deref().unwrap_or("-")),
         esc(&detail
             .key
             .as_deref()

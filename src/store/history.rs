@@ -1,0 +1,142 @@
+//! The dashboard's time series: grants delivered, Dodo's answers by status and webhooks
+//! received, counted per bucket from the rows themselves (on time indexes), and queue depth by
+//! state, which only exists as samples taken once a minute (`record_queue_sample`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::domain::JobState;
+
+/// The states whose depth is sampled: the unfinished ones, and `failed` (waiting for a human).
+pub const SAMPLED_STATES: [JobState; 5] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Retrying,
+    JobState::WaitingForKeys,
+    JobState::Failed,
+];
+
+/// A count per bucket and series: (bucket start, series name, count).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Point {
+    pub bucket: DateTime<Utc>,
+    pub series: String,
+    pub value: i64,
+}
+
+/// `column` floored to `bucket_secs`, as SQL.
+fn bucket(column: &str) -> String {
+    format!("to_timestamp(floor(extract(epoch FROM {column}) / $2) * $2)")
+}
+
+/// Grants delivered per bucket since `from`.
+pub async fn delivered(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {} AS bucket, 'delivered' AS series, count(*) AS value FROM jobs \
+         WHERE finished_at >= $1 AND finished_at IS NOT NULL AND state = 'delivered' \
+         GROUP BY 1 ORDER BY 1",
+        bucket("finished_at")
+    ))
+    .bind(from)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Dodo's answers per bucket since `from`, by status class (as the metrics name them).
+pub async fn dodo_answers(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {} AS bucket, \
+                CASE WHEN http_status BETWEEN 200 AND 299 THEN '2xx' \
+                     WHEN http_status IN (409, 429) THEN http_status::text \
+                     WHEN http_status BETWEEN 400 AND 499 THEN '4xx' \
+                     WHEN http_status BETWEEN 500 AND 599 THEN '5xx' \
+                     WHEN http_status IS NULL THEN 'no_answer' ELSE 'other' END AS series, \
+                count(*) AS value \
+         FROM attempts WHERE started_at >= $1 AND outcome <> 'internal_error' GROUP BY 1, 2 ORDER BY 1",
+        bucket("started_at")
+    ))
+    .bind(from)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Webhooks stored per bucket since `from` (refused ones are not stored; the metrics count
+/// those).
+pub async fn webhooks(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {} AS bucket, 'received' AS series, count(*) AS value FROM events \
+         WHERE received_at >= $1 GROUP BY 1 ORDER BY 1",
+        bucket("received_at")
+    ))
+    .bind(from)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Queue depth by state since `from`: the largest sample in each bucket.
+pub async fn queue_depth(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {} AS bucket, state::text AS series, max(jobs) AS value FROM queue_samples \
+         WHERE at >= $1 GROUP BY 1, 2 ORDER BY 1",
+        bucket("at")
+    ))
+    .bind(from)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Samples queue depth for the current minute (once, however many processes do it). Each
+/// state is counted on its partial index, so finished history does not slow it down.
+pub async fn record_queue_sample(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        WITH counts AS (
+            SELECT state, count(*) AS n FROM jobs
+            WHERE state IN ('queued', 'retrying', 'running') GROUP BY state
+            UNION ALL
+            SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys'
+            UNION ALL
+            SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'
+        )
+        INSERT INTO queue_samples (at, state, jobs)
+        SELECT date_trunc('minute', now()), sampled.state, coalesce(counts.n, 0)
+        FROM unnest($1::job_state[]) AS sampled(state)
+        LEFT JOIN counts ON counts.state = sampled.state
+        ON CONFLICT (at, state) DO NOTHING
+        "#,
+    )
+    .bind(SAMPLED_STATES.to_vec())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes samples taken before `cutoff`.
+pub async fn prune_samples(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM queue_samples WHERE at < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
