@@ -111,6 +111,15 @@ impl Series {
         self.values.first().map_or(0, Vec::len)
     }
 
+    /// Sets the current (last) bucket of series `name`, e.g. to a live figure.
+    pub fn set_latest(&mut self, name: &str, value: i64) {
+        if let Some(s) = self.names.iter().position(|n| n == name)
+            && let Some(last) = self.values[s].last_mut()
+        {
+            *last = value;
+        }
+    }
+
     fn bucket_time(&self, i: usize) -> DateTime<Utc> {
         self.start + TimeDelta::seconds(self.bucket_secs * i as i64)
     }
@@ -163,13 +172,17 @@ fn frame(out: &mut String, id: &str, title: &str, top: i64, series: &Series) {
     );
 }
 
-fn legend(out: &mut String, series: &Series) {
+/// The legend: each series with its total (bars) or its latest value (lines).
+fn legend(out: &mut String, series: &Series, latest: bool) {
     out.push_str("</svg><div class=legend>");
     for (i, name) in series.names.iter().enumerate() {
-        let total: i64 = series.values[i].iter().sum();
+        let figure = match latest {
+            true => format!("now {}", series.values[i].last().copied().unwrap_or(0)),
+            false => series.values[i].iter().sum::<i64>().to_string(),
+        };
         let _ = write!(
             out,
-            "<span><i style=\"background:{}\"></i>{} ({total})</span>",
+            "<span><i style=\"background:{}\"></i>{} ({figure})</span>",
             colour(name, i),
             super::pages::esc(name)
         );
@@ -213,7 +226,7 @@ pub fn bars(id: &str, title: &str, series: &Series) -> String {
             );
         }
     }
-    legend(&mut out, series);
+    legend(&mut out, series, false);
     out
 }
 
@@ -244,7 +257,7 @@ pub fn lines(id: &str, title: &str, series: &Series) -> String {
             super::pages::esc(name)
         );
     }
-    legend(&mut out, series);
+    legend(&mut out, series, true);
     out
 }
 

@@ -76,12 +76,13 @@ fn html(status: StatusCode, body: String) -> HttpResponse {
 #[derive(Deserialize)]
 struct Flash {
     done: Option<String>,
-    n: Option<u64>,
+    /// Text, not a number: query strings with flattened fields arrive as strings.
+    n: Option<String>,
 }
 
 impl Flash {
     fn message(&self) -> Option<String> {
-        let n = self.n.unwrap_or(0);
+        let n: u64 = self.n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
         Some(match self.done.as_deref()? {
             "bulk_retry" => return Some(format!("bulk retry done: {n} job(s) queued again")),
             "bulk_cancel" => return Some(format!("bulk cancel done: {n} job(s) cancelled")),

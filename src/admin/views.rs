@@ -47,6 +47,11 @@ pub async fn overview(
     )?;
     let per = range.per();
     let states: Vec<&str> = history::SAMPLED_STATES.iter().map(|s| s.as_str()).collect();
+    // Samples are a minute apart; the line ends at what the queue holds now.
+    let mut depth = Series::from_points(&depth, range, now, &states);
+    for (state, n) in &stats.jobs_by_state {
+        depth.set_latest(state.as_str(), *n);
+    }
     let charts = [
         chart::bars(
             "delivered",
@@ -56,7 +61,7 @@ pub async fn overview(
         chart::lines(
             "queue",
             "Queue depth by state (sampled each minute)",
-            &Series::from_points(&depth, range, now, &states),
+            &depth,
         ),
         chart::bars(
             "dodo",
@@ -371,12 +376,14 @@ pub async fn attention(
         }
     }
     let page = pages::attention(
-        &failed,
-        failed_total,
-        &waiting,
-        waiting_total,
-        &problems,
-        &orphans,
+        &pages::Attention {
+            failed: &failed,
+            failed_total,
+            waiting: &waiting,
+            waiting_total,
+            problems: &problems,
+            orphans: &orphans,
+        },
         &csrf(&state, &who),
         flash.message().as_deref(),
     );

@@ -43,6 +43,7 @@ impl PoolStock {
             (false, _) if self.available == 0 => "empty now".into(),
             (false, None) => "no sales in the last week".into(),
             (false, Some(d)) if d < 1.0 => format!("within a day (about {:.0} h)", d * 24.0),
+            (false, Some(d)) if d < 1.5 => "in about 1 day".into(),
             (false, Some(d)) => format!("in about {d:.0} days"),
         }
     }

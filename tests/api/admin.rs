@@ -208,15 +208,57 @@ async fn chromedriver() -> Option<(Chromedriver, String)> {
     Some((driver, url))
 }
 
+async fn shot(browser: &fantoccini::Client, name: &str) {
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join(name), browser.screenshot().await.unwrap()).unwrap();
+}
+
+async fn text_of(browser: &fantoccini::Client, id: &str) -> String {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id} is on the page: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn click(browser: &fantoccini::Client, id: &str) {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id} is on the page: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn an_on_call_engineer_retries_a_failed_job_from_the_dashboard() {
+async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() {
     let Some((_driver, webdriver)) = chromedriver().await else {
         return;
     };
     let app = admin_app().await;
-    app.add_pool("pro", ENT, &["WEB-AAAA-BBBB-0001", "WEB-AAAA-BBBB-0002"])
-        .await;
+    let keys: Vec<String> = (1..=12).map(|i| format!("WEB-AAAA-BBBB-{i:04}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    app.add_pool("pro", ENT, &keys).await;
+    sqlx::query("UPDATE pools SET low_stock = 5")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // Activity for the charts: delivered grants, and two Dodo refuses.
+    app.sell_many(6).await;
+    app.wait_delivered(6).await;
     let grant = failed_grant(&app).await;
+    let second = failed_grant(&app).await;
+    keyrelay::store::history::record_queue_sample(&app.pool)
+        .await
+        .unwrap();
 
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -225,7 +267,7 @@ async fn an_on_call_engineer_retries_a_failed_job_from_the_dashboard() {
             "binary": "/usr/bin/chromium",
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1280,900"]
+                     "--disable-dev-shm-usage", "--window-size=1280,1400"]
         }),
     );
     // chromedriver speaks plain HTTP on loopback.
@@ -254,70 +296,139 @@ async fn an_on_call_engineer_retries_a_failed_job_from_the_dashboard() {
         .send_keys(TOKEN)
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let row = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id(&format!("job-{}", grant.id)))
-        .await
-        .unwrap();
-    let text = row.text().await.unwrap();
-    assert!(text.contains("failed") && text.contains("422"), "{text}");
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    std::fs::write(
-        shots.join("admin-dashboard.png"),
-        browser.screenshot().await.unwrap(),
-    )
-    .unwrap();
+    click(&browser, "sign-in").await;
 
+    // The overview: charts with the activity above, and the pool's forecast.
+    let delivered_chart = text_of(&browser, "chart-delivered").await;
+    assert!(
+        delivered_chart.contains("delivered (6)"),
+        "{delivered_chart}"
+    );
+    let dodo_chart = text_of(&browser, "chart-dodo").await;
+    assert!(
+        dodo_chart.contains("2xx (6)") && dodo_chart.contains("4xx (2)"),
+        "{dodo_chart}"
+    );
+    let queue_chart = text_of(&browser, "chart-queue").await;
+    assert!(queue_chart.contains("failed (now 2)"), "{queue_chart}");
+    assert!(
+        text_of(&browser, "chart-webhooks")
+            .await
+            .contains("received (8)")
+    );
+    // 12 keys, 6 sold today: 6 left, one day's worth.
+    let forecast = text_of(&browser, "forecast-pro").await;
+    assert!(forecast.contains("in about 1 day"), "{forecast}");
+    assert!(
+        text_of(&browser, "needs-attention")
+            .await
+            .contains("2 item(s)")
+    );
+    shot(&browser, "admin-overview.png").await;
+    click(&browser, "range").await;
     browser
-        .find(Locator::Id(&format!("retry-{}", grant.id)))
+        .goto(&format!("{base}/admin?range=day"))
+        .await
+        .unwrap();
+    assert!(
+        text_of(&browser, "chart-delivered")
+            .await
+            .contains("per 15 minutes")
+    );
+
+    // Needs attention lists both failed grants with Dodo's answer.
+    browser
+        .goto(&format!("{base}/admin/attention"))
+        .await
+        .unwrap();
+    let row = text_of(&browser, &format!("job-{}", grant.id)).await;
+    assert!(row.contains("failed") && row.contains("422"), "{row}");
+    assert_eq!(text_of(&browser, "failed-total").await, "2");
+    shot(&browser, "admin-attention.png").await;
+
+    // Search by the customer's id finds their grant.
+    browser.goto(&format!("{base}/admin/jobs")).await.unwrap();
+    browser
+        .find(Locator::Id("q"))
         .await
         .unwrap()
-        .click()
+        .send_keys(&grant.customer_id)
         .await
         .unwrap();
-    let flash = browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("flash"))
+    click(&browser, "search").await;
+    let rows = text_of(&browser, "jobs").await;
+    assert!(
+        rows.contains(&grant.id) && !rows.contains(&second.id),
+        "{rows}"
+    );
+    shot(&browser, "admin-search.png").await;
+
+    // Bulk retry of every failed job: the count, a confirmation, then the work.
+    browser
+        .goto(&format!("{base}/admin/jobs?state=failed"))
         .await
         .unwrap();
-    assert!(flash.text().await.unwrap().contains("retry done"));
-    wait_until("the job is delivered", Duration::from_secs(10), || async {
-        app.job_state(&grant.id).await == JobState::Delivered
-    })
+    click(&browser, "bulk-retry").await;
+    let count = text_of(&browser, "bulk-count").await;
+    assert!(
+        count.contains("2 failed or cancelled jobs match"),
+        "{count}"
+    );
+    shot(&browser, "admin-bulk-confirm.png").await;
+    assert_eq!(
+        app.job_state(&grant.id).await,
+        JobState::Failed,
+        "nothing runs before the confirmation"
+    );
+    click(&browser, "confirm-bulk").await;
+    assert!(
+        text_of(&browser, "flash")
+            .await
+            .contains("bulk retry done: 2 job(s)")
+    );
+    wait_until(
+        "both jobs are delivered",
+        Duration::from_secs(10),
+        || async {
+            app.job_state(&grant.id).await == JobState::Delivered
+                && app.job_state(&second.id).await == JobState::Delivered
+        },
+    )
     .await;
+
     browser
         .goto(&format!("{base}/admin/jobs/{}", grant.id))
         .await
         .unwrap();
-    let state = browser
-        .find(Locator::Id("job-state"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(state, "delivered");
+    assert_eq!(text_of(&browser, "job-state").await, "delivered");
     let page = browser.source().await.unwrap();
+    let key = app
+        .key_values(&format!("grant_id = '{}'", grant.id))
+        .await
+        .remove(0);
     assert!(
-        page.contains("WEB-****-****-0001") && !page.contains("WEB-AAAA-BBBB-0001"),
+        page.contains(&keyrelay::domain::mask_key(&key)) && !page.contains(&key),
         "keys are masked on the page"
     );
-    std::fs::write(
-        shots.join("admin-job-delivered.png"),
-        browser.screenshot().await.unwrap(),
-    )
-    .unwrap();
-    eprintln!("screenshots in {}", shots.display());
+    shot(&browser, "admin-job-delivered.png").await;
+
+    // Events, with replay.
+    browser.goto(&format!("{base}/admin/events")).await.unwrap();
+    let webhook_id: String =
+        sqlx::query_scalar("SELECT webhook_id FROM events WHERE grant_id = $1")
+            .bind(&grant.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    click(&browser, &format!("replay-{webhook_id}")).await;
+    assert!(text_of(&browser, "flash").await.contains("replay done"));
+    shot(&browser, "admin-events.png").await;
+    eprintln!(
+        "screenshots in {}",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("screenshots")
+            .display()
+    );
     browser.close().await.unwrap();
     app.stop().await;
 }

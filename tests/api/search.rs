@@ -232,6 +232,24 @@ async fn a_bulk_retry_changes_only_what_the_filter_matches_and_is_audited() {
         "{:?}",
         run.headers()
     );
+    let landing = app
+        .http
+        .get(format!(
+            "{base}{}",
+            run.headers()["location"].to_str().unwrap()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(landing.status(), 200);
+    assert!(
+        landing
+            .text()
+            .await
+            .unwrap()
+            .contains("bulk retry done: 2 job(s)")
+    );
     wait_until(
         "customer a's grants are delivered",
         Duration::from_secs(10),

@@ -130,7 +130,7 @@ pub fn jobs(page: &JobsPage<'_>, csrf: &str, done: Option<&str>) -> String {
         .map(|n| format!("<a id=next-page href=\"{}\">Older jobs →</a>", esc(n)))
         .unwrap_or_default();
     let body = format!(
-        "{}<h2>Jobs</h2>{}{error}<p class=muted>Showing {} ({} jobs on this page, newest first; {:.1} ms)</p>{bulk}{results}<p class=pager>{next}</p>",
+        "{}<h2>Jobs</h2>{}{error}<p class=muted>Showing {} ({} job(s) on this page, newest first; {:.1} ms)</p>{bulk}{results}<p class=pager>{next}</p>",
         flash(done),
         filter_form(page),
         esc(page.describe),
@@ -180,7 +180,7 @@ pub fn bulk_confirm(b: &BulkConfirm<'_>, csrf: &str) -> String {
         format!(
             "<div class=confirm id=confirm><h2>{} {} jobs?</h2>\
              <p id=bulk-count>{} {} jobs match {}.{capped}</p>\
-             <p>Each one is recorded in its audit trail, and the whole action in the pools' history.</p>\
+             <p>Each one is recorded in its audit trail, and the bulk action itself as one entry (actor admin, action bulk_retry or bulk_cancel) in the audit log.</p>\
              <form method=post action=\"/admin/jobs/bulk\"><input type=hidden name=csrf value=\"{}\">\
              <input type=hidden name=action value=\"{}\"><input type=hidden name=expected value=\"{}\">{hidden}\
              <button id=confirm-bulk>Yes, {} {} jobs</button> <a href=\"/admin/jobs?{}\">No, go back</a></form></div>",
@@ -264,17 +264,28 @@ pub fn events(
     layout("Events", &body, Some(csrf))
 }
 
+/// Everything that needs a human: the oldest of each kind, and how many there are.
+pub struct Attention<'a> {
+    pub failed: &'a [JobSummary],
+    pub failed_total: i64,
+    pub waiting: &'a [JobSummary],
+    pub waiting_total: i64,
+    /// Events set aside with a problem.
+    pub problems: &'a [EventSummary],
+    /// Jobs whose grant has a vendor key nobody uses.
+    pub orphans: &'a [JobSummary],
+}
+
 /// Everything that needs a human, in one place.
-pub fn attention(
-    failed: &[JobSummary],
-    failed_total: i64,
-    waiting: &[JobSummary],
-    waiting_total: i64,
-    problems: &[EventSummary],
-    orphans: &[JobSummary],
-    csrf: &str,
-    done: Option<&str>,
-) -> String {
+pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
+    let Attention {
+        failed,
+        failed_total,
+        waiting,
+        waiting_total,
+        problems,
+        orphans,
+    } = *a;
     let section = |title: &str,
                    id: &str,
                    total: i64,

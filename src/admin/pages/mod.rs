@@ -4,7 +4,7 @@
 mod lists;
 mod overview;
 
-pub use lists::{BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
+pub use lists::{Attention, BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
 pub use overview::overview;
 
 use crate::domain::{JobState, mask_key};
