@@ -9,6 +9,7 @@
 //! keyrelay's but Dodo's wire types.
 
 pub mod admin;
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod configuration;

@@ -275,6 +275,13 @@ fn web_server(
             vault: Arc::clone(&state.vault),
         })
     });
+    let api = settings.api.token.clone().map(|token| {
+        web::Data::new(crate::api::ApiState {
+            pool: pool.clone(),
+            token,
+            vault: Arc::clone(&state.vault),
+        })
+    });
     let pool = web::Data::new(pool);
     let metrics = web::Data::new(metrics_handle());
     let server = HttpServer::new(move || {
@@ -290,6 +297,12 @@ fn web_server(
                 if let Some(admin) = &admin {
                     cfg.app_data(admin.clone());
                     crate::admin::configure(cfg);
+                }
+            })
+            .configure(|cfg| {
+                if let Some(api) = &api {
+                    cfg.app_data(api.clone());
+                    crate::api::configure(cfg);
                 }
             })
     })

@@ -1,5 +1,5 @@
 //! Settings: built-in defaults < optional TOML file < `KEYRELAY_<SECTION>__<KEY>` < conventional
-//! names (`DATABASE_URL`, `DODO_PAYMENTS_*`, `KEYRELAY_ADMIN_TOKEN`). Every key and its default is
+//! names (`DATABASE_URL`, `DODO_PAYMENTS_*`, `KEYRELAY_ADMIN_TOKEN`, `KEYRELAY_API_TOKEN`). Every key and its default is
 //! listed here; unknown keys are an error that names the key.
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("DODO_PAYMENTS_BASE_URL", "dodo.base_url"),
     ("DODO_PAYMENTS_WEBHOOK_KEY", "webhook.secret"),
     ("KEYRELAY_ADMIN_TOKEN", "admin.token"),
+    ("KEYRELAY_API_TOKEN", "api.token"),
     ("KEYRELAY_SIGNING_KEY", "keys.signing_key"),
     ("KEYRELAY_ENCRYPTION_KEY", "keys.encryption_keys"),
 ];
@@ -61,6 +62,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    #[serde(default)]
+    pub api: ApiSettings,
     #[serde(default)]
     pub alerts: AlertSettings,
     #[serde(default)]
@@ -129,6 +132,13 @@ pub struct AdminSettings {
     /// cookie is then not marked `Secure`, or browsers would not send it back.
     #[serde(default)]
     pub insecure_http: bool,
+}
+
+/// The shop's read-only API (`/api/v1`), on only when a token is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub token: Option<SecretString>,
 }
 
 /// An endpoint of the merchant's or a vendor's that issues a key for a grant.
@@ -307,6 +317,24 @@ impl Settings {
             bail!(
                 "admin.token (KEYRELAY_ADMIN_TOKEN) is shorter than {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`, or unset it to turn the dashboard off"
             );
+        }
+        if let Some(api) = &self.api.token {
+            let api = api.expose_secret().trim();
+            if api.chars().count() < MIN_ADMIN_TOKEN_LEN {
+                bail!(
+                    "api.token (KEYRELAY_API_TOKEN) is shorter than {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`, or unset it to turn the shop API off"
+                );
+            }
+            if self
+                .admin
+                .token
+                .as_ref()
+                .is_some_and(|a| a.expose_secret().trim() == api)
+            {
+                bail!(
+                    "api.token (KEYRELAY_API_TOKEN) is the same as admin.token (KEYRELAY_ADMIN_TOKEN); the shop's read-only token must not open the dashboard, so make another with `openssl rand -hex 32`"
+                );
+            }
         }
         self.dodo.validate_rate_limit()?;
         for (name, source) in &self.key_sources {

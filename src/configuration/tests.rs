@@ -231,3 +231,28 @@ fn key_sources_come_from_the_environment_by_name() {
         "{error}"
     );
 }
+
+#[test]
+fn the_shop_api_token_is_long_and_not_the_admin_token() {
+    let token = "s".repeat(MIN_ADMIN_TOKEN_LEN);
+    let s = Settings::load_from(None, &env(&[("KEYRELAY_API_TOKEN", &token)])).unwrap();
+    assert_eq!(s.api.token.unwrap().expose_secret(), token);
+    let err = Settings::load_from(None, &env(&[("KEYRELAY_API_TOKEN", "short")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("api.token (KEYRELAY_API_TOKEN) is shorter"),
+        "{err}"
+    );
+    let err = Settings::load_from(
+        None,
+        &env(&[
+            ("KEYRELAY_API_TOKEN", &token),
+            ("KEYRELAY_ADMIN_TOKEN", &token),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is the same as admin.token"), "{err}");
+    assert!(!err.contains(&token), "the token is not shown: {err}");
+}

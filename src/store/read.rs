@@ -102,6 +102,62 @@ pub async fn failed_grant_ids(pool: &PgPool) -> Result<Vec<GrantId>, sqlx::Error
         .await
 }
 
+/// A grant as the shop's API shows it: the job, and the sealed key when it was delivered.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShopGrant {
+    pub grant_id: GrantId,
+    pub customer_id: CustomerId,
+    pub entitlement_id: EntitlementId,
+    pub payment_id: Option<String>,
+    pub state: JobState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub key_id: Option<i64>,
+    pub key_sealed: Option<Vec<u8>>,
+}
+
+/// Jobs with the key each delivered (on `keys_one_live_key_per_grant`).
+const SHOP_GRANT: &str = "SELECT jobs.grant_id, jobs.customer_id, jobs.entitlement_id, jobs.payment_id, \
+     jobs.state, jobs.created_at, jobs.updated_at, jobs.finished_at, \
+     keys.id AS key_id, keys.value_sealed AS key_sealed \
+     FROM jobs LEFT JOIN keys ON keys.grant_id = jobs.grant_id AND keys.state = 'delivered'";
+
+/// One grant for the shop.
+pub async fn shop_grant(
+    pool: &PgPool,
+    grant_id: &GrantId,
+) -> Result<Option<ShopGrant>, sqlx::Error> {
+    sqlx::query_as(&format!("{SHOP_GRANT} WHERE jobs.grant_id = $1"))
+        .bind(grant_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// A customer's grants, newest first, after `after` (created time and grant id).
+pub async fn customer_grants(
+    pool: &PgPool,
+    customer_id: &CustomerId,
+    after: Option<(DateTime<Utc>, &GrantId)>,
+    limit: i64,
+) -> Result<Vec<ShopGrant>, sqlx::Error> {
+    let (at, grant) = after.unzip();
+    let page = match at {
+        Some(_) => "AND jobs.created_at <= $3 AND (jobs.created_at, jobs.grant_id) < ($3, $4)",
+        None => "AND $3::timestamptz IS NULL AND $4::text IS NULL",
+    };
+    sqlx::query_as(&format!(
+        "{SHOP_GRANT} WHERE jobs.customer_id = $1 {page} \
+         ORDER BY jobs.created_at DESC, jobs.grant_id DESC LIMIT $2"
+    ))
+    .bind(customer_id)
+    .bind(limit)
+    .bind(at)
+    .bind(grant)
+    .fetch_all(pool)
+    .await
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct EventSummary {
     pub webhook_id: String,

@@ -21,5 +21,6 @@ mod payloads;
 mod pools;
 mod rate_budget;
 mod search;
+mod shop_api;
 mod signature;
 mod sources;
