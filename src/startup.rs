@@ -29,8 +29,11 @@ struct Maintenance {
 /// What a `serve` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
+    /// The webhook receiver and the workers.
     All,
+    /// Only the webhook receiver, admin dashboard, shop API and metrics.
     Web,
+    /// Only the workers (and the reconciler).
     Worker,
 }
 

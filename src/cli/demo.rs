@@ -68,16 +68,58 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
     };
     let result = demo(&settings, &options).await;
     if options.keep_database {
-        println!("\n  kept database {}", settings.database_url_redacted());
-        if own_key {
-            println!(
-                "  its keys are sealed under an encryption key made for this run and not kept; set KEYRELAY_ENCRYPTION_KEY before the demo to read them afterwards"
-            );
-        }
+        keep(&settings, own_key)?;
     } else if let Err(e) = crate::db::drop_database(&settings).await {
         eprintln!("could not drop the demo database: {e}");
     }
     result
+}
+
+/// Writes the settings that open the kept database to a file only this user can read (the
+/// encryption key is a secret: it is not printed), and says how to use it.
+fn keep(settings: &Settings, own_key: bool) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let name = settings
+        .database
+        .url
+        .expose_secret()
+        .rsplit('/')
+        .next()
+        .unwrap_or("keyrelay_demo")
+        .to_string();
+    println!("\n  kept database {}", settings.database_url_redacted());
+    let mut env = format!("DATABASE_URL={}\n", settings.database.url.expose_secret());
+    if own_key && let Some(key) = &settings.keys.encryption_keys {
+        env.push_str(&format!(
+            "KEYRELAY_ENCRYPTION_KEY={}\n",
+            key.expose_secret()
+        ));
+    }
+    let file = std::path::PathBuf::from(format!("{name}.env"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&file)?, env.as_bytes())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+    println!(
+        "  {} holds its DATABASE_URL{} (readable only by you); point the CLI at it with:",
+        file.display(),
+        if own_key {
+            " and the encryption key its keys are sealed with"
+        } else {
+            ""
+        }
+    );
+    println!("    set -a; . ./{}; set +a", file.display());
+    println!(
+        "    keyrelay jobs list --state delivered      # or pool list, events list, jobs show GRANT"
+    );
+    println!(
+        "  drop it when done: psql -c 'DROP DATABASE {name}' (and delete {})",
+        file.display()
+    );
+    Ok(())
 }
 
 async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool> {
@@ -288,10 +330,15 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         demo_pool.available, demo_pool.rejected
     );
     println!(
-        "  pickup latency              p50 {}  p90 {}  p99 {}  (webhook answered → first fulfill request; each injected 429 pauses every worker for 1 s)",
+        "  pickup latency              p50 {}  p90 {}  p99 {}",
         ms(&pickup, 50),
         ms(&pickup, 90),
         ms(&pickup, 99)
+    );
+    println!(
+        "                              from keyrelay answering a grant's webhook to its first call to Dodo for it;\n\
+         \x20                             the tail is the injected 429s: each makes every worker wait out Dodo's\n\
+         \x20                             1 s Retry-After. `keyrelay bench latency` measures an idle keyrelay."
     );
     println!(
         "  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys",

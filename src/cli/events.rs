@@ -18,15 +18,19 @@ pub enum EventsCommand {
         /// Only this type, e.g. entitlement_grant.created.
         #[arg(long = "type", value_name = "TYPE")]
         event_type: Option<String>,
+        /// Only the events of this grant.
         #[arg(long = "grant", value_name = "GRANT_ID")]
         grant_id: Option<String>,
+        /// How many events to show.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One stored webhook with its payload (license keys in it masked).
     Show {
+        /// The event's webhook-id (from `events list`).
         webhook_id: String,
         /// Print license keys in the payload in full.
         #[arg(long)]
@@ -34,6 +38,7 @@ pub enum EventsCommand {
     },
     /// Run intake again on a stored webhook; changes nothing already decided.
     Replay {
+        /// The events' webhook-ids (from `events list`).
         #[arg(required = true)]
         webhook_ids: Vec<String>,
     },

@@ -50,8 +50,10 @@ pub enum JobsCommand {
     },
     /// One job, its key (masked) and every attempt.
     Show {
+        /// The grant's id.
         #[arg(value_parser = parse_grant_id)]
         grant_id: GrantId,
+        /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
         /// Print the key in full.
@@ -60,6 +62,7 @@ pub enum JobsCommand {
     },
     /// Replay failed or cancelled jobs with a fresh attempt budget.
     Retry {
+        /// The grants whose jobs to replay.
         #[arg(
             required_unless_present = "all_failed",
             conflicts_with = "all_failed",
@@ -78,6 +81,7 @@ pub enum JobsCommand {
     },
     /// Stop trying; a reserved key Dodo cannot have accepted goes back to the pool.
     Cancel {
+        /// The grants whose jobs to stop.
         #[arg(required = true, value_parser = parse_grant_id)]
         grant_ids: Vec<GrantId>,
     },

@@ -57,7 +57,9 @@ pub enum PoolCommand {
     },
     /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
     Import {
+        /// The pool to load keys into.
         name: String,
+        /// One key per line, or a CSV with a `key` column; `-` or nothing reads standard input.
         file: Option<PathBuf>,
         /// Count what would be imported without storing anything.
         #[arg(long)]
@@ -65,14 +67,19 @@ pub enum PoolCommand {
     },
     /// The pool's audit trail: imports and what happened to its keys, newest first.
     History {
+        /// The pool's name.
         name: String,
+        /// How many entries to show.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Stock per pool.
+    /// Stock per pool, sales over the last day and week, and when the stock runs out at that
+    /// rate.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -306,6 +306,14 @@ async fn after_the_demo_a_dump_holds_none_of_its_keys() {
     let mut settings = server.clone();
     settings.database.url = kept.clone().into();
     keyrelay::db::drop_database(&settings).await.unwrap();
+    let env_file = std::env::temp_dir().join(format!("{}.env", kept.rsplit('/').next().unwrap()));
+    let written = std::fs::read_to_string(&env_file).expect("the demo writes the kept settings");
+    std::fs::remove_file(&env_file).unwrap();
+    assert_eq!(
+        written,
+        format!("DATABASE_URL={kept}\n"),
+        "the operator's own key is not copied"
+    );
     assert!(
         dumped.contains("COPY public.keys"),
         "the dump holds the keys table"
@@ -322,4 +330,60 @@ async fn after_the_demo_a_dump_holds_none_of_its_keys() {
             "a {shape}… key is readable in the dump: {found:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_kept_demo_database_opens_with_the_file_the_demo_writes_and_no_key_is_printed() {
+    let server = crate::helpers::base_settings();
+    let url = server.database.url.expose_secret().to_string();
+    let demo = keyrelay_async(
+        &[("DATABASE_URL", url.as_str())],
+        &["demo", "--grants", "20", "--keep-database"],
+    )
+    .await;
+    let out = String::from_utf8_lossy(&demo.stdout).into_owned();
+    assert!(demo.status.success(), "{out}");
+    let file = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("set -a; . ./"))
+        .and_then(|l| l.strip_suffix("; set +a"))
+        .expect("the demo says how to load the kept settings")
+        .to_string();
+    let path = std::env::temp_dir().join(&file);
+    let written = std::fs::read_to_string(&path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "only its owner can read it");
+    }
+    std::fs::remove_file(&path).unwrap();
+    let settings: Vec<(String, String)> = written
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let key = &settings
+        .iter()
+        .find(|(k, _)| k == "KEYRELAY_ENCRYPTION_KEY")
+        .expect("the run's encryption key is in the file")
+        .1;
+    assert!(!out.contains(key.as_str()), "the key is not printed");
+    let env: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let listed = keyrelay_async(&env, &["jobs", "list", "--state", "delivered", "--json"]).await;
+    let jobs: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 20);
+    let grant = jobs[0]["grant_id"].as_str().unwrap();
+    let shown = keyrelay_async(&env, &["jobs", "show", grant, "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(
+        shown["key"].as_str().unwrap().contains("****"),
+        "the kept keys open, masked: {shown}"
+    );
+    let mut kept = server.clone();
+    kept.database.url = settings[0].1.clone().into();
+    keyrelay::db::drop_database(&kept).await.unwrap();
 }

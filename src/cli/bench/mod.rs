@@ -1,4 +1,4 @@
-//! `keyrelay bench`: reproduces SPEC §5's measurements on this machine, each on a throwaway
+//! `keyrelay bench`: keyrelay's performance measurements on this machine, each on a throwaway
 //! database: webhook intake at N connections (against a separate `serve --role web` process,
 //! whose peak memory is read from /proc), draining queued jobs against the sandbox (with and
 //! without latency, optionally over a large finished history), and pickup latency.
@@ -27,16 +27,21 @@ fn entitlement() -> EntitlementId {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
+    /// Signed webhooks stored per second by a separate `serve --role web` process.
     Intake,
+    /// Jobs fulfilled per second by a worker pool, against the sandbox at 0 and 200 ms.
     Drain,
+    /// Webhook answered to fulfill call received, one grant at a time.
     Latency,
     /// The shared rate budget: several workers drain a backlog against Dodo's tier-0 limits.
     Budget,
+    /// Every run above, in turn.
     All,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Which measurement to run.
     #[arg(value_enum, default_value = "all")]
     which: Which,
     /// Concurrent webhook connections (intake).
