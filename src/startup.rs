@@ -276,6 +276,7 @@ fn web_server(
             auth: crate::admin::AdminAuth::new(token, !settings.admin.insecure_http),
             sign_ins: Default::default(),
             vault: Arc::clone(&state.vault),
+            figures: Default::default(),
         })
     });
     let api = settings.api.token.clone().map(|token| {

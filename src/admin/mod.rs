@@ -5,6 +5,7 @@
 mod auth;
 mod chart;
 mod extract;
+mod figures;
 mod pages;
 mod throttle;
 mod views;
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub sign_ins: throttle::SignInThrottle,
     /// Opens keys to show them masked.
     pub vault: std::sync::Arc<crate::crypto::Vault>,
+    /// The overview's slow figures, shared by every viewer.
+    pub figures: figures::Figures,
 }
 
 /// Adds the `/admin` routes.

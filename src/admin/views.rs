@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::chart::{self, Range, Series};
 use super::extract::redirect;
+use super::figures::Slow;
 use super::{AdminError, AdminState, Flash, SignedIn, check_csrf, csrf, html, pages, url_encode};
 use crate::domain::{Actor, JobState};
 use crate::ops::jobs::{self, ActionResult};
@@ -37,14 +38,49 @@ pub async fn overview(
     let from = range.start(now);
     let secs = range.bucket_secs();
     let pool = &state.pool;
-    let (stats, pools, delivered, depth, answers, hooks) = futures_util::try_join!(
-        crate::ops::stats::read(pool),
-        crate::pool::list_pools(pool),
-        history::delivered(pool, from, secs),
+    let slow = state
+        .figures
+        .slow
+        .get(|| async {
+            let (stats, pools) = futures_util::try_join!(
+                crate::ops::stats::read(pool),
+                crate::pool::list_pools(pool),
+            )?;
+            Ok::<_, sqlx::Error>(Slow {
+                stats,
+                pools,
+                read_at: chrono::Utc::now(),
+            })
+        })
+        .await?;
+    let charts_from_rows = || async {
+        futures_util::try_join!(
+            history::delivered(pool, from, secs),
+            history::dodo_answers(pool, from, secs),
+            history::webhooks(pool, from, secs),
+        )
+        .map(|(d, a, w)| [d, a, w])
+    };
+    let ([delivered, answers, hooks], depth, open, oldest) = futures_util::try_join!(
+        async {
+            match range {
+                Range::Hour => charts_from_rows().await,
+                Range::Day => state.figures.day.get(charts_from_rows).await,
+            }
+        },
         history::queue_depth(pool, from, secs),
-        history::dodo_answers(pool, from, secs),
-        history::webhooks(pool, from, secs),
+        crate::store::stock::count_open_jobs_by_state(pool),
+        crate::store::stock::oldest_unfinished_age_secs(pool),
     )?;
+    // What needs a human is always current; history totals may be up to 30 s old.
+    let mut stats = slow.stats.clone();
+    for (state, n) in stats.jobs_by_state.iter_mut() {
+        if history::SAMPLED_STATES.contains(state) {
+            *n = open.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        }
+    }
+    stats.oldest_unfinished_age_secs = oldest;
+    let pools = slow.pools;
     let per = range.per();
     let states: Vec<&str> = history::SAMPLED_STATES.iter().map(|s| s.as_str()).collect();
     // Samples are a minute apart; the line ends at what the queue holds now.
@@ -81,11 +117,14 @@ pub async fn overview(
     ];
     let needs_attention = needs_attention(&state, &stats).await?;
     let page = pages::overview(
-        &stats,
-        &pools,
-        &charts,
-        range,
-        needs_attention,
+        &pages::Overview {
+            stats: &stats,
+            pools: &pools,
+            charts: &charts,
+            range,
+            needs_attention,
+            totals_at: slow.read_at,
+        },
         &csrf(&state, &who),
         flash.message().as_deref(),
     );

@@ -172,6 +172,18 @@ pub async fn count_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, 
         .collect())
 }
 
+/// Jobs in the states that need work or a human (queued, running, retrying, waiting for keys,
+/// failed), each counted on its partial index: fast however much history there is.
+pub async fn count_open_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state, count(*) FROM jobs WHERE state IN ('queued', 'retrying', 'running') GROUP BY state \
+         UNION ALL SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys' \
+         UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Jobs still to be settled (queued, running or retrying).
 pub async fn count_unsettled_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")

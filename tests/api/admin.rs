@@ -325,7 +325,6 @@ async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() 
             .contains("2 item(s)")
     );
     shot(&browser, "admin-overview.png").await;
-    click(&browser, "range").await;
     browser
         .goto(&format!("{base}/admin?range=day"))
         .await
@@ -356,6 +355,18 @@ async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() 
         .await
         .unwrap();
     click(&browser, "search").await;
+    // The unfiltered list has a #jobs table too: wait for the search's page.
+    wait_until(
+        "the search's page loads",
+        Duration::from_secs(10),
+        || async {
+            browser
+                .current_url()
+                .await
+                .is_ok_and(|u| u.query().is_some_and(|q| q.contains("q=cus_")))
+        },
+    )
+    .await;
     let rows = text_of(&browser, "jobs").await;
     assert!(
         rows.contains(&grant.id) && !rows.contains(&second.id),

@@ -5,7 +5,7 @@ mod lists;
 mod overview;
 
 pub use lists::{Attention, BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
-pub use overview::overview;
+pub use overview::{Overview, overview};
 
 use crate::domain::{JobState, mask_key};
 use crate::ops::jobs::JobDetail;

@@ -7,15 +7,27 @@ use crate::domain::JobState;
 use crate::ops::stats::QueueStats;
 use crate::pool::PoolStock;
 
-pub fn overview(
-    stats: &QueueStats,
-    pools: &[PoolStock],
-    charts: &[String],
-    range: Range,
-    needs_attention: i64,
-    csrf: &str,
-    done: Option<&str>,
-) -> String {
+/// What the overview shows.
+pub struct Overview<'a> {
+    pub stats: &'a QueueStats,
+    pub pools: &'a [PoolStock],
+    /// The charts, drawn.
+    pub charts: &'a [String],
+    pub range: Range,
+    pub needs_attention: i64,
+    /// When the history totals were read.
+    pub totals_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn overview(o: &Overview<'_>, csrf: &str, done: Option<&str>) -> String {
+    let Overview {
+        stats,
+        pools,
+        charts,
+        range,
+        needs_attention,
+        totals_at,
+    } = *o;
     let cards: String = stats
         .jobs_by_state
         .iter()
@@ -52,11 +64,14 @@ pub fn overview(
          <h2>Activity</h2><p class=range id=range>{range_links} <span class=muted>(bars are {})</span></p>\
          <div class=charts>{}</div>\
          <h2>Pools</h2><table id=pools><tr><th>Pool</th><th>Entitlement</th><th>Source</th><th>Available</th>\
-         <th>Reserved</th><th>Delivered</th><th>Sold last day</th><th>Sold last week</th><th>Runs out</th><th>Stock</th></tr>{pool_rows}</table>",
+         <th>Reserved</th><th>Delivered</th><th>Sold last day</th><th>Sold last week</th><th>Runs out</th><th>Stock</th></tr>{pool_rows}</table>\
+         <p class=muted id=totals-at>Delivered and cancelled totals, pools and the day's charts as of {} UTC (read at most every 30 s); \
+         everything else is current.</p>",
         flash(done),
         stats.oldest_unfinished_age_secs,
         range.per(),
         charts.concat(),
+        totals_at.format("%H:%M:%S"),
     );
     layout("Overview", &body, Some(csrf))
 }

@@ -9,6 +9,7 @@ use anyhow::bail;
 
 mod budget;
 mod intake;
+mod lists;
 
 use super::demo::ms;
 use crate::configuration::{RateLimitTier, Settings};
@@ -35,6 +36,9 @@ pub enum Which {
     Latency,
     /// The shared rate budget: several workers drain a backlog against Dodo's tier-0 limits.
     Budget,
+    /// The dashboard's lists, search, overview and the shop API over many finished jobs (not
+    /// part of `all`: seeding takes a minute).
+    Lists,
     /// Every run above, in turn.
     All,
 }
@@ -71,6 +75,9 @@ pub struct BenchArgs {
     /// Workers sharing the rate budget, each with its own connections and budget handle.
     #[arg(long, default_value_t = 3)]
     budget_workers: usize,
+    /// Finished jobs in the table for the lists run.
+    #[arg(long, default_value_t = 1_000_000)]
+    finished: u64,
 }
 
 pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -92,6 +99,9 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     }
     if matches!(args.which, Which::Budget | Which::All) {
         with_scratch(&settings, |s| budget::run(s, &args)).await?;
+    }
+    if args.which == Which::Lists {
+        with_scratch(&settings, |s| lists::run(s, &args)).await?;
     }
     Ok(())
 }
