@@ -187,6 +187,16 @@ impl FilterQuery {
 
     /// The filter, or what is wrong with it in words.
     fn parse(&self) -> Result<JobFilter, String> {
+        // Nothing keyrelay stores is longer or holds control characters (Postgres cannot even
+        // take a NUL): such a filter is a typo or a probe, answered 400, never a database error.
+        for (name, value) in self.fields() {
+            if value.len() > crate::domain::MAX_ID_LEN || value.chars().any(char::is_control) {
+                return Err(format!(
+                    "the {name} field is longer than {} bytes or holds control characters",
+                    crate::domain::MAX_ID_LEN
+                ));
+            }
+        }
         let set = |v: &Option<String>| Some(Self::value(v)).filter(|v| !v.is_empty());
         let state = match set(&self.state) {
             Some(s) => Some(JobState::parse(&s).ok_or_else(|| format!("unknown state `{s}`"))?),
@@ -443,6 +453,9 @@ pub async fn events_page(
 ) -> Result<HttpResponse, AdminError> {
     let before = query.before.as_deref().and_then(|raw| {
         let (micros, id) = raw.split_once('.')?;
+        if id.chars().any(char::is_control) {
+            return None;
+        }
         Some((
             chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
             id.to_string(),

@@ -324,3 +324,76 @@ async fn the_pool_forecast_divides_stock_by_the_recent_sales_rate() {
     assert!(text.contains("in about 4 days"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_hostile_filter_is_refused_with_its_reason_and_the_dashboard_keeps_working() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into())
+    })
+    .await;
+    let base = app.url.trim_end_matches("/webhooks/dodo").to_string();
+    let long = "x".repeat(5000);
+    for query in [
+        "q=%00".to_string(),
+        "pool=pro%00".to_string(),
+        "q=%1b%5b2J".to_string(),
+        format!("q={long}"),
+        "since=%00".to_string(),
+    ] {
+        let r = app
+            .http
+            .get(format!("{base}/admin/jobs?{query}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{}", &query[..query.len().min(40)]);
+        let bulk = app
+            .http
+            .get(format!("{base}/admin/jobs/bulk?action=retry&{query}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bulk.status(), 400);
+    }
+    let events = app
+        .http
+        .get(format!("{base}/admin/events?before=1.%00"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let fine = app
+        .http
+        .get(format!("{base}/admin/jobs?q=cus_1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_id_keyrelay_cannot_store_is_dropped_and_the_grant_fulfilled() {
+    let app = TestApp::spawn().await;
+    app.add_pool("pro", ENT, &["PAYX-AAAA-BBBB-0001", "PAYX-AAAA-BBBB-0002"])
+        .await;
+    let mut grants = Vec::new();
+    for payment in ["p".repeat(5000), "pay_\u{0}nul".to_string()] {
+        let mut grant = app.sandbox.create_grant(ENT, None);
+        grant.payment_id = Some(payment);
+        let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
+        assert_eq!(app.post(&hook).await.status(), 200);
+        grants.push(grant.id);
+    }
+    app.wait_delivered(2).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE payment_id IS NULL")
+            .await,
+        2
+    );
+    app.stop().await;
+}
