@@ -1,4 +1,4 @@
-//! What Dodo's answers mean (SPEC §3's table), as one pure function: the answer to a fulfill
+//! What Dodo's answers mean (the table "What each Dodo answer does" in the README), as one pure function: the answer to a fulfill
 //! call and, after a 409, the grant look-up become a `Decision` — the job's next state, what
 //! happens to its key, how the attempt is recorded, and why.
 

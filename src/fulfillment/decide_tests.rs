@@ -1,4 +1,4 @@
-//! `decide`, row by row against the answer table of SPEC §3.
+//! `decide`, row by row against the README's table of what each Dodo answer does.
 
 use super::*;
 

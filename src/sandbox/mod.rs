@@ -1,6 +1,6 @@
 //! A stateful stand-in for the Dodo endpoints keyrelay uses (fulfill, list grants, customer
-//! grants, revoke), following `shared/dodo/CONTRACT.md`. It sells grants, sends them as signed
-//! webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
+//! grants, revoke), following Dodo's documented API and webhooks. It sells grants, sends them
+//! as signed webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
 
 mod fulfill;
 mod limits;

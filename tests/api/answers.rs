@@ -1,4 +1,4 @@
-//! Every row of SPEC §3's answer table, asserted on the job, the key and the sandbox's state.
+//! Every row of the README's table of Dodo's answers, asserted on the job, the key and the sandbox's state.
 //! The queue is driven step by step with `run_batch`; no worker runs in the background.
 
 use keyrelay::domain::{JobState, KeyState};

@@ -1,6 +1,6 @@
-//! SPEC §4 under concurrency and faults: several worker pools on one database fulfil 1,000
-//! grants through injected 5xx and "apply then 500" faults, duplicate webhooks and workers
-//! that die mid-flight. No grant is delivered twice and no key is used twice.
+//! The promise (one key per grant, no key twice, nothing lost) under concurrency and faults:
+//! several worker pools on one database fulfil 1,000 grants through injected 5xx and "apply
+//! then 500" faults, duplicate webhooks and workers that die mid-flight. No grant is delivered twice and no key is used twice.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -161,7 +161,7 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
         "faults were injected"
     );
 
-    // SPEC §4.4: keys, the API key and the webhook secret never reach the logs.
+    // Keys, the API key and the webhook secret never reach the logs.
     let logs = crate::helpers::captured_logs();
     assert!(
         logs.contains("delivered") && logs.contains("will retry"),

@@ -1,4 +1,4 @@
-//! Grant lifecycle events against every job state and in every order (SPEC §7): delivered,
+//! Grant lifecycle events against every job state and in every order: delivered,
 //! failed and revoked settle the job and the key, and a stale event changes nothing.
 
 use keyrelay::dodo::{Grant, GrantStatus, LicenseKey};

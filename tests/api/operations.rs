@@ -1,4 +1,4 @@
-//! Replay, pruning and the reconciler (SPEC §7).
+//! Replay, pruning and the reconciler.
 
 use std::time::Duration;
 
