@@ -38,13 +38,14 @@ pub async fn overview(
     let from = range.start(now);
     let secs = range.bucket_secs();
     let pool = &state.pool;
+    let owned = state.pool.clone();
     let slow = state
         .figures
         .slow
-        .get(|| async {
+        .get(move || async move {
             let (stats, pools) = futures_util::try_join!(
-                crate::ops::stats::read(pool),
-                crate::pool::list_pools(pool),
+                crate::ops::stats::read(&owned),
+                crate::pool::list_pools(&owned),
             )?;
             Ok::<_, sqlx::Error>(Slow {
                 stats,
@@ -53,11 +54,12 @@ pub async fn overview(
             })
         })
         .await?;
-    let charts_from_rows = || async {
+    let owned = state.pool.clone();
+    let charts_from_rows = move || async move {
         futures_util::try_join!(
-            history::delivered(pool, from, secs),
-            history::dodo_answers(pool, from, secs),
-            history::webhooks(pool, from, secs),
+            history::delivered(&owned, from, secs),
+            history::dodo_answers(&owned, from, secs),
+            history::webhooks(&owned, from, secs),
         )
         .map(|(d, a, w)| [d, a, w])
     };

@@ -65,7 +65,7 @@ pub fn overview(o: &Overview<'_>, csrf: &str, done: Option<&str>) -> String {
          <div class=charts>{}</div>\
          <h2>Pools</h2><table id=pools><tr><th>Pool</th><th>Entitlement</th><th>Source</th><th>Available</th>\
          <th>Reserved</th><th>Delivered</th><th>Sold last day</th><th>Sold last week</th><th>Runs out</th><th>Stock</th></tr>{pool_rows}</table>\
-         <p class=muted id=totals-at>Delivered and cancelled totals, pools and the day's charts as of {} UTC (read at most every 30 s); \
+         <p class=muted id=totals-at>Delivered and cancelled totals, pools and the day's charts as of {} UTC (refreshed in the background every 30 s); \
          everything else is current.</p>",
         flash(done),
         stats.oldest_unfinished_age_secs,
