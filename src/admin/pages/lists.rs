@@ -297,7 +297,7 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
             format!("<h2>{title}</h2><p class=ok id=\"{id}-none\">{empty}</p>")
         } else {
             let of = if total as usize > shown {
-                format!(" (the oldest {shown} shown)")
+                format!(" (the newest {shown} shown)")
             } else {
                 String::new()
             };
