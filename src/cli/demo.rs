@@ -336,9 +336,10 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
         ms(&pickup, 99)
     );
     println!(
-        "                              from keyrelay answering a grant's webhook to its first call to Dodo for it;\n\
-         \x20                             the tail is the injected 429s: each makes every worker wait out Dodo's\n\
-         \x20                             1 s Retry-After. `keyrelay bench latency` measures an idle keyrelay."
+        "                              from keyrelay answering a grant's webhook to its first call to Dodo for it.\n\
+         \x20                             Each injected 429 makes every worker wait out Dodo's 1 s Retry-After, and\n\
+         \x20                             the grants sold meanwhile wait too, so this is mostly those pauses;\n\
+         \x20                             `keyrelay bench latency` measures an idle keyrelay (a few ms)."
     );
     println!(
         "  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys",
