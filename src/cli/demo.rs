@@ -337,9 +337,9 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     );
     println!(
         "                              from keyrelay answering a grant's webhook to its first call to Dodo for it.\n\
-         \x20                             Each injected 429 makes every worker wait out Dodo's 1 s Retry-After, and\n\
-         \x20                             the grants sold meanwhile wait too, so this is mostly those pauses;\n\
-         \x20                             `keyrelay bench latency` measures an idle keyrelay (a few ms)."
+         \x20                             Injected faults lengthen it: each 429 makes every worker wait out Dodo's\n\
+         \x20                             1 s Retry-After, and grants sold meanwhile wait too. `keyrelay bench\n\
+         \x20                             latency` measures an idle keyrelay with no faults (a few ms)."
     );
     println!(
         "  at Dodo                     {delivered_at_dodo} grants hold a key, {} distinct keys",
