@@ -12,15 +12,12 @@ use super::extract::redirect;
 use super::figures::Slow;
 use super::{AdminError, AdminState, Flash, SignedIn, check_csrf, csrf, html, pages, url_encode};
 use crate::domain::{Actor, JobState};
-use crate::ops::jobs::{self, ActionResult};
-use crate::store::audit::{self, Subject};
+use crate::ops::jobs::{self, BulkAction};
 use crate::store::search::{self, Cursor, JobFilter, parse_when};
 use crate::store::{history, read};
 
 /// Jobs per page.
 const PAGE: i64 = 50;
-/// Jobs one bulk action changes at most; the confirmation says so when more match.
-pub const BULK_MAX: i64 = 10_000;
 
 #[derive(Deserialize)]
 pub struct RangeQuery {
@@ -281,30 +278,12 @@ pub async fn jobs_page(
     ))
 }
 
-/// What a bulk action does: its verb and the states it applies to.
-fn bulk_action(
-    action: &str,
-) -> Result<(&'static str, &'static [JobState], &'static str), AdminError> {
-    match action {
-        "retry" => Ok((
-            "retry",
-            &[JobState::Failed, JobState::Cancelled],
-            "failed or cancelled",
-        )),
-        "cancel" => Ok((
-            "cancel",
-            &[
-                JobState::Queued,
-                JobState::Retrying,
-                JobState::WaitingForKeys,
-                JobState::Failed,
-            ],
-            "queued, retrying, waiting or failed",
-        )),
-        other => Err(AdminError::BadRequest(format!(
-            "unknown bulk action `{other}`; use retry or cancel"
-        ))),
-    }
+fn bulk_action(action: &str) -> Result<BulkAction, AdminError> {
+    BulkAction::parse(action).ok_or_else(|| {
+        AdminError::BadRequest(format!(
+            "unknown bulk action `{action}`; use retry or cancel"
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -320,19 +299,19 @@ pub async fn bulk_confirm(
     state: web::Data<AdminState>,
     query: web::Query<BulkQuery>,
 ) -> Result<HttpResponse, AdminError> {
-    let (action, states, applies_to) = bulk_action(&query.action)?;
+    let action = bulk_action(&query.action)?;
     let filter = query.filter.parse().map_err(AdminError::BadRequest)?;
-    let count = search::count_jobs(&state.pool, &filter, states).await?;
+    let count = jobs::bulk_count(&state.pool, action, &filter).await?;
     let fields = query.filter.fields();
     let page = pages::bulk_confirm(
         &pages::BulkConfirm {
-            action,
+            action: action.as_str(),
             describe: &filter.describe(),
             count,
-            max: BULK_MAX,
+            max: jobs::BULK_MAX,
             fields: &fields,
             query: &query.filter.query_string(),
-            applies_to,
+            applies_to: action.applies_to(),
         },
         &csrf(&state, &who),
     );
@@ -356,48 +335,15 @@ pub async fn bulk_run(
     form: web::Form<BulkForm>,
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&state, &who, &form.csrf)?;
-    let (action, states, _) = bulk_action(&form.action)?;
+    let action = bulk_action(&form.action)?;
     let filter = form.filter.parse().map_err(AdminError::BadRequest)?;
-    let done = run_bulk(&state, action, states, &filter).await?;
+    let done = jobs::bulk(&state.pool, action, &filter, Actor::Admin).await?;
     let query = form.filter.query_string();
     let sep = if query.is_empty() { "" } else { "&" };
     Ok(redirect(&format!(
-        "/admin/jobs?{query}{sep}done=bulk_{action}&n={done}"
+        "/admin/jobs?{query}{sep}done=bulk_{}&n={done}",
+        action.as_str()
     )))
-}
-
-/// Applies `action` to up to `BULK_MAX` matching jobs; how many it changed.
-pub async fn run_bulk(
-    state: &AdminState,
-    action: &str,
-    states: &[JobState],
-    filter: &JobFilter,
-) -> Result<u64, AdminError> {
-    let grants = search::matching_grants(&state.pool, filter, states, BULK_MAX).await?;
-    let mut done = 0;
-    for chunk in grants.chunks(500) {
-        let results = match action {
-            "retry" => jobs::retry_jobs(&state.pool, chunk, Actor::Admin).await?,
-            _ => jobs::cancel_jobs(&state.pool, chunk, Actor::Admin).await?,
-        };
-        done += results
-            .iter()
-            .filter(|(_, r)| matches!(r, ActionResult::Done | ActionResult::DoneKeyKept))
-            .count() as u64;
-    }
-    let detail = format!("{done} jobs matching {}", filter.describe());
-    audit::record(
-        &state.pool,
-        Actor::Admin,
-        &format!("bulk_{action}"),
-        Subject {
-            detail: Some(&detail),
-            ..Subject::default()
-        },
-    )
-    .await?;
-    tracing::info!(action, jobs = done, filter = %filter.describe(), "bulk action from the dashboard");
-    Ok(done)
 }
 
 pub async fn attention(

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use super::output::{json, or_dash, shown, table};
 use crate::configuration::Settings;
 use crate::domain::{Actor, GrantId, JobState};
-use crate::ops::jobs::{self, ActionResult};
+use crate::ops::jobs::{self, ActionResult, BulkAction};
 use crate::store::search::{self, Cursor, JobFilter, parse_when};
 use chrono::{DateTime, Utc};
 
@@ -15,29 +15,8 @@ use chrono::{DateTime, Utc};
 pub enum JobsCommand {
     /// Jobs, newest first, a page at a time; the filters combine.
     List {
-        /// Only jobs in this state: queued, running, retrying, waiting_for_keys, delivered,
-        /// failed or cancelled.
-        #[arg(long, value_parser = parse_state)]
-        state: Option<JobState>,
-        /// Only this customer's grants (Dodo's customer id, e.g. cus_123).
-        #[arg(long, value_name = "CUSTOMER_ID")]
-        customer: Option<String>,
-        /// Only the grants of this payment (Dodo's payment id, e.g. pay_123).
-        #[arg(long, value_name = "PAYMENT_ID")]
-        payment: Option<String>,
-        /// A grant, customer or payment id, or the last four characters of a key (what its
-        /// masked form shows).
-        #[arg(long, value_name = "TEXT")]
-        search: Option<String>,
-        /// Only the jobs of this pool's entitlement.
-        #[arg(long, value_name = "NAME")]
-        pool: Option<String>,
-        /// Only jobs created since then: an RFC 3339 time, or an age such as 30m, 6h or 2d.
-        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
-        since: Option<DateTime<Utc>>,
-        /// Only jobs created before then (same forms as --since).
-        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
-        until: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// How many jobs to show (1 to 1000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
@@ -79,12 +58,69 @@ pub enum JobsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Retry or cancel every job matching a filter (at most 10,000 a run), after showing the
+    /// count and asking; audited as one `bulk_retry`/`bulk_cancel` entry and in each job's trail.
+    Bulk {
+        /// What to do to the matching jobs.
+        #[arg(value_enum)]
+        action: BulkAction,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Only say how many jobs it would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Stop trying; a reserved key Dodo cannot have accepted goes back to the pool.
     Cancel {
         /// The grants whose jobs to stop.
         #[arg(required = true, value_parser = parse_grant_id)]
         grant_ids: Vec<GrantId>,
     },
+}
+
+/// Which jobs (`jobs list`, `jobs bulk`); every filter given must match.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Only jobs in this state: queued, running, retrying, waiting_for_keys, delivered,
+    /// failed or cancelled.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<JobState>,
+    /// Only this customer's grants (Dodo's customer id, e.g. cus_123).
+    #[arg(long, value_name = "CUSTOMER_ID")]
+    customer: Option<String>,
+    /// Only the grants of this payment (Dodo's payment id, e.g. pay_123).
+    #[arg(long, value_name = "PAYMENT_ID")]
+    payment: Option<String>,
+    /// A grant, customer or payment id, or the last four characters of a key (what its
+    /// masked form shows).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+    /// Only the jobs of this pool's entitlement.
+    #[arg(long, value_name = "NAME")]
+    pool: Option<String>,
+    /// Only jobs created since then: an RFC 3339 time, or an age such as 30m, 6h or 2d.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    since: Option<DateTime<Utc>>,
+    /// Only jobs created before then (same forms as --since).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    until: Option<DateTime<Utc>>,
+}
+
+impl From<FilterArgs> for JobFilter {
+    fn from(a: FilterArgs) -> JobFilter {
+        JobFilter {
+            search: a.search,
+            customer: a.customer,
+            payment: a.payment,
+            state: a.state,
+            pool: a.pool,
+            since: a.since,
+            until: a.until,
+        }
+    }
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -105,26 +141,12 @@ fn parse_grant_id(s: &str) -> Result<GrantId, String> {
 pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
-            state,
-            customer,
-            payment,
-            search,
-            pool: pool_name,
-            since,
-            until,
+            filter,
             limit,
             after,
             json: as_json,
         } => {
-            let filter = JobFilter {
-                search,
-                customer,
-                payment,
-                state,
-                pool: pool_name,
-                since,
-                until,
-            };
+            let filter = JobFilter::from(filter);
             let list = search::find_jobs(pool, &filter, after.as_ref(), limit).await?;
             if as_json {
                 return json(&list);
@@ -292,6 +314,30 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
                 jobs::retry_jobs(pool, &ids, Actor::Cli).await?,
                 "queued again",
             )?;
+        }
+        JobsCommand::Bulk {
+            action,
+            filter,
+            yes,
+            dry_run,
+        } => {
+            let filter = JobFilter::from(filter);
+            let count = jobs::bulk_count(pool, action, &filter).await?;
+            let described = shown(&filter.describe());
+            let what = format!("{count} {} job(s) match {described}", action.applies_to());
+            if count == 0 || dry_run {
+                println!("{what}; nothing changed");
+                return Ok(());
+            }
+            let capped = count.min(jobs::BULK_MAX);
+            if !yes && !confirm(&format!("{what}. {} {capped} of them?", action.as_str()))? {
+                bail!("nothing changed; pass --yes to skip the question, or --dry-run to count");
+            }
+            let done = jobs::bulk(pool, action, &filter, Actor::Cli).await?;
+            println!("{}: {done} job(s) changed", action.as_str());
+            if count > jobs::BULK_MAX {
+                println!("more match than one run changes; run it again for the rest");
+            }
         }
         JobsCommand::Cancel { grant_ids } => {
             report(

@@ -5,10 +5,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::crypto::Vault;
-use crate::domain::{Actor, GrantId, KeyState};
+use crate::domain::{Actor, GrantId, JobState, KeyState};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::endpoint::{self, ReceivedKey};
 use crate::store::sealed::open_key;
+use crate::store::search::{self, JobFilter};
 use crate::store::{self, operator, read};
 
 pub use crate::store::ActionResult;
@@ -123,4 +124,99 @@ async fn each(
         results.push((grant_id.clone(), action(grant_id).await?));
     }
     Ok(results)
+}
+
+/// A change to every job matching a filter (the dashboard's bulk actions, `jobs bulk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkAction {
+    /// Failed or cancelled jobs go back to `queued` with a fresh attempt budget.
+    Retry,
+    /// Queued, retrying, waiting and failed jobs stop; keys Dodo cannot hold go back to the pool.
+    Cancel,
+}
+
+/// Jobs one bulk action changes at most; run it again for the rest.
+pub const BULK_MAX: i64 = 10_000;
+
+impl BulkAction {
+    pub fn parse(raw: &str) -> Option<BulkAction> {
+        match raw {
+            "retry" => Some(BulkAction::Retry),
+            "cancel" => Some(BulkAction::Cancel),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "retry",
+            BulkAction::Cancel => "cancel",
+        }
+    }
+
+    /// The states it applies to.
+    pub fn states(self) -> &'static [JobState] {
+        match self {
+            BulkAction::Retry => &[JobState::Failed, JobState::Cancelled],
+            BulkAction::Cancel => &[
+                JobState::Queued,
+                JobState::Retrying,
+                JobState::WaitingForKeys,
+                JobState::Failed,
+            ],
+        }
+    }
+
+    /// Those states in words.
+    pub fn applies_to(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "failed or cancelled",
+            BulkAction::Cancel => "queued, retrying, waiting or failed",
+        }
+    }
+}
+
+/// How many jobs `action` would change.
+pub async fn bulk_count(
+    pool: &PgPool,
+    action: BulkAction,
+    filter: &JobFilter,
+) -> Result<i64, sqlx::Error> {
+    search::count_jobs(pool, filter, action.states()).await
+}
+
+/// Applies `action` to the oldest `BULK_MAX` jobs that match `filter` now (a job that changed
+/// state meanwhile is skipped); each job's audit trail records it, and the action itself is
+/// one `bulk_retry`/`bulk_cancel` entry with the filter. Returns how many it changed.
+pub async fn bulk(
+    pool: &PgPool,
+    action: BulkAction,
+    filter: &JobFilter,
+    actor: Actor,
+) -> Result<u64, sqlx::Error> {
+    let grants = search::matching_grants(pool, filter, action.states(), BULK_MAX).await?;
+    let mut done = 0;
+    for chunk in grants.chunks(500) {
+        let results = match action {
+            BulkAction::Retry => retry_jobs(pool, chunk, actor).await?,
+            BulkAction::Cancel => cancel_jobs(pool, chunk, actor).await?,
+        };
+        done += results
+            .iter()
+            .filter(|(_, r)| matches!(r, ActionResult::Done | ActionResult::DoneKeyKept))
+            .count() as u64;
+    }
+    let detail = format!("{done} jobs matching {}", filter.describe());
+    audit::record(
+        pool,
+        actor,
+        &format!("bulk_{}", action.as_str()),
+        audit::Subject {
+            detail: Some(&detail),
+            ..audit::Subject::default()
+        },
+    )
+    .await?;
+    tracing::info!(action = action.as_str(), jobs = done, filter = %filter.describe(), actor = actor.as_str(), "bulk action");
+    Ok(done)
 }

@@ -278,6 +278,38 @@ async fn a_bulk_retry_changes_only_what_the_filter_matches_and_is_audited() {
         2,
         "each job's own trail records it too"
     );
+    // The same from the CLI: count first, ask, then act.
+    let env = app.cli_env();
+    let env = as_env(&env);
+    let bulk = async |args: &[&str]| {
+        let out = keyrelay_async(&env, args).await;
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = bulk(&["jobs", "bulk", "cancel", "--state", "failed", "--dry-run"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "1 queued, retrying, waiting or failed job(s) match state failed; nothing changed"
+        ),
+        "{text}"
+    );
+    let (code, text) = bulk(&["jobs", "bulk", "cancel", "--state", "failed"]).await;
+    assert_eq!(code, Some(1), "no terminal to ask: nothing changes: {text}");
+    assert_eq!(app.job_state(&failed[2]).await, JobState::Failed);
+    let (code, text) = bulk(&["jobs", "bulk", "cancel", "--state", "failed", "--yes"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("cancel: 1 job(s) changed"), "{text}");
+    assert_eq!(app.job_state(&failed[2]).await, JobState::Cancelled);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_log WHERE action = 'bulk_cancel' AND actor = 'cli'")
+            .await,
+        1
+    );
+
     // An unknown action or state is refused with the reason.
     let bad = app
         .http
