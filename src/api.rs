@@ -6,16 +6,15 @@
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 
 use crate::crypto::Vault;
 use crate::domain::{CustomerId, GrantId, JobState};
 use crate::store::read::{self, ShopGrant};
 use crate::store::sealed::open_key;
-use crate::store::search::Cursor;
+use crate::store::search::{Cursor, encode_position};
 
 pub struct ApiState {
     pub pool: PgPool,
@@ -81,9 +80,7 @@ fn authorize(request: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    let a = hmac_sha256::Hash::hash(presented.trim().as_bytes());
-    let b = hmac_sha256::Hash::hash(state.token.expose_secret().trim().as_bytes());
-    match bool::from(a.ct_eq(&b)) {
+    match crate::crypto::token_matches(presented.trim(), &state.token) {
         true => Ok(()),
         false => Err(ApiError::Unauthorized),
     }
@@ -227,13 +224,7 @@ async fn customer_grants(
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last())
         .flatten()
-        .map(|last| {
-            Cursor {
-                created_at: last.created_at,
-                grant_id: last.grant_id.clone(),
-            }
-            .encode()
-        });
+        .map(|last| encode_position(last.created_at, last.grant_id.as_str()));
     let grants = rows
         .into_iter()
         .map(|row| GrantView::new(row, &state.vault))

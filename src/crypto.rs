@@ -74,6 +74,16 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// Whether a presented token is the configured one, in time that depends on neither (their
+/// digests are compared, so not even the length leaks). The admin sign-in and the shop API's
+/// bearer check both use it.
+pub fn token_matches(candidate: &str, token: &SecretString) -> bool {
+    use subtle::ConstantTimeEq;
+    let a = hmac_sha256::Hash::hash(candidate.as_bytes());
+    let b = hmac_sha256::Hash::hash(token.expose_secret().as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
 /// A new random encryption key, base64 of 32 bytes.
 pub fn new_encryption_key() -> SecretString {
     let mut bytes = [0u8; 32];

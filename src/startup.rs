@@ -279,10 +279,11 @@ fn web_server(
             figures: Default::default(),
         })
     });
-    let api = settings.api.token.clone().map(|token| {
+    let api = settings.api.token.as_ref().map(|token| {
         web::Data::new(crate::api::ApiState {
             pool: pool.clone(),
-            token,
+            // Spaces around a configured token (an `.env` slip) are not part of it.
+            token: token.expose_secret().trim().into(),
             vault: Arc::clone(&state.vault),
         })
     });

@@ -296,7 +296,12 @@ async fn api_jobs(
         None => None,
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    Ok(HttpResponse::Ok().json(jobs::list_jobs(&state.pool, job_state, limit).await?))
+    let filter = crate::store::search::JobFilter {
+        state: job_state,
+        ..Default::default()
+    };
+    Ok(HttpResponse::Ok()
+        .json(crate::store::search::find_jobs(&state.pool, &filter, None, limit).await?))
 }
 
 async fn api_job(

@@ -13,7 +13,7 @@ use super::figures::Slow;
 use super::{AdminError, AdminState, Flash, SignedIn, check_csrf, csrf, html, pages, url_encode};
 use crate::domain::{Actor, JobState};
 use crate::ops::jobs::{self, BulkAction};
-use crate::store::search::{self, Cursor, JobFilter, parse_when};
+use crate::store::search::{self, Cursor, JobFilter, decode_position, encode_position, parse_when};
 use crate::store::{history, read};
 
 /// Jobs per page.
@@ -142,10 +142,10 @@ async fn needs_attention(
             .find(|(state, _)| *state == s)
             .map_or(0, |(_, n)| *n)
     };
-    let problems = read::events_with_problem(&state.pool, 1000).await?.len() as i64;
-    let orphans = crate::store::endpoint::grants_with_orphan_keys(&state.pool, 1000)
-        .await?
-        .len() as i64;
+    let (problems, orphans) = futures_util::try_join!(
+        read::count_events_with_problem(&state.pool),
+        crate::store::endpoint::count_grants_with_orphan_keys(&state.pool),
+    )?;
     Ok(in_state(JobState::Failed) + in_state(JobState::WaitingForKeys) + problems + orphans)
 }
 
@@ -358,13 +358,17 @@ pub async fn attention(
     };
     let failed_filter = in_state(JobState::Failed);
     let waiting_filter = in_state(JobState::WaitingForKeys);
-    let (failed, failed_total, waiting, waiting_total, problems, orphan_ids) = futures_util::try_join!(
+    let (failed, failed_total, waiting, waiting_total, problems, problems_total) = futures_util::try_join!(
         search::find_jobs(pool, &failed_filter, None, 100),
         search::count_jobs(pool, &failed_filter, &[]),
         search::find_jobs(pool, &waiting_filter, None, 100),
         search::count_jobs(pool, &waiting_filter, &[]),
         read::events_with_problem(pool, 100),
+        read::count_events_with_problem(pool),
+    )?;
+    let (orphan_ids, orphans_total) = futures_util::try_join!(
         crate::store::endpoint::grants_with_orphan_keys(pool, 100),
+        crate::store::endpoint::count_grants_with_orphan_keys(pool),
     )?;
     let mut orphans = Vec::new();
     for grant_id in orphan_ids {
@@ -379,7 +383,9 @@ pub async fn attention(
             waiting: &waiting,
             waiting_total,
             problems: &problems,
+            problems_total,
             orphans: &orphans,
+            orphans_total,
         },
         &csrf(&state, &who),
         flash.message().as_deref(),
@@ -399,16 +405,12 @@ pub async fn events_page(
     state: web::Data<AdminState>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, AdminError> {
-    let before = query.before.as_deref().and_then(|raw| {
-        let (micros, id) = raw.split_once('.')?;
-        if id.chars().any(char::is_control) {
-            return None;
-        }
-        Some((
-            chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            id.to_string(),
-        ))
-    });
+    let before = query
+        .before
+        .as_deref()
+        .and_then(decode_position)
+        .filter(|(_, id)| !id.chars().any(char::is_control))
+        .map(|(at, id)| (at, id.to_string()));
     let events = read::events_before(&state.pool, before, PAGE).await?;
     let next = (events.len() as i64 == PAGE)
         .then(|| events.last())
@@ -416,11 +418,7 @@ pub async fn events_page(
         .map(|e| {
             format!(
                 "/admin/events?before={}",
-                url_encode(&format!(
-                    "{}.{}",
-                    e.received_at.timestamp_micros(),
-                    e.webhook_id
-                ))
+                url_encode(&encode_position(e.received_at, &e.webhook_id))
             )
         });
     Ok(html(

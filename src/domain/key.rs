@@ -101,7 +101,7 @@ impl fmt::Display for LicenseKey {
 }
 
 /// The last four characters of `key` (lowercased) when its masked form shows them, else empty.
-pub fn key_tail(key: &str) -> String {
+fn key_tail(key: &str) -> String {
     let tail: String = key
         .chars()
         .rev()

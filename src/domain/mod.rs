@@ -9,7 +9,7 @@ mod text;
 use serde::{Deserialize, Serialize};
 
 pub use ids::{CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN, PaymentId};
-pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, key_tail, mask_key};
+pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, mask_key};
 pub use outcome::{AttemptOutcome, KeyAction, Serve};
 pub use text::printable;
 

@@ -13,7 +13,7 @@ use crate::store::search::{self, JobFilter};
 use crate::store::{self, operator, read};
 
 pub use crate::store::ActionResult;
-pub use crate::store::read::{JobSummary, failed_grant_ids, list_jobs};
+pub use crate::store::read::{JobSummary, failed_grant_ids};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptView {

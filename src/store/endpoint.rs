@@ -231,6 +231,13 @@ pub async fn grants_with_orphan_keys(
     .await
 }
 
+/// How many grants have a key an endpoint issued that no grant uses.
+pub async fn count_grants_with_orphan_keys(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(DISTINCT grant_id) FROM received_keys WHERE orphan")
+        .fetch_one(pool)
+        .await
+}
+
 /// Every key endpoints answered for the grant, oldest first.
 pub async fn received_keys(
     pool: &PgPool,

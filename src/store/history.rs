@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::domain::JobState;
+use crate::store::stock::OPEN_JOBS_BY_STATE;
 
 /// The states whose depth is sampled: the unfinished ones, and `failed` (waiting for a human).
 pub const SAMPLED_STATES: [JobState; 5] = [
@@ -109,23 +110,16 @@ pub async fn queue_depth(
 /// Samples queue depth for the current minute (once, however many processes do it). Each
 /// state is counted on its partial index, so finished history does not slow it down.
 pub async fn record_queue_sample(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(&format!(
         r#"
-        WITH counts AS (
-            SELECT state, count(*) AS n FROM jobs
-            WHERE state IN ('queued', 'retrying', 'running') GROUP BY state
-            UNION ALL
-            SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys'
-            UNION ALL
-            SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'
-        )
+        WITH counts AS ({OPEN_JOBS_BY_STATE})
         INSERT INTO queue_samples (at, state, jobs)
         SELECT date_trunc('minute', now()), sampled.state, coalesce(counts.n, 0)
         FROM unnest($1::job_state[]) AS sampled(state)
         LEFT JOIN counts ON counts.state = sampled.state
         ON CONFLICT (at, state) DO NOTHING
-        "#,
-    )
+        "#
+    ))
     .bind(SAMPLED_STATES.to_vec())
     .execute(pool)
     .await?;

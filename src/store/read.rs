@@ -26,22 +26,6 @@ pub struct JobSummary {
 pub(crate) const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement_id, customer_id, payment_id, last_error, \
      last_http_status, source, created_at, updated_at, run_at";
 
-/// Newest first, optionally in one state.
-pub async fn list_jobs(
-    pool: &PgPool,
-    state: Option<JobState>,
-    limit: i64,
-) -> Result<Vec<JobSummary>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE ($1::job_state IS NULL OR state = $1) \
-         ORDER BY created_at DESC, grant_id LIMIT $2"
-    ))
-    .bind(state)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
 /// One job.
 pub async fn job(pool: &PgPool, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -210,14 +194,21 @@ pub async fn events_before(
     .await
 }
 
-/// Events keyrelay set aside (it could not process them), oldest first.
+/// How many events keyrelay set aside (on the partial index `events_with_problem`).
+pub async fn count_events_with_problem(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE problem IS NOT NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Events keyrelay set aside (it could not process them), newest first.
 pub async fn events_with_problem(
     pool: &PgPool,
     limit: i64,
 ) -> Result<Vec<EventSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events \
-         WHERE problem IS NOT NULL ORDER BY received_at LIMIT $1",
+         WHERE problem IS NOT NULL ORDER BY received_at DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)

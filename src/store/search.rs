@@ -32,10 +32,6 @@ pub struct JobFilter {
 }
 
 impl JobFilter {
-    pub fn is_empty(&self) -> bool {
-        *self == JobFilter::default()
-    }
-
     /// The filter in words, for confirmations and the audit trail.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -85,16 +81,27 @@ impl Cursor {
 
     /// `<microseconds since the epoch>.<grant id>`: opaque to users, safe in a URL.
     pub fn encode(&self) -> String {
-        format!("{}.{}", self.created_at.timestamp_micros(), self.grant_id)
+        encode_position(self.created_at, self.grant_id.as_str())
     }
 
     pub fn decode(raw: &str) -> Option<Cursor> {
-        let (micros, grant) = raw.split_once('.')?;
+        let (created_at, grant) = decode_position(raw)?;
         Some(Cursor {
-            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            created_at,
             grant_id: GrantId::parse(grant).ok()?,
         })
     }
+}
+
+/// A place in a list ordered by time and then id (jobs, events): `<microseconds>.<id>`.
+pub fn encode_position(at: DateTime<Utc>, id: &str) -> String {
+    format!("{}.{id}", at.timestamp_micros())
+}
+
+/// The time and id of an `encode_position`; None for anything else.
+pub fn decode_position(raw: &str) -> Option<(DateTime<Utc>, &str)> {
+    let (micros, id) = raw.split_once('.')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id))
 }
 
 /// An RFC 3339 time (or `YYYY-MM-DDTHH:MM`, UTC), or an age (`90s`, `30m`, `6h`, `2d`) counted back from now.

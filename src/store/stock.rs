@@ -175,14 +175,15 @@ pub async fn count_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, 
 /// Jobs in the states that need work or a human (queued, running, retrying, waiting for keys,
 /// failed), each counted on its partial index: fast however much history there is.
 pub async fn count_open_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT state, count(*) FROM jobs WHERE state IN ('queued', 'retrying', 'running') GROUP BY state \
-         UNION ALL SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys' \
-         UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(OPEN_JOBS_BY_STATE).fetch_all(pool).await
 }
+
+/// `(state, count)` of the open states, each counted on its partial index (`jobs_due`,
+/// `jobs_waiting`, `jobs_failed`); a state with no jobs may be missing.
+pub(crate) const OPEN_JOBS_BY_STATE: &str = "SELECT state, count(*) AS n FROM jobs \
+     WHERE state IN ('queued', 'retrying', 'running') GROUP BY state \
+     UNION ALL SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys' \
+     UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'";
 
 /// Jobs still to be settled (queued, running or retrying).
 pub async fn count_unsettled_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {

@@ -272,8 +272,10 @@ pub struct Attention<'a> {
     pub waiting_total: i64,
     /// Events set aside with a problem.
     pub problems: &'a [EventSummary],
+    pub problems_total: i64,
     /// Jobs whose grant has a vendor key nobody uses.
     pub orphans: &'a [JobSummary],
+    pub orphans_total: i64,
 }
 
 /// Everything that needs a human, in one place.
@@ -284,7 +286,9 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
         waiting,
         waiting_total,
         problems,
+        problems_total,
         orphans,
+        orphans_total,
     } = *a;
     let section = |title: &str,
                    id: &str,
@@ -329,7 +333,7 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
     let problems_html = section(
         "Set-aside events",
         "problems",
-        problems.len() as i64,
+        problems_total,
         problems.len(),
         "No event was set aside.",
         events_table(problems, csrf, "set-aside"),
@@ -340,7 +344,7 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
     let orphans_html = section(
         "Keys to revoke at the vendor",
         "orphans",
-        orphans.len() as i64,
+        orphans_total,
         orphans.len(),
         "No orphaned vendor keys.",
         format!("<div id=orphans>{}</div>", jobs_table(orphans, csrf)),
