@@ -22,6 +22,7 @@ pub mod harness;
 pub mod intake;
 pub mod lifecycle;
 pub mod ops;
+pub mod outbound;
 pub mod pool;
 pub mod sandbox;
 pub mod signal;

@@ -220,7 +220,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
 
 /// Asks `url` once, with a short timeout: the container runtime calls this every few seconds.
 async fn healthcheck(url: &str) -> anyhow::Result<bool> {
-    let client = reqwest::Client::builder()
+    let client = crate::outbound::client()
         .timeout(std::time::Duration::from_secs(4))
         .build()?;
     let response = client

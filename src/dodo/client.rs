@@ -20,6 +20,8 @@ pub struct DodoClient {
     base_url: reqwest::Url,
     api_key: SecretString,
     budget: Arc<RateBudget>,
+    /// How long one call may take.
+    timeout: Duration,
 }
 
 /// The body of `POST /grants/{id}/license-key`; unset options are omitted.
@@ -81,11 +83,10 @@ impl DodoClient {
         timeout: Duration,
         budget: Arc<RateBudget>,
     ) -> anyhow::Result<DodoClient> {
-        let http = reqwest::Client::builder()
+        let http = crate::outbound::client()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(256)
-            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let base_url = reqwest::Url::parse(base_url)
             .ok()
@@ -100,7 +101,13 @@ impl DodoClient {
             base_url,
             api_key,
             budget,
+            timeout,
         })
+    }
+
+    /// How long one call may take before it counts as unanswered.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Takes the next turn to call Dodo from the rate budget, for `fulfill`.
@@ -166,9 +173,10 @@ impl DodoClient {
             #[serde(default)]
             items: Vec<Grant>,
         }
-        let page: Page = response
-            .json()
+        let body = crate::outbound::read_capped(response, crate::outbound::GRANT_PAGE_LIMIT)
             .await
+            .map_err(|e| CallError::Other(format!("unreadable grant list: {e}")))?;
+        let page: Page = serde_json::from_slice(&body)
             .map_err(|e| CallError::Other(format!("unreadable grant list: {e}")))?;
         Ok(page.items)
     }
@@ -262,7 +270,14 @@ const MAX_MESSAGE_LEN: usize = 300;
 
 /// Dodo's error message (or the start of whatever body came instead), printable and short.
 async fn error_message(response: reqwest::Response) -> Option<String> {
-    let bytes = response.bytes().await.ok()?;
+    if let Some(redirect) = crate::outbound::redirect_refused(&response) {
+        return Some(format!("{redirect} (check dodo.base_url)"));
+    }
+    let bytes =
+        match crate::outbound::read_capped(response, crate::outbound::ERROR_BODY_LIMIT).await {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(e.to_string()),
+        };
     let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
     let text = body
         .message

@@ -1,6 +1,9 @@
 //! The endpoint step of `http` pools: claim jobs that have no key yet, ask their endpoint,
 //! record what it answered, and queue the job for Dodo with its key — or retry (5xx, 429,
 //! timeouts, with the same idempotency key) or fail it (another 4xx, no key in the answer).
+//! Each job's call runs on its own: a slow endpoint delays only its own grant.
+
+use std::time::Duration;
 
 use chrono::Utc;
 
@@ -9,17 +12,50 @@ use crate::domain::JobState;
 use crate::sources::endpoint::EndpointError;
 use crate::store::endpoint::{self, KeylessJob, Received};
 
-/// Asks endpoints for the keys of up to `limit` jobs; how many jobs were handled.
+/// Time kept in the lease after a call's timeout, to record its answer.
+const RECORD_MARGIN: Duration = Duration::from_secs(5);
+
+/// Asks endpoints for the keys of up to `limit` jobs, all at once, and waits for every one;
+/// how many jobs were claimed. For tests and tools that drive the queue step by step.
 pub async fn fetch_keys(ctx: &WorkerContext, limit: usize) -> Result<usize, sqlx::Error> {
     let jobs = endpoint::claim_keyless(&ctx.pool, limit, ctx.lease).await?;
-    let runs = jobs.iter().map(|job| async move {
-        let (idempotency, answer) = ctx.endpoints.request_key(job).await;
-        settle(ctx, job, &idempotency, answer).await
-    });
+    let claimed = jobs.len();
+    let runs = jobs.into_iter().map(|job| fetch_key(ctx, job));
     for done in futures_util::future::join_all(runs).await {
         done?;
     }
-    Ok(jobs.len())
+    Ok(claimed)
+}
+
+/// One claimed job: asks its endpoint for the key, with the lease covering the whole call, and
+/// records the answer. A job whose earlier leases all ran out mid-call (its workers stopped)
+/// fails once it is past `worker.max_attempts`, so a grant never loops without end.
+pub async fn fetch_key(ctx: &WorkerContext, job: KeylessJob) -> Result<(), sqlx::Error> {
+    let attempt = job.attempts.max(0) as u32;
+    if attempt > ctx.max_attempts {
+        let error = format!(
+            "gave up after {} attempts: each time the worker stopped before key source `{}` answered; check the workers' logs, then retry the job",
+            ctx.max_attempts, job.endpoint
+        );
+        tracing::error!(grant_id = %job.grant_id, pool = %job.pool, error = %error, "no key from the endpoint; job failed");
+        endpoint::settle_keyless(&ctx.pool, &job, JobState::Failed, Utc::now(), false, &error)
+            .await?;
+        return Ok(());
+    }
+    if let Some(timeout) = ctx.endpoints.timeout(&job.endpoint) {
+        let needed = timeout + RECORD_MARGIN;
+        if needed > ctx.lease / 2 {
+            let lease = needed + ctx.lease;
+            match crate::store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, lease).await
+            {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let (idempotency, answer) = ctx.endpoints.request_key(&job).await;
+    settle(ctx, &job, &idempotency, answer).await
 }
 
 async fn settle(

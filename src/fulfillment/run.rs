@@ -164,16 +164,23 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
     }
 }
 
-/// Waits for this job's turn to call Dodo, keeping the job's lease for as long as the wait
-/// lasts (a spent minute budget can mean most of a minute). `None`: the lease was lost.
+/// Waits for this job's turn to call Dodo, keeping the job's lease for as long as the wait and
+/// the call can last (a spent minute budget can mean most of a minute; a call may take up to
+/// `dodo.timeout_secs`). `None`: the lease was lost.
 async fn wait_for_turn(ctx: &WorkerContext, job: &ClaimedJob) -> Option<Result<Turn, CallError>> {
     let turn = match ctx.dodo.take_turn().await {
         Ok(turn) => turn,
         Err(e) => return Some(Err(e)),
     };
-    let wait = turn.wait();
-    if wait > ctx.lease / 2 {
-        match store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, wait + ctx.lease).await
+    let needed = turn.wait() + ctx.dodo.timeout();
+    if needed > ctx.lease / 2 {
+        match store::extend_lease(
+            &ctx.pool,
+            &job.grant_id,
+            job.lease_token,
+            needed + ctx.lease,
+        )
+        .await
         {
             Ok(true) => {}
             Ok(false) => return None,

@@ -70,7 +70,9 @@ impl Worker {
         tracing::info!(concurrency = self.concurrency, "worker pool started");
         let endpoints = tokio::spawn(endpoint_loop(
             self.ctx.clone(),
+            self.concurrency,
             self.poll_interval,
+            self.shutdown_grace,
             shutdown.clone(),
         ));
         loop {
@@ -227,27 +229,64 @@ fn spawn_completer(
     (tx, handle)
 }
 
-/// Jobs an endpoint step asks keys for at once.
-const ENDPOINT_BATCH: usize = 8;
-
-/// Asks endpoints for the keys of `http` pools' jobs until shutdown, resting for the poll
-/// interval when there is nothing to ask. It does not wait on the job signal: a wake-up it
-/// took would be one the claim loop missed.
-async fn endpoint_loop(ctx: WorkerContext, poll_interval: Duration, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let handled = match super::endpoint::fetch_keys(&ctx, ENDPOINT_BATCH).await {
-            Ok(handled) => handled,
+/// Asks endpoints for the keys of `http` pools' jobs until shutdown, up to `concurrency` calls
+/// at once, each job on its own task: a free slot is filled at once, so no grant waits for
+/// another's call. Rests for the poll interval when there is nothing to ask. It does not wait
+/// on the job signal: a wake-up it took would be one the claim loop missed.
+async fn endpoint_loop(
+    ctx: WorkerContext,
+    concurrency: usize,
+    poll_interval: Duration,
+    shutdown_grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let tracker = TaskTracker::new();
+    loop {
+        let first = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut slots = vec![first];
+        while let Ok(p) = permits.clone().try_acquire_owned() {
+            slots.push(p);
+        }
+        let wanted = slots.len();
+        let jobs = match store::endpoint::claim_keyless(&ctx.pool, wanted, ctx.lease).await {
+            Ok(jobs) => jobs,
             Err(e) => {
-                tracing::warn!(error = %e, "asking key sources failed; retrying after the poll interval");
-                0
+                tracing::warn!(error = %e, "claiming jobs of http pools failed; retrying after the poll interval");
+                Vec::new()
             }
         };
-        if handled == 0 {
+        let claimed = jobs.len();
+        for job in jobs {
+            let slot = slots.pop().expect("one slot per claimed job");
+            let ctx = ctx.clone();
+            tracker.spawn(async move {
+                let grant_id = job.grant_id.clone();
+                if let Err(e) = super::endpoint::fetch_key(&ctx, job).await {
+                    tracing::warn!(%grant_id, error = %e, "recording a key source's answer failed; the lease expires and the job is asked again with the same idempotency key");
+                }
+                drop(slot);
+            });
+        }
+        drop(slots);
+        if claimed < wanted {
             tokio::select! {
                 _ = tokio::time::sleep(poll_interval) => {}
-                _ = shutdown.cancelled() => {}
+                _ = shutdown.cancelled() => break,
             }
         }
+    }
+    tracker.close();
+    if tokio::time::timeout(shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "calls to key sources did not finish within worker.shutdown_grace_secs; their leases will expire and another worker asks again with the same idempotency key"
+        );
     }
 }
 

@@ -33,7 +33,7 @@ impl LowStock {
 impl Alerter {
     pub fn new(webhook_url: Option<String>) -> Alerter {
         Alerter {
-            http: reqwest::Client::builder()
+            http: crate::outbound::client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("reqwest client"),

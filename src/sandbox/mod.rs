@@ -108,6 +108,7 @@ impl Sandbox {
             api_key: api_key.into(),
             webhook_key: webhook_key.into(),
             http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(256)
                 .build()

@@ -63,12 +63,16 @@ pub fn idempotency_key(grant_id: &str, rejected: i64) -> String {
 impl Endpoints {
     pub fn new(sources: HashMap<String, KeySourceSettings>) -> Endpoints {
         Endpoints {
-            http: reqwest::Client::builder()
-                .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("reqwest client"),
+            http: crate::outbound::client().build().expect("reqwest client"),
             sources,
         }
+    }
+
+    /// How long a call to the named source may take; `None` when it is not configured.
+    pub fn timeout(&self, name: &str) -> Option<Duration> {
+        self.sources
+            .get(name)
+            .map(|s| Duration::from_secs(s.timeout_secs))
     }
 
     /// Asks the job's endpoint for its key: (idempotency key used, key).
@@ -121,11 +125,30 @@ impl Endpoints {
             .await
             .map_err(|e| no_answer(job, "did not answer", &e))?;
         let status = answer.status().as_u16();
+        if let Some(redirect) = crate::outbound::redirect_refused(&answer) {
+            return Err(EndpointError::Fail(format!(
+                "key source `{}` answered {status}, {redirect}",
+                job.endpoint
+            )));
+        }
         let retry_after = crate::dodo::wait_hint(answer.headers());
-        let bytes = answer
-            .bytes()
-            .await
-            .map_err(|e| no_answer(job, "broke off its answer", &e))?;
+        let bytes =
+            match crate::outbound::read_capped(answer, crate::outbound::KEY_ANSWER_LIMIT).await {
+                Ok(bytes) => bytes,
+                Err(e @ crate::outbound::ReadError::TooLarge { .. }) => {
+                    return Err(EndpointError::Fail(format!(
+                        "key source `{}` answered {status}, but {e}",
+                        job.endpoint
+                    )));
+                }
+                Err(e) => {
+                    return Err(EndpointError::Retry {
+                        error: format!("key source `{}` {e}", job.endpoint),
+                        retry_after: None,
+                        slow_down: false,
+                    });
+                }
+            };
         match status {
             200..=299 => key_at(&bytes, &source.key_pointer).map_err(|why| {
                 EndpointError::Fail(format!(

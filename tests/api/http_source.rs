@@ -12,7 +12,6 @@ use keyrelay::harness::SANDBOX_VENDOR;
 use keyrelay::pool::{NewPool, add_pool};
 use keyrelay::sandbox::VendorFault;
 use keyrelay::sources::Source;
-use keyrelay::startup::Role;
 
 use crate::helpers::{ENT, TestApp, as_env, keyrelay_async, wait_until};
 
@@ -194,25 +193,26 @@ async fn a_crash_between_the_vendors_answer_and_recording_puts_one_key_at_dodo()
 
 #[tokio::test]
 async fn an_endpoint_that_ignores_idempotency_keys_has_its_second_license_flagged() {
-    let app = TestApp::spawn_with(Role::Web, |s| s.worker.lease_secs = 1).await;
+    let app = TestApp::spawn_web().await;
     add_vendor_pool(&app).await;
     app.sandbox.vendor_ignores_idempotency(true);
     let grant = app.sell().await;
-    // The first request is slow: its lease runs out, and another worker asks again.
+    // The first request is slow, and its worker is taken for dead: the lease is made to run
+    // out (a live worker keeps it for the whole call), and another worker asks again.
     app.sandbox
         .script_vendor_faults(&grant, [VendorFault::Slow { ms: 1_500 }]);
     let slow = app.worker();
     let first = tokio::spawn(async move { fetch_keys(&slow, 10).await.unwrap() });
     wait_until(
-        "the first lease has run out",
+        "the first request reached the vendor",
         Duration::from_secs(10),
-        || async {
-            app.count("SELECT count(*) FROM jobs WHERE state = 'running' AND run_at < now()")
-                .await
-                == 1
-        },
+        || async { app.sandbox.vendor_requests() == 1 },
     )
     .await;
+    sqlx::query("UPDATE jobs SET run_at = now() - interval '1 second' WHERE state = 'running'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(fetch_keys(&app.worker(), 10).await.unwrap(), 1);
     assert_eq!(first.await.unwrap(), 1);
     assert_eq!(drive(&app, &grant).await, JobState::Delivered);

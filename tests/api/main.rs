@@ -17,6 +17,7 @@ mod observability;
 mod operations;
 mod operator_input;
 mod outage;
+mod outbound;
 mod payloads;
 mod pools;
 mod rate_budget;
