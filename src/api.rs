@@ -20,6 +20,9 @@ pub struct ApiState {
     pub pool: PgPool,
     pub token: SecretString,
     pub vault: std::sync::Arc<Vault>,
+    /// Wrong tokens by client address.
+    pub wrong_tokens: crate::guard::TokenThrottle,
+    pub clients: crate::guard::ClientAddress,
 }
 
 /// Adds the `/api/v1` routes.
@@ -45,6 +48,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("too many wrong tokens from this address; try again in {0} s")]
+    TooManyAttempts(u64),
     #[error("the database is unavailable; try again")]
     Database(#[from] sqlx::Error),
 }
@@ -55,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -65,24 +71,35 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CACHE_CONTROL, "no-store"));
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::TooManyAttempts(wait) => {
+                response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
-/// Checks the bearer token, in constant time.
+/// Checks the bearer token, in constant time. A client locked out for wrong tokens is refused
+/// whatever it sends; a wrong token counts against its address and is logged.
 fn authorize(request: &HttpRequest, state: &ApiState) -> Result<(), ApiError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    match crate::crypto::token_matches(presented.trim(), &state.token) {
-        true => Ok(()),
-        false => Err(ApiError::Unauthorized),
+    let client = state.clients.of(request);
+    if let Some(wait) = state.wrong_tokens.locked_out(client) {
+        return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
+    }
+    match crate::guard::bearer_token(request) {
+        Some(token) if crate::crypto::token_matches(token, &state.token) => Ok(()),
+        _ if !crate::guard::has_authorization(request) => Err(ApiError::Unauthorized),
+        _ => {
+            state
+                .wrong_tokens
+                .wrong_token(client, "api", request.path());
+            Err(ApiError::Unauthorized)
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod db;
 pub mod dodo;
 pub mod domain;
 pub mod fulfillment;
+pub mod guard;
 pub mod harness;
 pub mod intake;
 pub mod lifecycle;

@@ -49,6 +49,9 @@ impl Role {
 pub struct Application {
     port: Option<u16>,
     server: Option<Server>,
+    /// `/metrics` on its own address (`http.metrics_bind`).
+    metrics_port: Option<u16>,
+    metrics_server: Option<Server>,
     worker: Option<Worker>,
     maintenance: Option<Maintenance>,
     pool: PgPool,
@@ -109,6 +112,18 @@ impl Application {
             }
             None => (None, None),
         };
+        let (metrics_server, metrics_address) = match &settings.http.metrics_bind {
+            Some(bind) => {
+                let listener = TcpListener::bind(bind).with_context(|| {
+                    format!(
+                        "cannot listen on http.metrics_bind = {bind}; is another process using it?"
+                    )
+                })?;
+                let address = listener.local_addr()?;
+                (Some(metrics_server(listener, pool.clone())?), Some(address))
+            }
+            None => (None, None),
+        };
         let keys = settings.keys.key_maker_with(Some(vault))?;
         let maintenance = dodo
             .as_ref()
@@ -131,7 +146,16 @@ impl Application {
         };
         tracing::info!(
             role = ?role,
-            listen = ?address,
+            listen = %address.map_or("none".into(), |a| a.to_string()),
+            metrics = %match (metrics_address, address) {
+                (Some(m), _) => format!("http://{m}/metrics"),
+                (None, Some(a)) => format!("http://{a}/metrics"),
+                (None, None) => "none: set http.metrics_bind to serve /metrics from this role".into(),
+            },
+            dashboard = %match (address, settings.admin.token.is_some()) {
+                (Some(a), true) => format!("http://{a}/admin"),
+                _ => "off".into(),
+            },
             dodo = %crate::configuration::redact_url(&settings.dodo_base_url()),
             worker_concurrency = worker.as_ref().map(|_| settings.worker.concurrency),
             rate_budget = %rate_budget,
@@ -141,6 +165,8 @@ impl Application {
         Ok(Application {
             port: address.map(|a| a.port()),
             server,
+            metrics_port: metrics_address.map(|a| a.port()),
+            metrics_server,
             worker,
             maintenance,
             pool,
@@ -154,6 +180,11 @@ impl Application {
     /// The port the webhook server listens on (web roles only).
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// The port `/metrics` is served on when `http.metrics_bind` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -170,22 +201,15 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
         let mut tasks = Vec::new();
+        for server in self.metrics_server.into_iter() {
+            tasks.push(serve_until(server, shutdown.clone()));
+        }
         if let Some(server) = self.server {
             tasks.push(
                 self.signal
                     .spawn_notifier(self.pool.clone(), shutdown.clone()),
             );
-            let handle = server.handle();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                token.cancelled().await;
-                handle.stop(true).await;
-            });
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            }));
+            tasks.push(serve_until(server, shutdown.clone()));
         }
         tasks.push(tokio::spawn(crate::ops::stats::sample_queue_depth(
             self.pool.clone(),
@@ -233,6 +257,20 @@ impl Application {
     }
 }
 
+/// Runs `server` until `shutdown`, then lets it finish what it is answering.
+fn serve_until(server: Server, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        handle.stop(true).await;
+    });
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
 /// The webhook verifier for web roles, from the settings.
 fn webhook_verifier(settings: &Settings, role: Role) -> anyhow::Result<Option<WebhookVerifier>> {
     Ok(if role.web() {
@@ -270,11 +308,20 @@ fn web_server(
     settings: &Settings,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
+    let clients = crate::guard::ClientAddress {
+        trusted: settings.http.trusted_proxies()?,
+    };
+    let body_policy = web::Data::new(crate::guard::BodyPolicy {
+        timeout: Duration::from_secs(settings.http.body_timeout_secs),
+        max_bytes: crate::intake::MAX_BODY_BYTES,
+    });
+    let metrics_here = settings.http.metrics_bind.is_none();
     let admin = settings.admin.token.clone().map(|token| {
         web::Data::new(crate::admin::AdminState {
             pool: pool.clone(),
             auth: crate::admin::AdminAuth::new(token, !settings.admin.insecure_http),
-            sign_ins: Default::default(),
+            wrong_tokens: Default::default(),
+            clients: clients.clone(),
             vault: Arc::clone(&state.vault),
             figures: Default::default(),
         })
@@ -285,19 +332,27 @@ fn web_server(
             // Spaces around a configured token (an `.env` slip) are not part of it.
             token: token.expose_secret().trim().into(),
             vault: Arc::clone(&state.vault),
+            wrong_tokens: Default::default(),
+            clients: clients.clone(),
         })
     });
     let pool = web::Data::new(pool);
     let metrics = web::Data::new(metrics_handle());
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(crate::guard::guard_request))
+            .app_data(body_policy.clone())
             .app_data(state.clone())
             .app_data(pool.clone())
             .app_data(metrics.clone())
             .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(prometheus))
+            .configure(|cfg| {
+                if metrics_here {
+                    cfg.route("/metrics", web::get().to(prometheus));
+                }
+            })
             .configure(|cfg| {
                 if let Some(admin) = &admin {
                     cfg.app_data(admin.clone());
@@ -317,6 +372,29 @@ fn web_server(
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// `/metrics` alone, on `http.metrics_bind`.
+fn metrics_server(listener: TcpListener, pool: PgPool) -> anyhow::Result<Server> {
+    let pool = web::Data::new(pool);
+    let metrics = web::Data::new(metrics_handle());
+    let policy = web::Data::new(crate::guard::BodyPolicy {
+        timeout: Duration::from_secs(5),
+        max_bytes: 0,
+    });
+    Ok(HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(crate::guard::guard_request))
+            .app_data(policy.clone())
+            .app_data(pool.clone())
+            .app_data(metrics.clone())
+            .route("/metrics", web::get().to(prometheus))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run())
 }
 
 async fn healthz() -> HttpResponse {

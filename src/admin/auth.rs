@@ -18,6 +18,16 @@ pub struct AdminAuth {
     secure_cookie: bool,
 }
 
+/// What a request presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// No `Authorization` header and no valid session cookie.
+    Nothing,
+    /// An `Authorization` header that is not `Bearer <the admin token>`.
+    WrongToken,
+    Valid(Credential),
+}
+
 /// How a request proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -106,21 +116,29 @@ impl AdminAuth {
         equal(candidate, &self.csrf_for(session))
     }
 
-    /// The request's credential, if any is valid.
-    pub fn credential(&self, request: &HttpRequest) -> Option<Credential> {
-        if let Some(value) = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-        {
-            let token = value.strip_prefix("Bearer ")?;
-            return self
-                .token_matches(token.trim())
-                .then_some(Credential::Bearer);
+    /// What the request presented: an `Authorization` header decides alone (right or wrong),
+    /// else a valid session cookie.
+    pub fn presented(&self, request: &HttpRequest) -> Presented {
+        if crate::guard::has_authorization(request) {
+            return match crate::guard::bearer_token(request) {
+                Some(token) if self.token_matches(token) => Presented::Valid(Credential::Bearer),
+                _ => Presented::WrongToken,
+            };
         }
-        let session = request.cookie(SESSION_COOKIE)?.value().to_string();
-        self.session_valid(&session)
-            .then_some(Credential::Session(session))
+        match request.cookie(SESSION_COOKIE) {
+            Some(cookie) if self.session_valid(cookie.value()) => {
+                Presented::Valid(Credential::Session(cookie.value().to_string()))
+            }
+            _ => Presented::Nothing,
+        }
+    }
+
+    /// The request's credential, if it presented a valid one.
+    pub fn credential(&self, request: &HttpRequest) -> Option<Credential> {
+        match self.presented(request) {
+            Presented::Valid(credential) => Some(credential),
+            Presented::Nothing | Presented::WrongToken => None,
+        }
     }
 }
 

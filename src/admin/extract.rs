@@ -10,7 +10,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 
 use super::AdminState;
-use super::auth::Credential;
+use super::auth::{Credential, Presented};
 
 /// A person signed in with a session cookie, or a script with the bearer token. Pages take it;
 /// without it the browser is sent to the sign-in page.
@@ -19,10 +19,26 @@ pub struct SignedIn(pub Credential);
 /// A script with the bearer token. The JSON API takes it; sessions do not count.
 pub struct Bearer;
 
-fn credential(request: &HttpRequest) -> Option<Credential> {
-    request
-        .app_data::<web::Data<AdminState>>()
-        .and_then(|state| state.auth.credential(request))
+/// The request's credential. A client locked out for wrong tokens is refused whatever it
+/// sends; a wrong bearer token counts against its address and is logged.
+fn credential(request: &HttpRequest) -> Result<Option<Credential>, AdminError> {
+    let Some(state) = request.app_data::<web::Data<AdminState>>() else {
+        return Ok(None);
+    };
+    let client = state.clients.of(request);
+    if let Some(wait) = state.wrong_tokens.locked_out(client) {
+        return Err(AdminError::TooManyAttempts(wait.as_secs().max(1)));
+    }
+    match state.auth.presented(request) {
+        Presented::Valid(credential) => Ok(Some(credential)),
+        Presented::Nothing => Ok(None),
+        Presented::WrongToken => {
+            state
+                .wrong_tokens
+                .wrong_token(client, "admin", request.path());
+            Err(AdminError::Unauthorized)
+        }
+    }
 }
 
 impl FromRequest for SignedIn {
@@ -33,7 +49,7 @@ impl FromRequest for SignedIn {
         let state = request.app_data::<web::Data<AdminState>>().cloned();
         let credential = credential(request);
         Box::pin(async move {
-            let (Some(state), Some(credential)) = (state, credential) else {
+            let (Some(state), Some(credential)) = (state, credential?) else {
                 return Err(AdminError::SignInRequired);
             };
             if let Credential::Session(session) = &credential {
@@ -56,8 +72,9 @@ impl FromRequest for Bearer {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(match credential(request) {
-            Some(Credential::Bearer) => Ok(Bearer),
-            _ => Err(AdminError::Unauthorized),
+            Ok(Some(Credential::Bearer)) => Ok(Bearer),
+            Ok(_) => Err(AdminError::Unauthorized),
+            Err(e) => Err(e),
         })
     }
 }
@@ -99,6 +116,13 @@ impl ResponseError for AdminError {
     fn error_response(&self) -> HttpResponse {
         match self {
             AdminError::SignInRequired => redirect("/admin/login"),
+            AdminError::TooManyAttempts(wait) => {
+                let mut response = json_error(self);
+                if let Ok(value) = header::HeaderValue::from_str(&wait.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
             AdminError::Database(e) => {
                 tracing::error!(error = %e, "admin request failed");
                 json_error(self)

@@ -7,7 +7,6 @@ mod chart;
 mod extract;
 mod figures;
 mod pages;
-mod throttle;
 mod views;
 
 use actix_web::http::{StatusCode, header};
@@ -24,7 +23,9 @@ pub use extract::{AdminError, Bearer, SignedIn};
 pub struct AdminState {
     pub pool: PgPool,
     pub auth: AdminAuth,
-    pub sign_ins: throttle::SignInThrottle,
+    /// Wrong tokens (sign-in form and bearer) by client address.
+    pub wrong_tokens: crate::guard::TokenThrottle,
+    pub clients: crate::guard::ClientAddress,
     /// Opens keys to show them masked.
     pub vault: std::sync::Arc<crate::crypto::Vault>,
     /// The overview's slow figures, shared by every viewer.
@@ -66,7 +67,7 @@ fn html(status: StatusCode, body: String) -> HttpResponse {
         .content_type("text/html; charset=utf-8")
         .insert_header((
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -89,6 +90,11 @@ impl Flash {
         Some(match self.done.as_deref()? {
             "bulk_retry" => return Some(format!("bulk retry done: {n} job(s) queued again")),
             "bulk_cancel" => return Some(format!("bulk cancel done: {n} job(s) cancelled")),
+            "bulk_grew" => {
+                return Some(format!(
+                    "nothing changed: {n} jobs match now, more than you confirmed; check the count below and confirm again"
+                ));
+            }
             "replayed" => "replay done: the event ran through intake again",
             "event_not_found" => "there is no such event",
             "replay_failed" => "the event could not be replayed; the log says why",
@@ -157,15 +163,15 @@ async fn login(
     state: web::Data<AdminState>,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, AdminError> {
-    let peer = request
-        .peer_addr()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    if let Some(wait) = state.sign_ins.locked_out(peer) {
+    let peer = state.clients.of(&request);
+    if let Some(wait) = state.wrong_tokens.locked_out(peer) {
         tracing::warn!(%peer, "admin sign-in refused: too many wrong tokens from this address");
         return Err(AdminError::TooManyAttempts(wait.as_secs().max(1)));
     }
     if !state.auth.token_matches(form.token.trim()) {
-        state.sign_ins.failed(peer);
+        if state.wrong_tokens.failed(peer) {
+            tracing::warn!(%peer, "too many wrong tokens from this address: refused for a minute");
+        }
         tracing::warn!(%peer, "admin sign-in with a wrong token");
         return Ok(html(
             StatusCode::UNAUTHORIZED,

@@ -186,12 +186,15 @@ impl FilterQuery {
 
     /// The filter, or what is wrong with it in words.
     fn parse(&self) -> Result<JobFilter, String> {
-        // Nothing keyrelay stores is longer or holds control characters (Postgres cannot even
-        // take a NUL): such a filter is a typo or a probe, answered 400, never a database error.
+        // Nothing keyrelay stores is longer or holds control or direction-changing characters
+        // (Postgres cannot even take a NUL): such a filter is a typo or a probe, answered 400,
+        // never a database error.
         for (name, value) in self.fields() {
-            if value.len() > crate::domain::MAX_ID_LEN || value.chars().any(char::is_control) {
+            if value.len() > crate::domain::MAX_ID_LEN
+                || value.chars().any(crate::domain::unsafe_in_id)
+            {
                 return Err(format!(
-                    "the {name} field is longer than {} bytes or holds control characters",
+                    "the {name} field is longer than {} bytes or holds control or direction-changing characters",
                     crate::domain::MAX_ID_LEN
                 ));
             }
@@ -291,6 +294,8 @@ pub struct BulkQuery {
     action: String,
     #[serde(flatten)]
     filter: FilterQuery,
+    #[serde(flatten)]
+    flash: Flash,
 }
 
 /// The confirmation page: what the action would change, and how many.
@@ -314,6 +319,7 @@ pub async fn bulk_confirm(
             applies_to: action.applies_to(),
         },
         &csrf(&state, &who),
+        query.flash.message().as_deref(),
     );
     Ok(html(StatusCode::OK, page))
 }
@@ -323,6 +329,9 @@ pub struct BulkForm {
     action: String,
     #[serde(default)]
     csrf: String,
+    /// How many jobs the confirmation said match (text: flattened forms arrive as strings).
+    #[serde(default)]
+    expected: String,
     #[serde(flatten)]
     filter: FilterQuery,
 }
@@ -337,13 +346,23 @@ pub async fn bulk_run(
     check_csrf(&state, &who, &form.csrf)?;
     let action = bulk_action(&form.action)?;
     let filter = form.filter.parse().map_err(AdminError::BadRequest)?;
-    let done = jobs::bulk(&state.pool, action, &filter, Actor::Admin).await?;
+    let confirmed: i64 = form.expected.trim().parse().map_err(|_| {
+        AdminError::BadRequest(
+            "the form does not say how many jobs were confirmed (expected); open the confirmation page again".into(),
+        )
+    })?;
     let query = form.filter.query_string();
     let sep = if query.is_empty() { "" } else { "&" };
-    Ok(redirect(&format!(
-        "/admin/jobs?{query}{sep}done=bulk_{}&n={done}",
-        action.as_str()
-    )))
+    match jobs::bulk(&state.pool, action, &filter, confirmed, Actor::Admin).await? {
+        jobs::BulkRun::Changed(done) => Ok(redirect(&format!(
+            "/admin/jobs?{query}{sep}done=bulk_{}&n={done}",
+            action.as_str()
+        ))),
+        jobs::BulkRun::MoreThanConfirmed { matching, .. } => Ok(redirect(&format!(
+            "/admin/jobs/bulk?action={}&{query}{sep}done=bulk_grew&n={matching}",
+            action.as_str()
+        ))),
+    }
 }
 
 pub async fn attention(
@@ -409,7 +428,7 @@ pub async fn events_page(
         .before
         .as_deref()
         .and_then(decode_position)
-        .filter(|(_, id)| !id.chars().any(char::is_control))
+        .filter(|(_, id)| !id.chars().any(crate::domain::unsafe_in_id))
         .map(|(at, id)| (at, id.to_string()));
     let events = read::events_before(&state.pool, before, PAGE).await?;
     let next = (events.len() as i64 == PAGE)

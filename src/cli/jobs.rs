@@ -333,7 +333,15 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             if !yes && !confirm(&format!("{what}. {} {capped} of them?", action.as_str()))? {
                 bail!("nothing changed; pass --yes to skip the question, or --dry-run to count");
             }
-            let done = jobs::bulk(pool, action, &filter, Actor::Cli).await?;
+            let done = match jobs::bulk(pool, action, &filter, count, Actor::Cli).await? {
+                jobs::BulkRun::Changed(done) => done,
+                jobs::BulkRun::MoreThanConfirmed {
+                    matching,
+                    confirmed,
+                } => bail!(
+                    "nothing changed: {matching} jobs match {described} now, {confirmed} when you said yes; run it again to see them"
+                ),
+            };
             println!("{}: {done} job(s) changed", action.as_str());
             if count > jobs::BULK_MAX {
                 println!("more match than one run changes; run it again for the rest");

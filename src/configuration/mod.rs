@@ -110,6 +110,40 @@ pub struct HttpSettings {
     pub bind: String,
     /// A request body not received in full within this many seconds is answered 408.
     pub body_timeout_secs: u64,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client;
+    /// a list in TOML, space- or comma-separated in the environment. None by default.
+    #[serde(default, deserialize_with = "list_or_words")]
+    pub trusted_proxies: Vec<String>,
+    /// Serve `/metrics` on this address instead of `http.bind` (any role).
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
+}
+
+impl HttpSettings {
+    /// The trusted proxies, parsed (checked at start).
+    pub fn trusted_proxies(&self) -> anyhow::Result<crate::guard::TrustedProxies> {
+        crate::guard::TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// A list setting given as a TOML list, or as one string of space- or comma-separated words
+/// (as an environment variable can only be).
+fn list_or_words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Words(String),
+        List(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Words(words) => words
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Raw::List(list) => list,
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,7 +315,11 @@ impl Settings {
 
     /// An optional URL set to blank (as `KEY=` in a `.env` file leaves it) means unset.
     fn blank_urls_are_unset(&mut self) {
-        for url in [&mut self.dodo.base_url, &mut self.alerts.webhook_url] {
+        for url in [
+            &mut self.dodo.base_url,
+            &mut self.alerts.webhook_url,
+            &mut self.http.metrics_bind,
+        ] {
             if url.as_deref().is_some_and(|u| u.trim().is_empty()) {
                 *url = None;
             }
@@ -370,6 +408,14 @@ impl Settings {
             || self.worker.backoff_max_ms < self.worker.backoff_base_ms
         {
             bail!("worker.backoff_base_ms must be at least 1 and at most worker.backoff_max_ms");
+        }
+        self.http.trusted_proxies()?;
+        if let Some(bind) = &self.http.metrics_bind
+            && bind == &self.http.bind
+        {
+            bail!(
+                "http.metrics_bind is the same address as http.bind; give /metrics its own address (such as 127.0.0.1:9090), or unset it to serve /metrics on http.bind"
+            );
         }
         if self.http.body_timeout_secs == 0 {
             bail!("http.body_timeout_secs must be at least 1");

@@ -256,3 +256,46 @@ fn the_shop_api_token_is_long_and_not_the_admin_token() {
     assert!(err.contains("is the same as admin.token"), "{err}");
     assert!(!err.contains(&token), "the token is not shown: {err}");
 }
+
+#[test]
+fn trusted_proxies_come_as_words_from_the_environment_and_bad_ones_are_named() {
+    let s = Settings::load_from(
+        None,
+        &env(&[(
+            "KEYRELAY_HTTP__TRUSTED_PROXIES",
+            "10.0.0.0/8, 127.0.0.1 ::1",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(s.http.trusted_proxies, ["10.0.0.0/8", "127.0.0.1", "::1"]);
+    assert!(s.http.trusted_proxies().is_ok());
+    assert!(
+        Settings::load_from(None, &env(&[]))
+            .unwrap()
+            .http
+            .trusted_proxies
+            .is_empty()
+    );
+    let err = Settings::load_from(
+        None,
+        &env(&[("KEYRELAY_HTTP__TRUSTED_PROXIES", "10.0.0.0/8 the-proxy")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("http.trusted_proxies: `the-proxy`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn metrics_bind_must_differ_from_the_webhook_address() {
+    let err = Settings::load_from(
+        None,
+        &env(&[("KEYRELAY_HTTP__METRICS_BIND", "127.0.0.1:8080")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("http.metrics_bind"), "{err}");
+    let s = Settings::load_from(None, &env(&[("KEYRELAY_HTTP__METRICS_BIND", " ")])).unwrap();
+    assert_eq!(s.http.metrics_bind, None, "blank is unset");
+}

@@ -33,6 +33,8 @@ pub enum IdError {
     TooLong(&'static str, usize),
     #[error("{0} contains a control character")]
     ControlCharacter(&'static str),
+    #[error("{0} contains an invisible or direction-changing character (such as U+202E)")]
+    Invisible(&'static str),
 }
 
 impl<K: IdKind> Id<K> {
@@ -45,6 +47,9 @@ impl<K: IdKind> Id<K> {
         }
         if raw.chars().any(char::is_control) {
             return Err(IdError::ControlCharacter(K::NAME));
+        }
+        if raw.chars().any(super::text::invisible) {
+            return Err(IdError::Invisible(K::NAME));
         }
         Ok(Id::trusted(raw.to_string()))
     }
@@ -213,5 +218,12 @@ mod tests {
         assert_eq!(ok.to_string(), "grant_9");
         let err = serde_json::from_str::<GrantId>("\"\\u0000\"").unwrap_err();
         assert!(err.to_string().contains("control character"), "{err}");
+        for hidden in ["grant_\u{202e}exe.txt", "grant\u{200b}1", "grant_\u{2066}x"] {
+            let err = GrantId::parse(hidden).unwrap_err();
+            assert!(
+                err.to_string().contains("direction-changing"),
+                "{hidden:?}: {err}"
+            );
+        }
     }
 }

@@ -26,29 +26,6 @@ pub enum KeyError {
     Invisible,
 }
 
-/// Characters that show as nothing, or reorder what is shown: a key holding one looks like
-/// another key on screen and would not work when typed.
-fn invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00ad}'
-            | '\u{034f}'
-            | '\u{061c}'
-            | '\u{115f}'
-            | '\u{1160}'
-            | '\u{17b4}'
-            | '\u{17b5}'
-            | '\u{180e}'
-            | '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{206f}'
-            | '\u{3164}'
-            | '\u{fe00}'..='\u{fe0f}'
-            | '\u{feff}'
-            | '\u{ffa0}'
-    )
-}
-
 impl LicenseKey {
     pub fn parse(raw: &str) -> Result<LicenseKey, KeyError> {
         if raw.is_empty() {
@@ -60,7 +37,7 @@ impl LicenseKey {
         if raw.chars().any(char::is_control) {
             return Err(KeyError::ControlCharacter);
         }
-        if raw.chars().any(invisible) {
+        if raw.chars().any(super::text::invisible) {
             return Err(KeyError::Invisible);
         }
         Ok(LicenseKey(raw.to_string()))

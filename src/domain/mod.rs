@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use ids::{CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN, PaymentId};
 pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, mask_key};
 pub use outcome::{AttemptOutcome, KeyAction, Serve};
-pub use text::printable;
+pub use text::{printable, unsafe_in_id};
 
 /// Where a fulfillment job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]

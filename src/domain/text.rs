@@ -1,6 +1,36 @@
 //! Text that came from outside, made safe to store and to show: no control characters (no NUL
 //! for Postgres, no terminal escapes for operators) and a bounded length.
 
+/// Characters that show as nothing, or reorder what is shown: text holding one looks like
+/// other text on screen (`U+202E` turns `evil.exe` around), and a key holding one would not
+/// work when typed.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{061c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+    )
+}
+
+/// Whether `c` may not appear in an id or a key: a control character, or one that shows as
+/// nothing or reorders what is shown.
+pub fn unsafe_in_id(c: char) -> bool {
+    c.is_control() || invisible(c)
+}
+
 /// `raw` with control characters replaced by U+FFFD, cut to at most `max` bytes on a
 /// character boundary.
 pub fn printable(raw: &str, max: usize) -> String {

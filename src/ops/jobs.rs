@@ -185,16 +185,37 @@ pub async fn bulk_count(
     search::count_jobs(pool, filter, action.states()).await
 }
 
-/// Applies `action` to the oldest `BULK_MAX` jobs that match `filter` now (a job that changed
-/// state meanwhile is skipped); each job's audit trail records it, and the action itself is
-/// one `bulk_retry`/`bulk_cancel` entry with the filter. Returns how many it changed.
+/// What a bulk run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkRun {
+    /// Changed this many jobs.
+    Changed(u64),
+    /// More jobs match now than the person confirmed: nothing was changed.
+    MoreThanConfirmed { matching: i64, confirmed: i64 },
+}
+
+/// Applies `action` to the oldest jobs that match `filter` now, at most `confirmed` (what the
+/// person was shown and said yes to) and `BULK_MAX` (a job that changed state meanwhile is
+/// skipped). If more match now than were confirmed, nothing changes: the person looks again.
+/// Each job's audit trail records it, and the action itself is one `bulk_retry`/`bulk_cancel`
+/// entry with the filter.
 pub async fn bulk(
     pool: &PgPool,
     action: BulkAction,
     filter: &JobFilter,
+    confirmed: i64,
     actor: Actor,
-) -> Result<u64, sqlx::Error> {
-    let grants = search::matching_grants(pool, filter, action.states(), BULK_MAX).await?;
+) -> Result<BulkRun, sqlx::Error> {
+    let matching = bulk_count(pool, action, filter).await?;
+    if matching > confirmed {
+        tracing::warn!(action = action.as_str(), matching, confirmed, filter = %filter.describe(), "bulk action refused: more jobs match than were confirmed");
+        return Ok(BulkRun::MoreThanConfirmed {
+            matching,
+            confirmed,
+        });
+    }
+    let limit = confirmed.clamp(0, BULK_MAX);
+    let grants = search::matching_grants(pool, filter, action.states(), limit).await?;
     let mut done = 0;
     for chunk in grants.chunks(500) {
         let results = match action {
@@ -218,5 +239,5 @@ pub async fn bulk(
     )
     .await?;
     tracing::info!(action = action.as_str(), jobs = done, filter = %filter.describe(), actor = actor.as_str(), "bulk action");
-    Ok(done)
+    Ok(BulkRun::Changed(done))
 }

@@ -1,10 +1,17 @@
-//! The admin surface under a careless operator and a hostile visitor: sign-in guessing is
-//! throttled, signing out ends the session for good, the cookie is Secure, and no page says
+//! The admin surface under a careless operator and a hostile visitor: sign-in and bearer-token
+//! guessing is throttled per client (behind a trusted proxy too), bodies that never arrive are
+//! cut off on every route, every answer carries its safety headers, `/metrics` can live on its
+//! own address, signing out ends the session for good, the cookie is Secure, and no page says
 //! what a URL tells it to.
 
-use keyrelay::startup::Role;
+use std::time::Duration;
 
-use crate::helpers::TestApp;
+use keyrelay::startup::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{ENT, TestApp, captured_logs};
+
+const API_TOKEN: &str = "shop-api-token-for-hardening-tests-012345";
 
 const TOKEN: &str = "admin-token-for-hardening-tests-0123456789";
 
@@ -138,5 +145,228 @@ async fn no_page_says_what_a_url_tells_it_to() {
             .unwrap();
         assert!(!html.contains("account is locked"), "{path}: {html}");
     }
+    app.stop().await;
+}
+
+/// Sends a request whose body never comes and returns what the server answers (at most 15 s).
+async fn unsent_body(app: &TestApp, request_line: &str) -> String {
+    let address = base(app).trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "{request_line} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "{request_line}: still open after 15 s");
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_cut_off_on_every_route() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into());
+        s.api.token = Some(API_TOKEN.to_string().into());
+        s.http.body_timeout_secs = 1;
+    })
+    .await;
+    for request in [
+        "POST /admin/login",
+        "POST /admin/logout",
+        "POST /admin/jobs/bulk",
+        "GET /api/v1/grants/grant_1",
+        "GET /healthz",
+        "POST /nowhere",
+    ] {
+        let answer = unsent_body(&app, request).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{request}: {answer}");
+    }
+    // Others are served meanwhile and after.
+    app.sell().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_bearer_tokens_are_throttled_per_client_and_logged() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into());
+        s.api.token = Some(API_TOKEN.to_string().into());
+    })
+    .await;
+    let client = no_redirects();
+    for (path, right) in [
+        ("/admin/api/jobs", TOKEN),
+        ("/api/v1/grants/grant_1", API_TOKEN),
+    ] {
+        let mut statuses = Vec::new();
+        for i in 0..60 {
+            let r = client
+                .get(format!("{}{path}", base(&app)))
+                .bearer_auth(format!("wrong-token-{i}"))
+                .send()
+                .await
+                .unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        assert!(
+            statuses[..10].iter().all(|s| *s == 401),
+            "{path}: {statuses:?}"
+        );
+        assert!(
+            statuses[10..].iter().all(|s| *s == 429),
+            "{path}: {statuses:?}"
+        );
+        // Locked out means locked out, whatever it sends now.
+        let r = client
+            .get(format!("{}{path}", base(&app)))
+            .bearer_auth(right)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "{path}");
+        assert!(r.headers().contains_key("retry-after"), "{path}");
+    }
+    let logs = captured_logs();
+    assert!(
+        logs.contains("request with a wrong token")
+            && logs.contains("surface=\"api\"")
+            && logs.contains("too many wrong tokens from this address"),
+        "wrong bearer tokens are logged"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_client_cannot_lock_out_the_others() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into());
+        s.http.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let client = no_redirects();
+    let jobs = format!("{}/admin/api/jobs", base(&app));
+    for i in 0..20 {
+        client
+            .get(&jobs)
+            .bearer_auth(format!("guess-{i}"))
+            .header("x-forwarded-for", "203.0.113.66")
+            .send()
+            .await
+            .unwrap();
+    }
+    let guesser = client
+        .get(&jobs)
+        .bearer_auth(TOKEN)
+        .header("x-forwarded-for", "203.0.113.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guesser.status(), 429);
+    // A colleague behind the same proxy, and one who claims the guesser's address further
+    // left (where a client, not the proxy, wrote it), still get in.
+    for forwarded in ["198.51.100.7", "203.0.113.66, 198.51.100.8"] {
+        let r = client
+            .get(&jobs)
+            .bearer_auth(TOKEN)
+            .header("x-forwarded-for", forwarded)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{forwarded}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn answers_carry_their_safety_headers_and_bearer_is_any_case() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into());
+        s.api.token = Some(API_TOKEN.to_string().into());
+    })
+    .await;
+    let client = no_redirects();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = client.get(format!("{}{path}", base(&app)));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("bearer {t}"));
+        }
+        request.send()
+    };
+    for (path, token) in [
+        ("/healthz", None),
+        ("/metrics", None),
+        ("/admin/login", None),
+        ("/admin/api/jobs", Some(TOKEN)),
+        ("/api/v1/grants/grant_none", Some(API_TOKEN)),
+    ] {
+        let r = get(path, token).await.unwrap();
+        assert_ne!(r.status(), 401, "{path}: lower-case bearer is accepted");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        if path.contains("/api/") {
+            assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+        }
+    }
+    let webhook = app.post_raw("msg_x", "0", "v1,AAAA", "{}".into()).await;
+    assert_eq!(webhook.status(), 401);
+    assert_eq!(webhook.headers()["x-content-type-options"], "nosniff");
+    let login = get("/admin/login", None).await.unwrap();
+    let csp = login.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("base-uri 'none'"), "{csp}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_can_be_served_on_their_own_address() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.http.metrics_bind = Some(format!("127.0.0.1:{metrics_port}"));
+    })
+    .await;
+    let public = app
+        .http
+        .get(format!("{}/metrics", base(&app)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404, "not on the webhook port");
+    let private = app
+        .http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(private.status(), 200);
+    assert!(private.text().await.unwrap().contains("keyrelay_jobs"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_job_page_shows_the_last_four_of_the_key_once_masked() {
+    let app = TestApp::spawn_with(Role::All, |s| {
+        s.admin.token = Some(TOKEN.to_string().into());
+    })
+    .await;
+    app.add_pool("pro", ENT, &["PRO-AAAA-BBBB-CCCC-1XT2"]).await;
+    let grant = app.sell().await;
+    app.wait_delivered(1).await;
+    let page = app
+        .http
+        .get(format!("{}/admin/jobs/{grant}", base(&app)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<tr><th>Key</th><td>PRO-****-****-****-1XT2</td></tr>"),
+        "{page}"
+    );
+    assert!(!page.contains("AAAA"), "the key stays masked");
     app.stop().await;
 }

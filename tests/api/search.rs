@@ -429,3 +429,93 @@ async fn a_payment_id_keyrelay_cannot_store_is_dropped_and_the_grant_fulfilled()
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_bulk_run_never_changes_more_jobs_than_were_confirmed() {
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        s.admin.token = Some(TOKEN.to_string().into())
+    })
+    .await;
+    let sell_for = |customer: &'static str| {
+        let app = &app;
+        async move {
+            let grant = app.sandbox.create_grant(ENT, Some(customer));
+            let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
+            assert_eq!(app.post(&hook).await.status(), 200);
+        }
+    };
+    sell_for("cus_grows").await;
+    let base = app.url.trim_end_matches("/webhooks/dodo").to_string();
+    let page = app
+        .http
+        .get(format!("{base}/admin/jobs/bulk?action=cancel&q=cus_grows"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Cancel 1 jobs?"), "{page}");
+    // Six more sales match the same filter before the person clicks yes.
+    for _ in 0..6 {
+        sell_for("cus_grows").await;
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let run = client
+        .post(format!("{base}/admin/jobs/bulk"))
+        .bearer_auth(TOKEN)
+        .form(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 303);
+    let location = run.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("done=bulk_grew&n=7"), "{location}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE state = 'cancelled'")
+            .await,
+        0,
+        "nothing was cancelled"
+    );
+    let again = app
+        .http
+        .get(format!("{base}{location}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        again.contains("nothing changed: 7 jobs match now") && again.contains("Cancel 7 jobs?"),
+        "{again}"
+    );
+    // A form that does not say what was confirmed changes nothing either.
+    let blind = client
+        .post(format!("{base}/admin/jobs/bulk"))
+        .bearer_auth(TOKEN)
+        .form(&[("action", "cancel"), ("q", "cus_grows")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blind.status(), 400);
+    let run = client
+        .post(format!("{base}/admin/jobs/bulk"))
+        .bearer_auth(TOKEN)
+        .form(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "7")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        run.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("done=bulk_cancel&n=7")
+    );
+    app.stop().await;
+}

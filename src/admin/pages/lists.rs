@@ -153,7 +153,7 @@ pub struct BulkConfirm<'a> {
     pub applies_to: &'a str,
 }
 
-pub fn bulk_confirm(b: &BulkConfirm<'_>, csrf: &str) -> String {
+pub fn bulk_confirm(b: &BulkConfirm<'_>, csrf: &str, done: Option<&str>) -> String {
     let hidden: String = b
         .fields
         .iter()
@@ -197,7 +197,7 @@ pub fn bulk_confirm(b: &BulkConfirm<'_>, csrf: &str) -> String {
             esc(b.query),
         )
     };
-    layout("Confirm", &body, Some(csrf))
+    layout("Confirm", &format!("{}{body}", flash(done)), Some(csrf))
 }
 
 fn capitalised(s: &str) -> String {

@@ -7,7 +7,7 @@ mod overview;
 pub use lists::{Attention, BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
 pub use overview::{Overview, overview};
 
-use crate::domain::{JobState, mask_key};
+use crate::domain::JobState;
 use crate::ops::jobs::JobDetail;
 
 pub fn esc(s: &str) -> String {
@@ -153,11 +153,8 @@ pub fn job(detail: &JobDetail, csrf: &str, done: Option<&str>) -> String {
         esc(j.entitlement_id.as_str()),
         esc(j.customer_id.as_str()),
         esc(j.payment_id.as_deref().unwrap_or("-")),
-        esc(&detail
-            .key
-            .as_deref()
-            .map(mask_key)
-            .unwrap_or_else(|| "-".into())),
+        // `show_job` masked it already.
+        esc(detail.key.as_deref().unwrap_or("-")),
         esc(j.last_error.as_deref().unwrap_or("-")),
     );
     layout(&format!("Grant {}", j.grant_id), &body, Some(csrf))
