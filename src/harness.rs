@@ -23,7 +23,9 @@ pub struct LocalStack {
 }
 
 /// The key source name of the sandbox's vendor (`pool add … --source http --endpoint`).
-pub const SANDBOX_VENDOR: &str = "sandbox-vendor";
+/// (An underscore, not a hyphen, so its settings can be shell variables:
+/// `KEYRELAY_KEY_SOURCES__SANDBOX_VENDOR__URL`.)
+pub const SANDBOX_VENDOR: &str = "sandbox_vendor";
 
 /// Points `settings` at a fresh sandbox on a free local port and returns it running.
 /// The sandbox gets a random API key; it signs webhooks with the configured secret, if any.

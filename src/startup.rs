@@ -54,6 +54,8 @@ pub struct Application {
     metrics_server: Option<Server>,
     worker: Option<Worker>,
     maintenance: Option<Maintenance>,
+    /// What this worker process can make keys with (worker roles).
+    source_check: Option<crate::ops::source_health::SourceCheck>,
     pool: PgPool,
     signal: JobSignal,
     shutdown: CancellationToken,
@@ -167,6 +169,9 @@ impl Application {
             server,
             metrics_port: metrics_address.map(|a| a.port()),
             metrics_server,
+            source_check: role
+                .worker()
+                .then(|| crate::ops::source_health::SourceCheck::from_settings(settings)),
             worker,
             maintenance,
             pool,
@@ -222,6 +227,13 @@ impl Application {
                 m.dodo,
                 m.interval,
                 m.retention,
+                shutdown.clone(),
+            )));
+        }
+        if let Some(check) = self.source_check {
+            tasks.push(tokio::spawn(crate::ops::source_health::watch(
+                self.pool.clone(),
+                check,
                 shutdown.clone(),
             )));
         }

@@ -79,7 +79,15 @@ pub async fn overview(
         }
     }
     stats.oldest_unfinished_age_secs = oldest;
-    let pools = slow.pools;
+    // A pool that cannot get keys needs a human: read fresh, like the open jobs.
+    let broken = crate::store::pools::source_problems(pool).await?;
+    let mut pools = slow.pools;
+    for p in pools.iter_mut() {
+        p.source_problem = broken
+            .iter()
+            .find(|(name, _)| *name == p.name)
+            .map(|(_, problem)| problem.clone());
+    }
     let per = range.per();
     let states: Vec<&str> = history::SAMPLED_STATES.iter().map(|s| s.as_str()).collect();
     // Samples are a minute apart; the line ends at what the queue holds now.

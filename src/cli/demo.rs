@@ -95,6 +95,31 @@ fn keep(settings: &Settings, own_key: bool) -> anyhow::Result<()> {
             key.expose_secret()
         ));
     }
+    if let Some(key) = &settings.keys.signing_key {
+        env.push_str(&format!(
+            "# The demo-signed pool signs with this key.\nKEYRELAY_SIGNING_KEY={}\n",
+            key.expose_secret()
+        ));
+    }
+    // What `keyrelay serve` needs to serve this database against `keyrelay sandbox` (its
+    // defaults), the demo-vendor pool's key source included.
+    let sandbox = "http://127.0.0.1:8090";
+    env.push_str(&format!(
+        "# `keyrelay serve` with these fulfils against `keyrelay sandbox` (run it first).\n\
+         DODO_PAYMENTS_BASE_URL={sandbox}\n\
+         DODO_PAYMENTS_API_KEY={}\n\
+         DODO_PAYMENTS_WEBHOOK_KEY={}\n\
+         KEYRELAY_DODO__RATE_LIMIT=off\n\
+         KEYRELAY_KEY_SOURCES__{}__URL={sandbox}/vendor/licenses\n\
+         KEYRELAY_KEY_SOURCES__{}__SECRET={}\n\
+         KEYRELAY_KEY_SOURCES__{}__KEY_POINTER=/license/key\n",
+        super::sandbox::DEFAULT_API_KEY,
+        super::sandbox::DEFAULT_WEBHOOK_SECRET,
+        crate::harness::SANDBOX_VENDOR.to_uppercase(),
+        crate::harness::SANDBOX_VENDOR.to_uppercase(),
+        super::sandbox::DEFAULT_WEBHOOK_SECRET,
+        crate::harness::SANDBOX_VENDOR.to_uppercase(),
+    ));
     let file = std::path::PathBuf::from(format!("{name}.env"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -116,10 +141,33 @@ fn keep(settings: &Settings, own_key: bool) -> anyhow::Result<()> {
         "    keyrelay jobs list --state delivered      # or pool list, events list, jobs show GRANT"
     );
     println!(
-        "  drop it when done: psql -c 'DROP DATABASE {name}' (and delete {})",
+        "    keyrelay sandbox & keyrelay serve         # serve it as it is, against the sandbox"
+    );
+    println!(
+        "  drop it when done: {} (and delete {})",
+        drop_command(settings.database.url.expose_secret(), &name),
         file.display()
     );
     Ok(())
+}
+
+/// The `psql` command that drops database `name` on the server of `url`, naming its host,
+/// port and user (never its password).
+fn drop_command(url: &str, name: &str) -> String {
+    let Ok(url) = url::Url::parse(url) else {
+        return format!("psql -c 'DROP DATABASE \"{name}\"'");
+    };
+    let mut command = String::from("psql");
+    if let Some(host) = url.host_str() {
+        command.push_str(&format!(" -h {host}"));
+    }
+    if let Some(port) = url.port() {
+        command.push_str(&format!(" -p {port}"));
+    }
+    if !url.username().is_empty() {
+        command.push_str(&format!(" -U {}", url.username()));
+    }
+    format!("{command} -d postgres -c 'DROP DATABASE \"{name}\"'")
 }
 
 async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool> {
@@ -396,4 +444,18 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {
     }
     let rank = ((p as f64 / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cleanup_hint_names_host_port_and_user_but_no_password() {
+        assert_eq!(
+            super::drop_command(
+                "postgres://shop:s3cret@db.internal:5433/keyrelay_demo_1",
+                "keyrelay_demo_1"
+            ),
+            "psql -h db.internal -p 5433 -U shop -d postgres -c 'DROP DATABASE \"keyrelay_demo_1\"'"
+        );
+    }
 }

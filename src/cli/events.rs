@@ -73,6 +73,9 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: EventsCommand) -> 
                 &["webhook id", "type", "grant", "received", "problem"],
                 &rows,
             );
+            if list.len() as i64 == limit {
+                println!("showing the newest {limit}; pass a larger --limit to see more");
+            }
         }
         EventsCommand::Show {
             webhook_id,

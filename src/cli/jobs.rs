@@ -4,7 +4,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use sqlx::PgPool;
 
-use super::output::{json, or_dash, shown, table};
+use super::output::{json, or_dash, shown, table, wrapped};
 use crate::configuration::Settings;
 use crate::domain::{Actor, GrantId, JobState};
 use crate::ops::jobs::{self, ActionResult, BulkAction};
@@ -147,6 +147,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             json: as_json,
         } => {
             let filter = JobFilter::from(filter);
+            check_pool_exists(pool, &filter).await?;
             let list = search::find_jobs(pool, &filter, after.as_ref(), limit).await?;
             if as_json {
                 return json(&list);
@@ -184,7 +185,10 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             if list.len() as i64 == limit
                 && let Some(last) = list.last()
             {
-                println!("next page: --after {}", Cursor::after(last).encode());
+                println!(
+                    "showing {limit}; the next page: keyrelay jobs list ... --after {} (or a larger --limit, up to 1000)",
+                    Cursor::after(last).encode()
+                );
             }
         }
         JobsCommand::Show {
@@ -209,6 +213,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             println!("state        {}", j.state);
             println!("entitlement  {}", shown(j.entitlement_id.as_str()));
             println!("customer     {}", shown(j.customer_id.as_str()));
+            println!("payment      {}", shown(&or_dash(j.payment_id.as_deref())));
             println!("source       {}", shown(&j.source));
             println!("attempts     {}", j.attempts);
             println!(
@@ -221,7 +226,10 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             if matches!(j.state, JobState::Retrying) {
                 println!("next attempt {}", j.run_at);
             }
-            println!("last error   {}", shown(&or_dash(j.last_error.as_deref())));
+            println!(
+                "last error   {}",
+                wrapped(&or_dash(j.last_error.as_deref()), 100, 13)
+            );
             println!();
             let rows: Vec<Vec<String>> = detail
                 .attempt_history
@@ -322,6 +330,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
             dry_run,
         } => {
             let filter = JobFilter::from(filter);
+            check_pool_exists(pool, &filter).await?;
             let count = jobs::bulk_count(pool, action, &filter).await?;
             let described = shown(&filter.describe());
             let what = format!("{count} {} job(s) match {described}", action.applies_to());
@@ -353,6 +362,19 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
                 "cancelled",
             )?;
         }
+    }
+    Ok(())
+}
+
+/// A filter naming a pool that does not exist is a typo, not "no jobs".
+async fn check_pool_exists(pool: &PgPool, filter: &JobFilter) -> anyhow::Result<()> {
+    if let Some(name) = &filter.pool
+        && !crate::pool::pool_names(pool).await?.contains(name)
+    {
+        bail!(
+            "there is no pool named `{}`; `keyrelay pool list` shows the pools",
+            shown(name)
+        );
     }
     Ok(())
 }

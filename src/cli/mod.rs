@@ -7,7 +7,7 @@ mod jobs;
 mod keys;
 mod output;
 mod pool;
-mod sandbox;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,6 +27,31 @@ pub fn shown(value: &str) -> String {
     out
 }
 
+/// `value` escaped as `shown` does but never cut, broken into lines of at most `width`
+/// characters at spaces; lines after the first start with `indent` spaces.
+pub fn wrapped(value: &str, width: usize, indent: usize) -> String {
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect();
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in escaped.split(' ') {
+        let line = lines.last_mut().expect("one line at least");
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines.join(&format!("\n{}", " ".repeat(indent)))
+}
+
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let rows: Vec<Vec<String>> = rows
@@ -73,5 +98,21 @@ mod tests {
         assert_eq!(long.chars().count(), MAX_CELL + 1);
         assert!(long.ends_with('…'));
         assert_eq!(shown("plain"), "plain");
+    }
+
+    #[test]
+    fn wrapped_text_keeps_every_word_and_escapes_controls() {
+        let error = "set keys.signing_key (KEYRELAY_SIGNING_KEY), restart, then `keyrelay jobs retry --all-failed`\u{1b}";
+        let text = wrapped(error, 30, 4);
+        assert!(
+            text.lines().skip(1).all(|l| l.starts_with("    ")),
+            "{text}"
+        );
+        assert!(
+            text.lines().all(|l| l.trim_start().chars().count() <= 30),
+            "{text}"
+        );
+        let joined: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(joined.join(" "), error.replace('\u{1b}', "\\u{1b}"));
     }
 }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
-use super::output::{json, or_dash, table};
+use super::output::{json, or_dash, shown, table, wrapped};
 use crate::configuration::Settings;
 use crate::crypto::Vault;
 use crate::pool::{self, NewPool, keyfile};
@@ -54,6 +54,10 @@ pub enum PoolCommand {
         /// For --source http: the [key_sources.NAME] in keyrelay.toml that issues the keys.
         #[arg(long, value_name = "NAME")]
         endpoint: Option<String>,
+        /// For list pools whose keys really have spaces inside (else an imported line with
+        /// spaces inside is refused as no key).
+        #[arg(long)]
+        keys_with_spaces: bool,
     },
     /// Load keys: one per line, or a CSV with a `key` column. `-` or no FILE reads stdin.
     Import {
@@ -108,6 +112,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
             alphabet,
             allow_weak_template,
             endpoint,
+            keys_with_spaces,
         } => {
             if let Some(name) = endpoint.as_deref()
                 && !settings.key_sources.contains_key(name)
@@ -128,6 +133,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                 alphabet,
                 allow_weak_template,
                 endpoint,
+                keys_with_spaces,
             };
             let resumed = pool::add_pool(pool, &new).await?;
             let next = match source {
@@ -180,6 +186,9 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                 ],
                 &rows,
             );
+            if entries.len() as i64 == limit {
+                println!("showing the newest {limit}; pass a larger --limit to see more");
+            }
         }
         PoolCommand::List { json: as_json } => {
             let pools = pool::list_pools(pool).await?;
@@ -199,15 +208,18 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                         p.name.clone(),
                         p.entitlement_id.clone(),
                         p.source.to_string(),
-                        match p.source.makes_keys() {
-                            true => "unlimited".into(),
-                            false => p.available.to_string(),
+                        match (p.source.makes_keys(), &p.source_problem) {
+                            (true, Some(_)) => "none".into(),
+                            (true, None) => "unlimited".into(),
+                            (false, _) => p.available.to_string(),
                         },
                         p.reserved.to_string(),
                         p.delivered.to_string(),
                         p.rejected.to_string(),
                         p.revoked.to_string(),
-                        if p.low_stock {
+                        if p.source_problem.is_some() {
+                            "BROKEN".into()
+                        } else if p.low_stock {
                             format!("LOW (< {})", p.low_stock_threshold)
                         } else {
                             "ok".into()
@@ -237,6 +249,17 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                 ],
                 &rows,
             );
+            for p in pools.iter().filter(|p| p.source_problem.is_some()) {
+                println!(
+                    "\nBROKEN: pool `{}` cannot get keys: {}\n        (found by a worker at {})",
+                    shown(&p.name),
+                    wrapped(p.source_problem.as_deref().unwrap_or_default(), 100, 8),
+                    or_dash(
+                        p.source_checked_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC"))
+                    )
+                );
+            }
         }
     }
     Ok(())
@@ -249,6 +272,9 @@ async fn import(
     file: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    let Some(spaces_inside) = crate::store::pools::keys_with_spaces(pool, name).await? else {
+        anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
+    };
     let bytes = match file.as_deref() {
         None => read_stdin()?,
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
@@ -265,12 +291,22 @@ async fn import(
             e.utf8_error().valid_up_to()
         )
     })?;
-    let parsed = keyfile::parse_keys(&text);
+    let parsed = keyfile::parse_keys(&text, keyfile::KeyRules { spaces_inside });
     for (line, reason) in parsed.invalid.iter().take(20) {
         eprintln!("{source}:{line}: skipped: {reason}");
     }
     if parsed.invalid.len() > 20 {
         eprintln!("... and {} more invalid lines", parsed.invalid.len() - 20);
+    }
+    if parsed.keys.is_empty() && parsed.duplicates_in_file == 0 {
+        match parsed.invalid.len() {
+            0 => anyhow::bail!(
+                "{source} holds no keys (it is empty, or only blank lines and # comments); nothing imported"
+            ),
+            n => anyhow::bail!(
+                "none of the {n} key lines in {source} is a valid key (see above); nothing imported"
+            ),
+        }
     }
     let bar = ProgressBar::new(parsed.keys.len() as u64);
     bar.set_style(
@@ -302,6 +338,12 @@ async fn import(
 }
 
 fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "reading keys from the terminal: paste them, one per line, then press Ctrl-D (or pass a FILE)"
+        );
+    }
     let mut buf = Vec::new();
     std::io::stdin()
         .read_to_end(&mut buf)

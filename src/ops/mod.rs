@@ -7,4 +7,5 @@ pub mod events;
 pub mod jobs;
 pub mod reconcile;
 pub mod sealing;
+pub mod source_health;
 pub mod stats;

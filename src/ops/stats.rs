@@ -18,6 +18,8 @@ pub struct QueueStats {
     pub oldest_unfinished_age_secs: f64,
     /// Stock of the pools that hold keys (`list` pools).
     pub keys_available: Vec<stock::Stock>,
+    /// Every pool, and whether a worker found that it cannot get keys.
+    pub source_broken: Vec<(String, bool)>,
     pub dead_tuples: Vec<(String, i64)>,
 }
 
@@ -27,6 +29,7 @@ pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
         oldest_queued_age_secs: stock::oldest_queued_age_secs(pool).await?,
         oldest_unfinished_age_secs: stock::oldest_unfinished_age_secs(pool).await?,
         keys_available: stock::stock_per_pool(pool).await?,
+        source_broken: crate::store::pools::source_status(pool).await?,
         dead_tuples: stock::dead_tuples(pool).await?,
     })
 }
@@ -88,6 +91,19 @@ pub fn render(stats: &QueueStats) -> String {
             "keyrelay_keys_available{{pool=\"{}\"}} {}",
             label(&s.pool),
             s.available
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_pool_source_broken 1 when workers found that the pool cannot get keys (no signing key, an unknown or unreachable key source); `keyrelay pool list` says why.\n\
+         # TYPE keyrelay_pool_source_broken gauge"
+    );
+    for (name, broken) in &stats.source_broken {
+        let _ = writeln!(
+            out,
+            "keyrelay_pool_source_broken{{pool=\"{}\"}} {}",
+            label(name),
+            u8::from(*broken)
         );
     }
     let _ = writeln!(

@@ -1,5 +1,7 @@
 //! Reading key files: one key per line, or a CSV whose header has a `key` column. Whitespace is
-//! trimmed; blank lines and `#` comments are skipped; repeats within the file are counted.
+//! trimmed; blank lines and `#` comments are skipped; repeats within the file are counted. A
+//! line with spaces inside is not a key (a pasted header, a sentence) unless the pool takes
+//! such keys.
 
 use std::collections::HashSet;
 
@@ -16,7 +18,15 @@ pub struct ParsedKeys {
     pub invalid: Vec<(usize, String)>,
 }
 
-pub fn parse_keys(text: &str) -> ParsedKeys {
+/// What a line must be to count as a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRules {
+    /// Keys may have spaces inside (`pool add --keys-with-spaces`).
+    pub spaces_inside: bool,
+}
+
+/// Reads `text` as a key file; see the module's comment.
+pub fn parse_keys(text: &str, rules: KeyRules) -> ParsedKeys {
     // A byte-order mark (as some editors save) is not part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
@@ -42,6 +52,13 @@ pub fn parse_keys(text: &str) -> ParsedKeys {
             },
             None => line.to_string(),
         };
+        if !rules.spaces_inside && value.chars().any(char::is_whitespace) {
+            parsed.invalid.push((
+                line_no,
+                "has spaces inside, and a key has none (a pasted header or note?); a pool whose keys do have spaces is made with `pool add --keys-with-spaces`".into(),
+            ));
+            continue;
+        }
         match LicenseKey::parse(&value) {
             Err(reason) => parsed.invalid.push((line_no, reason.to_string())),
             Ok(key) if seen.insert(value) => parsed.keys.push(key),
@@ -124,7 +141,10 @@ mod tests {
 
     #[test]
     fn plain_lines_are_trimmed_and_comments_skipped() {
-        let p = parse_keys("# vendor batch 7\n  PRO-1  \n\nPRO-2\r\nPRO-1\n#PRO-3\n");
+        let p = parse_keys(
+            "# vendor batch 7\n  PRO-1  \n\nPRO-2\r\nPRO-1\n#PRO-3\n",
+            KeyRules::default(),
+        );
         assert_eq!(values(&p), vec!["PRO-1", "PRO-2"]);
         assert_eq!(p.duplicates_in_file, 1);
         assert!(p.invalid.is_empty());
@@ -132,7 +152,10 @@ mod tests {
 
     #[test]
     fn csv_with_a_key_column_reads_that_column() {
-        let p = parse_keys("serial,Key,batch\n1,PRO-A,x\n2,\"PRO-B\",y\n3,,z\n4\n");
+        let p = parse_keys(
+            "serial,Key,batch\n1,PRO-A,x\n2,\"PRO-B\",y\n3,,z\n4\n",
+            KeyRules::default(),
+        );
         assert_eq!(values(&p), vec!["PRO-A", "PRO-B"]);
         assert_eq!(p.invalid.len(), 2);
         assert_eq!((p.invalid[0].0, p.invalid[1].0), (4, 5));
@@ -142,18 +165,24 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_not_part_of_the_first_key() {
         assert_eq!(
-            values(&parse_keys("\u{feff}PRO-1\nPRO-2\n")),
+            values(&parse_keys("\u{feff}PRO-1\nPRO-2\n", KeyRules::default())),
             vec!["PRO-1", "PRO-2"]
         );
         assert_eq!(
-            values(&parse_keys("\u{feff}serial,key\n1,PRO-A\n")),
+            values(&parse_keys(
+                "\u{feff}serial,key\n1,PRO-A\n",
+                KeyRules::default()
+            )),
             vec!["PRO-A"]
         );
     }
 
     #[test]
     fn invisible_and_direction_changing_characters_make_a_line_invalid() {
-        let p = parse_keys("PRO\u{200b}-1\nPRO-\u{202e}2\nPRO-3\u{2060}\nPRO-4\n\u{00ad}PRO-5\n");
+        let p = parse_keys(
+            "PRO\u{200b}-1\nPRO-\u{202e}2\nPRO-3\u{2060}\nPRO-4\n\u{00ad}PRO-5\n",
+            KeyRules::default(),
+        );
         assert_eq!(values(&p), vec!["PRO-4"]);
         assert_eq!(
             p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
@@ -163,9 +192,26 @@ mod tests {
     }
 
     #[test]
+    fn a_line_with_spaces_inside_is_no_key_unless_the_pool_takes_them() {
+        let text = "key\nbad line with spaces\nPRO-1\n";
+        let p = parse_keys(text, KeyRules::default());
+        assert_eq!(values(&p), vec!["PRO-1"]);
+        assert_eq!(p.invalid.len(), 1);
+        assert!(p.invalid[0].1.contains("spaces inside"), "{:?}", p.invalid);
+        let p = parse_keys(
+            "bad line with spaces\nPRO-1\n",
+            KeyRules {
+                spaces_inside: true,
+            },
+        );
+        assert_eq!(values(&p), vec!["bad line with spaces", "PRO-1"]);
+    }
+
+    #[test]
     fn malformed_csv_rows_are_invalid_lines_not_keys() {
         let p = parse_keys(
             "serial,key\n1,\"PRO-A\n2,PRO-B\n3,\"PRO\"C\"\n4,PR\"O-D\n5,\"PRO-\"\"E\"\n",
+            KeyRules::default(),
         );
         assert_eq!(values(&p), vec!["PRO-B", "PRO-\"E"]);
         assert_eq!(
@@ -177,7 +223,7 @@ mod tests {
     #[test]
     fn bad_values_are_reported_with_their_line() {
         let long = "X".repeat(MAX_KEY_LEN + 1);
-        let p = parse_keys(&format!("OK-1\n{long}\nBAD\u{7}KEY\n"));
+        let p = parse_keys(&format!("OK-1\n{long}\nBAD\u{7}KEY\n"), KeyRules::default());
         assert_eq!(values(&p), vec!["OK-1"]);
         assert_eq!(
             p.invalid.iter().map(|i| i.0).collect::<Vec<_>>(),
@@ -225,7 +271,7 @@ mod properties {
                 text.push('\n');
                 text.push_str(&"K".repeat(n));
             }
-            let parsed = parse_keys(&text);
+            let parsed = parse_keys(&text, KeyRules::default());
             let mut seen = HashSet::new();
             for key in &parsed.keys {
                 let value = key.reveal();

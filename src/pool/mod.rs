@@ -49,6 +49,8 @@ pub struct NewPool {
     pub allow_weak_template: bool,
     /// `http`: the name of the `[key_sources.NAME]` that issues the keys.
     pub endpoint: Option<String>,
+    /// `list`: its keys may have spaces inside (else such a line is refused on import).
+    pub keys_with_spaces: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,11 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
         }
         _ => {}
     }
+    if source.makes_keys() && new.keys_with_spaces {
+        return Err(PoolError::BadSource(
+            "--keys-with-spaces applies only to list pools, whose keys are imported",
+        ));
+    }
     if source.makes_keys() && new.low_stock > 0 {
         return Err(PoolError::BadSource(
             "a pool that makes its keys never runs low; drop --low-stock",
@@ -155,6 +162,7 @@ pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
         low_stock: i32::try_from(new.low_stock).map_err(|_| PoolError::OutOfRange)?,
         activations_limit: positive(new.activations_limit)?,
         expires_in_days: positive(new.expires_in_days)?,
+        keys_with_spaces: new.keys_with_spaces,
     };
     Ok(create_pool(pool, &row).await?)
 }

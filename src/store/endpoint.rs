@@ -26,6 +26,8 @@ pub struct KeylessJob {
     pub rejected: i64,
     pub payment_id: Option<String>,
     pub subscription_id: Option<String>,
+    /// When this worker claimed it: the attempt it records starts here.
+    pub claimed_at: DateTime<Utc>,
 }
 
 /// Claims up to `limit` due jobs of http pools that have no key yet, counting the attempt and
@@ -56,7 +58,8 @@ pub async fn claim_keyless(
                (SELECT count(*) FROM keys
                 WHERE keys.grant_id = claimed.grant_id AND keys.state = 'rejected') AS rejected,
                events.payload -> 'data' ->> 'payment_id' AS payment_id,
-               events.payload -> 'data' ->> 'subscription_id' AS subscription_id
+               events.payload -> 'data' ->> 'subscription_id' AS subscription_id,
+               now() AS claimed_at
         FROM claimed
         JOIN pools ON pools.entitlement_id = claimed.entitlement_id
         LEFT JOIN events ON events.webhook_id = claimed.webhook_id
@@ -177,7 +180,8 @@ pub async fn record_received(
 }
 
 /// Sets a keyless job aside under its lease: `retrying` at `run_at` or `failed`, with the
-/// reason; `refund` gives back the attempt (the endpoint asked us to slow down).
+/// reason, and records the attempt (outcome `no_key`: Dodo was not called); `refund` gives
+/// back the attempt (the endpoint asked us to slow down).
 pub async fn settle_keyless<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     job: &KeylessJob,
@@ -188,11 +192,18 @@ pub async fn settle_keyless<'e>(
 ) -> Result<bool, sqlx::Error> {
     let ended = sqlx::query(
         r#"
-        UPDATE jobs SET state = $3, run_at = $4, lease_token = NULL, last_error = $6,
-                        attempts = attempts - CASE WHEN $5 THEN 1 ELSE 0 END,
-                        finished_at = CASE WHEN $3 = 'failed'::job_state THEN now() END,
-                        updated_at = now()
-        WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'
+        WITH ended AS (
+            UPDATE jobs SET state = $3, run_at = $4, lease_token = NULL, last_error = $6,
+                            attempts = attempts - CASE WHEN $5 THEN 1 ELSE 0 END,
+                            finished_at = CASE WHEN $3 = 'failed'::job_state THEN now() END,
+                            updated_at = now()
+            WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'
+            RETURNING grant_id
+        )
+        INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
+        SELECT grant_id, $7, greatest(0, extract(epoch FROM clock_timestamp() - $7) * 1000)::int,
+               'no_key', $6
+        FROM ended
         "#,
     )
     .bind(&job.grant_id)
@@ -201,6 +212,7 @@ pub async fn settle_keyless<'e>(
     .bind(run_at)
     .bind(refund)
     .bind(error)
+    .bind(job.claimed_at)
     .execute(executor)
     .await?;
     Ok(ended.rows_affected() == 1)

@@ -63,7 +63,7 @@ pub async fn dodo_answers(
                      WHEN http_status BETWEEN 500 AND 599 THEN '5xx' \
                      WHEN http_status IS NULL THEN 'no_answer' ELSE 'other' END AS series, \
                 count(*) AS value \
-         FROM attempts WHERE started_at >= $1 AND outcome <> 'internal_error' GROUP BY 1, 2 ORDER BY 1",
+         FROM attempts WHERE started_at >= $1 AND outcome NOT IN ('internal_error', 'no_key') GROUP BY 1, 2 ORDER BY 1",
         bucket("started_at")
     ))
     .bind(from)

@@ -160,8 +160,9 @@ async fn bind_made_keys(
     Ok(bound.into_iter().map(|b| (b.grant_id, b.key)).collect())
 }
 
-/// Fails claimed jobs for which no key could be made, with the reason, and says so at error
-/// level: a paying customer waits until someone fixes the pool and retries.
+/// Fails claimed jobs for which no key could be made, with the reason (on the job and as its
+/// attempt, outcome `no_key`), and says so at error level: a paying customer waits until
+/// someone fixes the pool and retries.
 pub(super) async fn fail_without_key(
     tx: &mut Transaction<'_, Postgres>,
     failed: &[(GrantId, String)],
@@ -173,10 +174,15 @@ pub(super) async fn fail_without_key(
         failed.iter().map(|(g, r)| (g, r.as_str())).unzip();
     sqlx::query(
         r#"
-        UPDATE jobs SET state = 'failed', lease_token = NULL, last_error = failed.reason,
-                        finished_at = now(), updated_at = now()
-        FROM unnest($1::text[], $2::text[]) AS failed(grant_id, reason)
-        WHERE jobs.grant_id = failed.grant_id
+        WITH ended AS (
+            UPDATE jobs SET state = 'failed', lease_token = NULL, last_error = failed.reason,
+                            finished_at = now(), updated_at = now()
+            FROM unnest($1::text[], $2::text[]) AS failed(grant_id, reason)
+            WHERE jobs.grant_id = failed.grant_id
+            RETURNING jobs.grant_id, failed.reason
+        )
+        INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
+        SELECT grant_id, now(), 0, 'no_key', reason FROM ended
         "#,
     )
     .bind(&grants)

@@ -22,6 +22,7 @@ pub struct NewPoolRow<'a> {
     pub template: Option<&'a str>,
     pub alphabet: Option<&'a str>,
     pub endpoint: Option<&'a str>,
+    pub keys_with_spaces: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,8 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     let inserted = sqlx::query_scalar(
         r#"
         INSERT INTO pools (name, entitlement_id, low_stock, activations_limit, expires_in_days,
-                           source, template, alphabet, endpoint)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                           source, template, alphabet, endpoint, keys_with_spaces)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         RETURNING id
         "#,
     )
@@ -57,6 +58,7 @@ pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, Cre
     .bind(new.template)
     .bind(new.alphabet)
     .bind(new.endpoint)
+    .bind(new.keys_with_spaces)
     .fetch_one(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -257,5 +259,64 @@ pub async fn lock_entitlement_keys(
 pub async fn pooled_entitlements(pool: &PgPool) -> Result<Vec<EntitlementId>, sqlx::Error> {
     sqlx::query_scalar("SELECT entitlement_id FROM pools ORDER BY name")
         .fetch_all(pool)
+        .await
+}
+
+/// A pool and where its keys come from, for checking the source.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PoolSource {
+    pub name: String,
+    pub source: crate::sources::Source,
+    pub endpoint: Option<String>,
+}
+
+/// Every pool's source, by name.
+pub async fn pool_sources(pool: &PgPool) -> Result<Vec<PoolSource>, sqlx::Error> {
+    sqlx::query_as("SELECT name, source, endpoint FROM pools ORDER BY name")
+        .fetch_all(pool)
+        .await
+}
+
+/// Records what a worker found of each pool's source (`None`: usable) and when.
+pub async fn record_source_problems(
+    pool: &PgPool,
+    found: &[(String, Option<String>)],
+) -> Result<(), sqlx::Error> {
+    let (names, problems): (Vec<&str>, Vec<Option<&str>>) = found
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_deref()))
+        .unzip();
+    sqlx::query(
+        "UPDATE pools SET source_problem = found.problem, source_checked_at = now() \
+         FROM unnest($1::text[], $2::text[]) AS found(name, problem) WHERE pools.name = found.name",
+    )
+    .bind(&names)
+    .bind(&problems)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Pools whose source a worker found unusable: (name, problem), by name.
+pub async fn source_problems(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, source_problem FROM pools WHERE source_problem IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Every pool's name and whether a worker found its source unusable, by name.
+pub async fn source_status(pool: &PgPool) -> Result<Vec<(String, bool)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, source_problem IS NOT NULL FROM pools ORDER BY name")
+        .fetch_all(pool)
+        .await
+}
+
+/// Whether the named pool takes keys with spaces inside; None when there is no such pool.
+pub async fn keys_with_spaces(pool: &PgPool, name: &str) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT keys_with_spaces FROM pools WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
         .await
 }

@@ -33,6 +33,10 @@ pub struct PoolStock {
     /// the last week's): days from now. None when nothing sold, or keys are made per grant.
     #[sqlx(skip)]
     pub runs_out_in_days: Option<f64>,
+    /// Why a worker cannot make or get this pool's keys (no signing key, an unknown or
+    /// unreachable endpoint); None when its source is usable.
+    pub source_problem: Option<String>,
+    pub source_checked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl PoolStock {
@@ -69,6 +73,7 @@ pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
                pools.low_stock AS low_stock_threshold,
                {AVAILABLE_IN_POOL} < pools.low_stock AS low_stock,
                pools.activations_limit, pools.expires_in_days,
+               pools.source_problem, pools.source_checked_at,
                (SELECT count(*) FROM jobs WHERE jobs.state = 'delivered'
                   AND jobs.entitlement_id = pools.entitlement_id
                   AND jobs.finished_at >= now() - interval '1 day') AS sold_last_day,

@@ -360,6 +360,7 @@ async fn a_kept_demo_database_opens_with_the_file_the_demo_writes_and_no_key_is_
     std::fs::remove_file(&path).unwrap();
     let settings: Vec<(String, String)> = written
         .lines()
+        .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -383,6 +384,35 @@ async fn a_kept_demo_database_opens_with_the_file_the_demo_writes_and_no_key_is_
         shown["key"].as_str().unwrap().contains("****"),
         "the kept keys open, masked: {shown}"
     );
+    // The file carries what every pool needs: with `keyrelay sandbox` on its default address,
+    // a worker finds each pool able to get keys.
+    let served =
+        keyrelay::configuration::Settings::load_from(None, &settings.iter().cloned().collect())
+            .expect("the kept settings load as they are");
+    let listener = std::net::TcpListener::bind("127.0.0.1:8090")
+        .expect("port 8090 (where the kept settings expect `keyrelay sandbox`) is free");
+    let secret = keyrelay::configuration::parse_webhook_secrets(
+        keyrelay::cli::sandbox::DEFAULT_WEBHOOK_SECRET,
+    )
+    .unwrap()
+    .remove(0);
+    let sandbox = keyrelay::sandbox::RunningSandbox::start(
+        keyrelay::sandbox::Sandbox::new(keyrelay::cli::sandbox::DEFAULT_API_KEY, &secret),
+        listener,
+    )
+    .unwrap();
+    let kept_pool = keyrelay::db::connect(&served).await.unwrap();
+    let found = keyrelay::ops::source_health::SourceCheck::from_settings(&served)
+        .check_pools(&kept_pool)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(
+        found.iter().all(|(_, problem)| problem.is_none()),
+        "{found:?}"
+    );
+    kept_pool.close().await;
+    sandbox.stop().await;
     let mut kept = server.clone();
     kept.database.url = settings[0].1.clone().into();
     keyrelay::db::drop_database(&kept).await.unwrap();

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use keyrelay::domain::JobState;
-use keyrelay::pool::{import_keys, keyfile::parse_keys};
+use keyrelay::pool::{
+    import_keys,
+    keyfile::{KeyRules, parse_keys},
+};
 
 use crate::helpers::{ENT, TestApp, wait_until};
 
@@ -65,7 +68,10 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
     let app = TestApp::spawn_web().await;
     app.add_pool("pro", ENT, &["SHARED-1"]).await;
     app.add_pool("basic", "ent_basic", &[]).await;
-    let parsed = parse_keys("# batch\nSHARED-1\nNEW-1\nNEW-1\n\nNEW-2\nBAD\u{1}KEY\n");
+    let parsed = parse_keys(
+        "# batch\nSHARED-1\nNEW-1\nNEW-1\n\nNEW-2\nBAD\u{1}KEY\n",
+        KeyRules::default(),
+    );
     let dry = import_keys(&app.pool, &app.vault(), "basic", &parsed, true, |_| {})
         .await
         .unwrap();
@@ -98,14 +104,17 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
 async fn a_failing_import_stores_nothing() {
     let app = TestApp::spawn_web().await;
     app.add_pool("pro", ENT, &[]).await;
-    let parsed = parse_keys("GOOD-1\nGOOD-2\n");
+    let parsed = parse_keys("GOOD-1\nGOOD-2\n", KeyRules::default());
     // The pool name is wrong: nothing is imported anywhere.
     let err = import_keys(&app.pool, &app.vault(), "nope", &parsed, false, |_| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("keyrelay pool add nope"), "{err}");
     // A database error half-way rolls back the keys already inserted.
-    let big = parse_keys(&(0..12_000).map(|i| format!("K-{i}\n")).collect::<String>());
+    let big = parse_keys(
+        &(0..12_000).map(|i| format!("K-{i}\n")).collect::<String>(),
+        KeyRules::default(),
+    );
     let mut chunks = 0;
     // The 11,001st key (ids count from 1 in a new database) cannot be stored.
     sqlx::query("ALTER TABLE keys ADD CONSTRAINT no_key_11001 CHECK (id <> 11001)")

@@ -77,7 +77,13 @@ pub fn overview(o: &Overview<'_>, csrf: &str, done: Option<&str>) -> String {
 }
 
 fn pool_row(p: &PoolStock) -> String {
-    let stock = if p.source.makes_keys() {
+    let stock = if let Some(problem) = &p.source_problem {
+        format!(
+            "<span class=low id=\"broken-{}\">BROKEN: {}</span>",
+            esc(&p.name),
+            esc(problem)
+        )
+    } else if p.source.makes_keys() {
         "<span class=ok>unlimited</span>".to_string()
     } else if p.low_stock {
         format!(
