@@ -206,6 +206,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
         let mut tasks = Vec::new();
+        if self.server.is_some() || self.metrics_server.is_some() {
+            tasks.push(tokio::spawn(drain_histograms(
+                metrics_handle(),
+                METRICS_UPKEEP,
+                shutdown.clone(),
+            )));
+        }
         for server in self.metrics_server.into_iter() {
             tasks.push(serve_until(server, shutdown.clone()));
         }
@@ -449,6 +456,22 @@ async fn prometheus(handle: web::Data<PrometheusHandle>, pool: web::Data<PgPool>
         .body(body)
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds the histogram samples recorded since the last time into their buckets, every few
+/// seconds until shutdown. The recorder keeps every sample until then (`install_recorder`
+/// leaves upkeep to its caller), so without this a process that is not scraped holds a few
+/// bytes per grant for ever.
+async fn drain_histograms(handle: PrometheusHandle, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => handle.run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -465,4 +488,74 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Records `samples` histogram values into `recorder` on another thread; the RSS growth.
+    async fn record(
+        recorder: metrics_exporter_prometheus::PrometheusRecorder,
+        samples: u64,
+    ) -> u64 {
+        tokio::task::spawn_blocking(move || {
+            let before = rss_kib();
+            metrics::with_local_recorder(&recorder, || {
+                let histogram = metrics::histogram!("keyrelay_test_seconds");
+                for i in 0..samples {
+                    histogram.record(i as f64 / 1e6);
+                }
+            });
+            let grown = rss_kib().saturating_sub(before);
+            drop(recorder);
+            grown
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recorded_histograms_do_not_pile_up_between_scrapes() {
+        if rss_kib() == 0 {
+            return; // no /proc here
+        }
+        const SAMPLES: u64 = 4_000_000; // 32 MB if every sample were kept
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[0.5, 1.0])
+            .unwrap()
+            .build_recorder();
+        let stop = CancellationToken::new();
+        let upkeep = tokio::spawn(drain_histograms(
+            recorder.handle(),
+            Duration::from_millis(5),
+            stop.clone(),
+        ));
+        let with_upkeep = record(recorder, SAMPLES).await;
+        stop.cancel();
+        upkeep.await.unwrap();
+        // What a process that nobody scrapes did before: every sample kept.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[0.5, 1.0])
+            .unwrap()
+            .build_recorder();
+        let without = record(recorder, SAMPLES).await;
+        assert!(
+            without > 24 * 1024,
+            "the hazard is real: grew {without} KiB without upkeep"
+        );
+        assert!(
+            with_upkeep < 8 * 1024,
+            "grew {with_upkeep} KiB with upkeep running"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use anyhow::bail;
 mod budget;
 mod intake;
 mod lists;
+mod soak;
 
 use super::demo::ms;
 use crate::configuration::{RateLimitTier, Settings};
@@ -39,6 +40,9 @@ pub enum Which {
     /// The dashboard's lists, search, overview and the shop API over many finished jobs (not
     /// part of `all`: seeding takes a minute).
     Lists,
+    /// Memory of one `serve --role all` under a steady load of webhooks and fulfillment,
+    /// sampled over `--seconds` (not part of `all`).
+    Soak,
     /// Every run above, in turn.
     All,
 }
@@ -51,7 +55,7 @@ pub struct BenchArgs {
     /// Concurrent webhook connections (intake).
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// How long the intake run lasts.
+    /// How long the intake run (and the soak) lasts.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
     /// Jobs to drain.
@@ -99,6 +103,9 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     }
     if matches!(args.which, Which::Budget | Which::All) {
         with_scratch(&settings, |s| budget::run(s, &args)).await?;
+    }
+    if args.which == Which::Soak {
+        with_scratch(&settings, |s| soak::run(s, &args)).await?;
     }
     if args.which == Which::Lists {
         with_scratch(&settings, |s| lists::run(s, &args)).await?;

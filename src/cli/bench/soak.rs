@@ -1,0 +1,185 @@
+//! `keyrelay bench soak`: one `keyrelay serve` process (web and workers together, a child of
+//! the bench) takes signed webhooks as fast as `--connections` send them for `--seconds`,
+//! while its workers fulfil against the sandbox (5 ms per call, in the bench process). Prints
+//! the server's resident memory over time, so a leak shows as a rising curve.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+
+use super::{BenchArgs, ENTITLEMENT};
+use crate::configuration::Settings;
+use crate::harness::start_sandbox;
+use crate::pool::{NewPool, add_pool};
+use crate::sandbox::FaultRates;
+use crate::sources::Source;
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let sandbox = start_sandbox(&mut settings)?;
+    sandbox.sandbox.set_fault_rates(FaultRates {
+        latency_ms: 5,
+        ..FaultRates::default()
+    });
+    let pool = crate::db::connect(&settings).await?;
+    add_pool(
+        &pool,
+        &NewPool {
+            name: "soak".into(),
+            entitlement_id: format!("{ENTITLEMENT}_soak"),
+            source: Some(Source::Generate),
+            template: Some("SOAK-XXXXX-XXXXX-XXXXX-XXXXX".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let secret = |s: &Option<secrecy::SecretString>| {
+        s.as_ref()
+            .map(|k| k.expose_secret().to_string())
+            .unwrap_or_default()
+    };
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--role", "all"])
+        .env("DATABASE_URL", settings.database.url.expose_secret())
+        .env(
+            "DODO_PAYMENTS_WEBHOOK_KEY",
+            secret(&settings.webhook.secret),
+        )
+        .env("DODO_PAYMENTS_API_KEY", secret(&settings.dodo.api_key))
+        .env("DODO_PAYMENTS_BASE_URL", &sandbox.base_url)
+        .env(
+            "KEYRELAY_ENCRYPTION_KEY",
+            secret(&settings.keys.encryption_keys),
+        )
+        .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("KEYRELAY_DODO__RATE_LIMIT", "off")
+        .env("KEYRELAY_WORKER__CONCURRENCY", "64")
+        .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `keyrelay serve`")?;
+    let pid = child.id().context("child has no pid")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let up = Instant::now();
+    while http.get(format!("{base}/readyz")).send().await.is_err() {
+        if up.elapsed() > Duration::from_secs(15) {
+            bail!("keyrelay serve did not start listening");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("{base}/webhooks/dodo");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let (http, sandbox, url, stop, sent) = (
+            http.clone(),
+            sandbox.sandbox.clone(),
+            url.clone(),
+            stop.clone(),
+            sent.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let grant = sandbox.create_grant(&format!("{ENTITLEMENT}_soak"), None);
+                let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
+                let ok = http
+                    .post(&url)
+                    .header("webhook-id", &hook.id)
+                    .header("webhook-timestamp", hook.timestamp.to_string())
+                    .header("webhook-signature", &hook.signature)
+                    .body(hook.body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let delivered = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1)
+    };
+    println!(
+        "\nsoak: one `serve --role all`, {} connections, {} s, sandbox at 5 ms",
+        args.connections, args.seconds
+    );
+    println!(
+        "  {:>6}  {:>10}  {:>10}  {:>9}",
+        "t (s)", "webhooks", "delivered", "RSS MiB"
+    );
+    let every = Duration::from_secs((args.seconds / 20).clamp(2, 30));
+    let started = Instant::now();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let mut line = |t: f64, webhooks: u64, delivered: i64| {
+        let rss = rss_kib(pid).unwrap_or(0);
+        samples.push((webhooks, rss));
+        println!(
+            "  {t:>6.0}  {webhooks:>10}  {delivered:>10}  {:>9.1}",
+            rss as f64 / 1024.0
+        );
+    };
+    line(0.0, 0, 0);
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        tokio::time::sleep(every).await;
+        line(
+            started.elapsed().as_secs_f64(),
+            sent.load(Ordering::Relaxed),
+            delivered().await,
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let total = sent.load(Ordering::Relaxed);
+    let drained = Instant::now();
+    while delivered().await < total as i64 && drained.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done = delivered().await;
+    line(started.elapsed().as_secs_f64(), total, done);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    sandbox.stop().await;
+    pool.close().await;
+    // Growth per grant between the first loaded sample and the last (warm-up excluded).
+    if let (Some(first), Some(last)) = (samples.get(1), samples.last())
+        && last.0 > first.0
+    {
+        let per_grant = (last.1 as f64 - first.1 as f64) * 1024.0 / (last.0 - first.0) as f64;
+        println!(
+            "  {done} of {total} grants delivered; RSS {:.1} → {:.1} MiB after warm-up ({per_grant:+.1} bytes a grant)",
+            first.1 as f64 / 1024.0,
+            last.1 as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
