@@ -128,10 +128,10 @@ fn keep(settings: &Settings, own_key: bool) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut options.open(&file)?, env.as_bytes())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
     println!(
-        "  {} holds its DATABASE_URL{} (readable only by you); point the CLI at it with:",
+        "  {} holds its DATABASE_URL{}, the demo's signing key and the sandbox's settings (readable only by you); point the CLI at it with:",
         file.display(),
         if own_key {
-            " and the encryption key its keys are sealed with"
+            ", the encryption key its keys are sealed with"
         } else {
             ""
         }
