@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use base64::Engine;
-use secrecy::ExposeSecret;
 
-use super::{BenchArgs, ENTITLEMENT};
+use super::{BenchArgs, ENTITLEMENT, ServeChild};
 use crate::cli::demo::ms;
 use crate::configuration::Settings;
 use crate::sandbox::Sandbox;
@@ -31,46 +29,20 @@ fn webhook_body(grant_id: &str, customer: &str) -> String {
 /// `args.connections` connections for `args.seconds`, and reports rate, latency and memory.
 pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let key: [u8; 24] = rand::random();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--role", "web"])
-        .env("DATABASE_URL", settings.database.url.expose_secret())
-        .env(
+    let server = ServeChild::start(
+        &settings,
+        "web",
+        &[(
             "DODO_PAYMENTS_WEBHOOK_KEY",
             format!(
                 "whsec_{}",
                 base64::engine::general_purpose::STANDARD.encode(key)
             ),
-        )
-        .env(
-            "KEYRELAY_ENCRYPTION_KEY",
-            settings
-                .keys
-                .encryption_keys
-                .as_ref()
-                .map(|k| k.expose_secret().to_string())
-                .unwrap_or_default(),
-        )
-        .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
-        .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start `keyrelay serve --role web`")?;
-    let pid = child.id().context("child has no pid")?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
-    let up = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        if up.elapsed() > Duration::from_secs(15) {
-            bail!("keyrelay serve did not start listening");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )],
+        args.connections,
+    )
+    .await?;
+    let (pid, base, http) = (server.pid, server.base.clone(), server.http.clone());
     let signer = Sandbox::new("unused", &key);
     let url = format!("{base}/webhooks/dodo");
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,10 +99,7 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    server.stop().await;
     latencies.sort();
     let rate = latencies.len() as f64 / args.seconds as f64;
     println!(

@@ -113,6 +113,74 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A `keyrelay serve` child process on a free local port, answering.
+struct ServeChild {
+    child: tokio::process::Child,
+    pid: u32,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ServeChild {
+    /// Starts `keyrelay serve --role ROLE` on the database of `settings` with `env` added, and
+    /// waits until it answers; `http` keeps up to `connections` connections to it.
+    async fn start(
+        settings: &Settings,
+        role: &str,
+        env: &[(&str, String)],
+        connections: usize,
+    ) -> anyhow::Result<ServeChild> {
+        use anyhow::Context;
+        use secrecy::ExposeSecret;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let encryption = settings
+            .keys
+            .encryption_keys
+            .as_ref()
+            .map(|k| k.expose_secret().to_string())
+            .unwrap_or_default();
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--role", role])
+            .env("DATABASE_URL", settings.database.url.expose_secret())
+            .env("KEYRELAY_ENCRYPTION_KEY", encryption)
+            .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start `keyrelay serve --role {role}`"))?;
+        let pid = child.id().context("child has no pid")?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .build()?;
+        let up = Instant::now();
+        while http.get(format!("{base}/healthz")).send().await.is_err() {
+            if up.elapsed() > Duration::from_secs(15) {
+                bail!("keyrelay serve did not start listening");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(ServeChild {
+            child,
+            pid,
+            base,
+            http,
+        })
+    }
+
+    /// Stops it as an operator would (SIGTERM) and waits for it to exit.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
 async fn with_scratch<F, Fut>(settings: &Settings, f: F) -> anyhow::Result<()>
 where
     F: FnOnce(Settings) -> Fut,

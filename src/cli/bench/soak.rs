@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 
-use super::{BenchArgs, ENTITLEMENT};
+use super::{BenchArgs, ENTITLEMENT, ServeChild};
 use crate::configuration::Settings;
 use crate::harness::start_sandbox;
 use crate::pool::{NewPool, add_pool};
@@ -47,47 +46,28 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         },
     )
     .await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let secret = |s: &Option<secrecy::SecretString>| {
         s.as_ref()
             .map(|k| k.expose_secret().to_string())
             .unwrap_or_default()
     };
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--role", "all"])
-        .env("DATABASE_URL", settings.database.url.expose_secret())
-        .env(
-            "DODO_PAYMENTS_WEBHOOK_KEY",
-            secret(&settings.webhook.secret),
-        )
-        .env("DODO_PAYMENTS_API_KEY", secret(&settings.dodo.api_key))
-        .env("DODO_PAYMENTS_BASE_URL", &sandbox.base_url)
-        .env(
-            "KEYRELAY_ENCRYPTION_KEY",
-            secret(&settings.keys.encryption_keys),
-        )
-        .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
-        .env("KEYRELAY_DODO__RATE_LIMIT", "off")
-        .env("KEYRELAY_WORKER__CONCURRENCY", "64")
-        .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start `keyrelay serve`")?;
-    let pid = child.id().context("child has no pid")?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
-    let up = Instant::now();
-    while http.get(format!("{base}/readyz")).send().await.is_err() {
-        if up.elapsed() > Duration::from_secs(15) {
-            bail!("keyrelay serve did not start listening");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = ServeChild::start(
+        &settings,
+        "all",
+        &[
+            (
+                "DODO_PAYMENTS_WEBHOOK_KEY",
+                secret(&settings.webhook.secret),
+            ),
+            ("DODO_PAYMENTS_API_KEY", secret(&settings.dodo.api_key)),
+            ("DODO_PAYMENTS_BASE_URL", sandbox.base_url.clone()),
+            ("KEYRELAY_DODO__RATE_LIMIT", "off".into()),
+            ("KEYRELAY_WORKER__CONCURRENCY", "64".into()),
+        ],
+        args.connections,
+    )
+    .await?;
+    let (pid, base, http) = (server.pid, server.base.clone(), server.http.clone());
     let url = format!("{base}/webhooks/dodo");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -164,10 +144,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     }
     let done = delivered().await;
     line(started.elapsed().as_secs_f64(), total, done);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    server.stop().await;
     sandbox.stop().await;
     pool.close().await;
     // Growth per grant between the first loaded sample and the last (warm-up excluded).
