@@ -12,11 +12,7 @@ pub fn shown(value: &str) -> String {
     let mut out = String::new();
     let mut count = 0;
     for c in value.chars() {
-        let piece: String = if c.is_control() {
-            c.escape_default().collect()
-        } else {
-            c.to_string()
-        };
+        let piece = escaped(c);
         count += piece.chars().count();
         if count > MAX_CELL {
             out.push('…');
@@ -27,18 +23,20 @@ pub fn shown(value: &str) -> String {
     out
 }
 
+/// A character as it is safe to print: a control character as its escape (`\u{1b}`).
+fn escaped(c: char) -> String {
+    match c.is_control() {
+        true => c.escape_default().collect(),
+        false => c.to_string(),
+    }
+}
+
 /// `value` escaped as `shown` does but never cut, broken into lines of at most `width`
 /// characters at spaces; lines after the first start with `indent` spaces.
 pub fn wrapped(value: &str, width: usize, indent: usize) -> String {
-    let escaped: String = value
-        .chars()
-        .flat_map(|c| match c.is_control() {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
-        })
-        .collect();
+    let text: String = value.chars().map(escaped).collect();
     let mut lines: Vec<String> = vec![String::new()];
-    for word in escaped.split(' ') {
+    for word in text.split(' ') {
         let line = lines.last_mut().expect("one line at least");
         if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
             lines.push(word.to_string());

@@ -118,8 +118,8 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
                 && !settings.key_sources.contains_key(name)
             {
                 anyhow::bail!(
-                    "no key source named `{name}`: add a [key_sources.{name}] section (url, secret) to keyrelay.toml, or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET to the environment",
-                    name.to_uppercase()
+                    "no key source named `{name}`: {}",
+                    crate::configuration::how_to_add_key_source(name)
                 );
             }
             let new = NewPool {

@@ -189,6 +189,14 @@ pub struct KeySourceSettings {
     pub timeout_secs: u64,
 }
 
+/// How to configure the key source `name`, for messages about one that is missing.
+pub fn how_to_add_key_source(name: &str) -> String {
+    format!(
+        "add a [key_sources.{name}] section (url, secret) to keyrelay.toml, or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET to the environment",
+        name.to_uppercase()
+    )
+}
+
 fn default_key_pointer() -> String {
     "/key".into()
 }

@@ -46,11 +46,10 @@ pub async fn fetch_key(ctx: &WorkerContext, job: KeylessJob) -> Result<(), sqlx:
         let needed = timeout + RECORD_MARGIN;
         if needed > ctx.lease / 2 {
             let lease = needed + ctx.lease;
-            match crate::store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, lease).await
+            if !crate::store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, lease).await?
             {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) => return Err(e),
+                // Another worker owns the job now.
+                return Ok(());
             }
         }
     }

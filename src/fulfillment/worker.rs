@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,17 +76,9 @@ impl Worker {
             shutdown.clone(),
         ));
         loop {
-            let first = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => break,
+            let Some(mut batch) = free_slots(&permits, MAX_CLAIM_BATCH, &shutdown).await else {
+                break;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_CLAIM_BATCH {
-                match permits.clone().try_acquire_owned() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
             let wanted = batch.len();
             let jobs = match store::claim_batch(
                 &self.ctx.pool,
@@ -173,6 +165,27 @@ fn record_pickup(job: &ClaimedJob) {
     }
 }
 
+/// Waits for one free slot, then takes every other free one, up to `most`; `None` once
+/// `shutdown` is cancelled. What a dispatcher claims that many jobs for.
+async fn free_slots(
+    permits: &Arc<Semaphore>,
+    most: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        _ = shutdown.cancelled() => return None,
+    };
+    let mut slots = vec![first];
+    while slots.len() < most {
+        match permits.clone().try_acquire_owned() {
+            Ok(p) => slots.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(slots)
+}
+
 type CompletionMsg = (Completion, oneshot::Sender<()>);
 
 /// Records outcomes in batches: waits for one, takes whatever else is queued, writes them in
@@ -243,14 +256,9 @@ async fn endpoint_loop(
     let permits = Arc::new(Semaphore::new(concurrency));
     let tracker = TaskTracker::new();
     loop {
-        let first = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = shutdown.cancelled() => break,
+        let Some(mut slots) = free_slots(&permits, usize::MAX, &shutdown).await else {
+            break;
         };
-        let mut slots = vec![first];
-        while let Ok(p) = permits.clone().try_acquire_owned() {
-            slots.push(p);
-        }
         let wanted = slots.len();
         let jobs = match store::endpoint::claim_keyless(&ctx.pool, wanted, ctx.lease).await {
             Ok(jobs) => jobs,

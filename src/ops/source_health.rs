@@ -51,8 +51,8 @@ impl SourceCheck {
                 let name = pool.endpoint.as_deref().unwrap_or_default();
                 match self.endpoints.get(name) {
                     None => Some(format!(
-                        "its key source `{name}` is not configured in the workers; add [key_sources.{name}] (url, secret) to keyrelay.toml or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET, restart, then `keyrelay jobs retry --all-failed`",
-                        name.to_uppercase()
+                        "its key source `{name}` is not configured in the workers; {}, restart, then `keyrelay jobs retry --all-failed`",
+                        crate::configuration::how_to_add_key_source(name)
                     )),
                     Some(url) => unreachable(name, url).await,
                 }

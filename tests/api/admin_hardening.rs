@@ -23,10 +23,6 @@ async fn admin_app(plain_http: bool) -> TestApp {
     .await
 }
 
-fn base(app: &TestApp) -> String {
-    app.url.trim_end_matches("/webhooks/dodo").to_string()
-}
-
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -37,7 +33,7 @@ fn no_redirects() -> reqwest::Client {
 /// Signs in and returns the `name=value` of the session cookie and the whole Set-Cookie.
 async fn sign_in(app: &TestApp) -> (String, String) {
     let r = no_redirects()
-        .post(format!("{}/admin/login", base(app)))
+        .post(format!("{}/admin/login", app.base()))
         .form(&[("token", TOKEN)])
         .send()
         .await
@@ -54,7 +50,7 @@ async fn guessing_the_token_is_throttled_and_logged() {
     let mut statuses = Vec::new();
     for i in 0..30 {
         let r = client
-            .post(format!("{}/admin/login", base(&app)))
+            .post(format!("{}/admin/login", app.base()))
             .form(&[("token", format!("wrong-guess-{i}"))])
             .send()
             .await
@@ -77,7 +73,7 @@ async fn signing_out_ends_the_session_on_the_server() {
     let (session, _) = sign_in(&app).await;
     let client = no_redirects();
     let page = client
-        .get(format!("{}/admin", base(&app)))
+        .get(format!("{}/admin", app.base()))
         .header("cookie", &session)
         .send()
         .await
@@ -91,7 +87,7 @@ async fn signing_out_ends_the_session_on_the_server() {
         .unwrap()
         .to_string();
     let out = client
-        .post(format!("{}/admin/logout", base(&app)))
+        .post(format!("{}/admin/logout", app.base()))
         .header("cookie", &session)
         .form(&[("csrf", csrf.as_str())])
         .send()
@@ -100,7 +96,7 @@ async fn signing_out_ends_the_session_on_the_server() {
     assert_eq!(out.status(), 303);
     // The browser forgot the cookie; someone who copied it keeps nothing.
     let again = client
-        .get(format!("{}/admin", base(&app)))
+        .get(format!("{}/admin", app.base()))
         .header("cookie", &session)
         .send()
         .await
@@ -135,7 +131,7 @@ async fn no_page_says_what_a_url_tells_it_to() {
         "/admin/jobs/grant_x?done=Your+account+is+locked.+Call+%2B1-555-0100",
     ] {
         let html = client
-            .get(format!("{}{path}", base(&app)))
+            .get(format!("{}{path}", app.base()))
             .header("cookie", &session)
             .send()
             .await
@@ -150,7 +146,7 @@ async fn no_page_says_what_a_url_tells_it_to() {
 
 /// Sends a request whose body never comes and returns what the server answers (at most 15 s).
 async fn unsent_body(app: &TestApp, request_line: &str) -> String {
-    let address = base(app).trim_start_matches("http://").to_string();
+    let address = app.base().trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "{request_line} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
@@ -201,7 +197,7 @@ async fn wrong_bearer_tokens_are_throttled_per_client_and_logged() {
         let mut statuses = Vec::new();
         for i in 0..60 {
             let r = client
-                .get(format!("{}{path}", base(&app)))
+                .get(format!("{}{path}", app.base()))
                 .bearer_auth(format!("wrong-token-{i}"))
                 .send()
                 .await
@@ -218,7 +214,7 @@ async fn wrong_bearer_tokens_are_throttled_per_client_and_logged() {
         );
         // Locked out means locked out, whatever it sends now.
         let r = client
-            .get(format!("{}{path}", base(&app)))
+            .get(format!("{}{path}", app.base()))
             .bearer_auth(right)
             .send()
             .await
@@ -244,7 +240,7 @@ async fn behind_a_trusted_proxy_one_client_cannot_lock_out_the_others() {
     })
     .await;
     let client = no_redirects();
-    let jobs = format!("{}/admin/api/jobs", base(&app));
+    let jobs = format!("{}/admin/api/jobs", app.base());
     for i in 0..20 {
         client
             .get(&jobs)
@@ -286,7 +282,7 @@ async fn answers_carry_their_safety_headers_and_bearer_is_any_case() {
     .await;
     let client = no_redirects();
     let get = |path: &str, token: Option<&str>| {
-        let mut request = client.get(format!("{}{path}", base(&app)));
+        let mut request = client.get(format!("{}{path}", app.base()));
         if let Some(t) = token {
             request = request.header("authorization", format!("bearer {t}"));
         }
@@ -328,7 +324,7 @@ async fn metrics_can_be_served_on_their_own_address() {
     .await;
     let public = app
         .http
-        .get(format!("{}/metrics", base(&app)))
+        .get(format!("{}/metrics", app.base()))
         .send()
         .await
         .unwrap();
@@ -353,16 +349,7 @@ async fn the_job_page_shows_the_last_four_of_the_key_once_masked() {
     app.add_pool("pro", ENT, &["PRO-AAAA-BBBB-CCCC-1XT2"]).await;
     let grant = app.sell().await;
     app.wait_delivered(1).await;
-    let page = app
-        .http
-        .get(format!("{}/admin/jobs/{grant}", base(&app)))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&format!("/admin/jobs/{grant}"), Some(TOKEN)).await;
     assert!(
         page.contains("<tr><th>Key</th><td>PRO-****-****-****-1XT2</td></tr>"),
         "{page}"

@@ -207,6 +207,26 @@ impl TestApp {
             .expect("keyrelay answers")
     }
 
+    /// Where keyrelay's routes are: the webhook URL without `/webhooks/dodo`.
+    pub fn base(&self) -> String {
+        self.url.trim_end_matches("/webhooks/dodo").to_string()
+    }
+
+    /// The text of `GET {base}{path}`, with `token` as a bearer token if given.
+    pub async fn page(&self, path: &str, token: Option<&str>) -> String {
+        let mut request = self.http.get(format!("{}{path}", self.base()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("keyrelay answers")
+            .text()
+            .await
+            .expect("a text answer")
+    }
+
     /// Creates a pending grant in the sandbox and delivers its `created` webhook; asserts 200.
     pub async fn sell(&self) -> String {
         let grant = self.sandbox.create_grant(ENT, None);

@@ -107,16 +107,7 @@ async fn pools_that_cannot_get_keys_are_shown_broken_with_the_reason() {
         "{signed_row}"
     );
 
-    let base = app.url.trim_end_matches("/webhooks/dodo").to_string();
-    let metrics = app
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.page("/metrics", None).await;
     assert!(
         metrics.contains("keyrelay_pool_source_broken{pool=\"signed\"} 1"),
         "{metrics}"
@@ -125,16 +116,7 @@ async fn pools_that_cannot_get_keys_are_shown_broken_with_the_reason() {
         metrics.contains("keyrelay_pool_source_broken{pool=\"pro\"} 0"),
         "{metrics}"
     );
-    let overview = app
-        .http
-        .get(format!("{base}/admin"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let overview = app.page("/admin", Some(TOKEN)).await;
     assert!(
         overview.contains("id=\"broken-signed\">BROKEN: signs its keys"),
         "{overview}"

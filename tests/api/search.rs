@@ -445,17 +445,9 @@ async fn a_bulk_run_never_changes_more_jobs_than_were_confirmed() {
         }
     };
     sell_for("cus_grows").await;
-    let base = app.url.trim_end_matches("/webhooks/dodo").to_string();
     let page = app
-        .http
-        .get(format!("{base}/admin/jobs/bulk?action=cancel&q=cus_grows"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .page("/admin/jobs/bulk?action=cancel&q=cus_grows", Some(TOKEN))
+        .await;
     assert!(page.contains("Cancel 1 jobs?"), "{page}");
     // Six more sales match the same filter before the person clicks yes.
     for _ in 0..6 {
@@ -465,11 +457,14 @@ async fn a_bulk_run_never_changes_more_jobs_than_were_confirmed() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let run = client
-        .post(format!("{base}/admin/jobs/bulk"))
-        .bearer_auth(TOKEN)
-        .form(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "1")])
-        .send()
+    let run_bulk = |form: &[(&str, &str)]| {
+        client
+            .post(format!("{}/admin/jobs/bulk", app.base()))
+            .bearer_auth(TOKEN)
+            .form(form)
+            .send()
+    };
+    let run = run_bulk(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "1")])
         .await
         .unwrap();
     assert_eq!(run.status(), 303);
@@ -481,34 +476,17 @@ async fn a_bulk_run_never_changes_more_jobs_than_were_confirmed() {
         0,
         "nothing was cancelled"
     );
-    let again = app
-        .http
-        .get(format!("{base}{location}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let again = app.page(&location, Some(TOKEN)).await;
     assert!(
         again.contains("nothing changed: 7 jobs match now") && again.contains("Cancel 7 jobs?"),
         "{again}"
     );
     // A form that does not say what was confirmed changes nothing either.
-    let blind = client
-        .post(format!("{base}/admin/jobs/bulk"))
-        .bearer_auth(TOKEN)
-        .form(&[("action", "cancel"), ("q", "cus_grows")])
-        .send()
+    let blind = run_bulk(&[("action", "cancel"), ("q", "cus_grows")])
         .await
         .unwrap();
     assert_eq!(blind.status(), 400);
-    let run = client
-        .post(format!("{base}/admin/jobs/bulk"))
-        .bearer_auth(TOKEN)
-        .form(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "7")])
-        .send()
+    let run = run_bulk(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "7")])
         .await
         .unwrap();
     assert!(

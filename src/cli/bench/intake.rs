@@ -42,7 +42,7 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         args.connections,
     )
     .await?;
-    let (pid, base, http) = (server.pid, server.base.clone(), server.http.clone());
+    let (base, http) = (server.base.clone(), server.http.clone());
     let signer = Sandbox::new("unused", &key);
     let url = format!("{base}/webhooks/dodo");
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,14 +91,7 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         latencies.extend(l);
         errors += e;
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let memory = (server.status_kib("VmHWM:"), server.status_kib("VmRSS:"));
     server.stop().await;
     latencies.sort();
     let rate = latencies.len() as f64 / args.seconds as f64;
@@ -115,7 +108,7 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         ms(&latencies, 50),
         ms(&latencies, 99)
     );
-    match (field("VmHWM:"), field("VmRSS:")) {
+    match memory {
         (Some(peak), Some(rss)) => println!(
             "  server memory       peak RSS {:.1} MiB (now {:.1} MiB)",
             peak as f64 / 1024.0,

@@ -172,6 +172,19 @@ impl ServeChild {
         })
     }
 
+    /// A memory figure of the process from `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB;
+    /// `None` where there is no /proc.
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with(field))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// Stops it as an operator would (SIGTERM) and waits for it to exit.
     async fn stop(mut self) {
         let _ = std::process::Command::new("kill")

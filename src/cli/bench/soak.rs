@@ -16,18 +16,6 @@ use crate::pool::{NewPool, add_pool};
 use crate::sandbox::FaultRates;
 use crate::sources::Source;
 
-/// The resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let sandbox = start_sandbox(&mut settings)?;
     sandbox.sandbox.set_fault_rates(FaultRates {
@@ -67,7 +55,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         args.connections,
     )
     .await?;
-    let (pid, base, http) = (server.pid, server.base.clone(), server.http.clone());
+    let (base, http) = (server.base.clone(), server.http.clone());
     let url = format!("{base}/webhooks/dodo");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -117,7 +105,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     let started = Instant::now();
     let mut samples: Vec<(u64, u64)> = Vec::new();
     let mut line = |t: f64, webhooks: u64, delivered: i64| {
-        let rss = rss_kib(pid).unwrap_or(0);
+        let rss = server.status_kib("VmRSS:").unwrap_or(0);
         samples.push((webhooks, rss));
         println!(
             "  {t:>6.0}  {webhooks:>10}  {delivered:>10}  {:>9.1}",
