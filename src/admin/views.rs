@@ -354,7 +354,8 @@ pub async fn bulk_run(
     check_csrf(&state, &who, &form.csrf)?;
     let action = bulk_action(&form.action)?;
     let filter = form.filter.parse().map_err(AdminError::BadRequest)?;
-    let confirmed: i64 = form.expected.trim().parse().map_err(|_| {
+    // A count, as the confirmation page wrote it: never negative.
+    let confirmed: i64 = form.expected.trim().parse::<u32>().map(i64::from).map_err(|_| {
         AdminError::BadRequest(
             "the form does not say how many jobs were confirmed (expected); open the confirmation page again".into(),
         )

@@ -282,9 +282,10 @@ async fn import(
             std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?
         }
     };
-    let source = file
-        .as_ref()
-        .map_or("stdin".to_string(), |p| p.display().to_string());
+    let source = match file.as_deref() {
+        Some(p) if p.as_os_str() != "-" => p.display().to_string(),
+        _ => "stdin".to_string(),
+    };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{source} is not UTF-8 text (byte {}); export the keys as plain text or CSV",

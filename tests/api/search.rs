@@ -481,11 +481,13 @@ async fn a_bulk_run_never_changes_more_jobs_than_were_confirmed() {
         again.contains("nothing changed: 7 jobs match now") && again.contains("Cancel 7 jobs?"),
         "{again}"
     );
-    // A form that does not say what was confirmed changes nothing either.
-    let blind = run_bulk(&[("action", "cancel"), ("q", "cus_grows")])
-        .await
-        .unwrap();
-    assert_eq!(blind.status(), 400);
+    // A form that does not say what was confirmed, or says nonsense, changes nothing either.
+    for expected in [None, Some("-5"), Some("99999999999999999999")] {
+        let mut form = vec![("action", "cancel"), ("q", "cus_grows")];
+        form.extend(expected.map(|e| ("expected", e)));
+        let blind = run_bulk(&form).await.unwrap();
+        assert_eq!(blind.status(), 400, "{expected:?}");
+    }
     let run = run_bulk(&[("action", "cancel"), ("q", "cus_grows"), ("expected", "7")])
         .await
         .unwrap();
