@@ -3,12 +3,12 @@
 //! that token as a bearer header, and neither token opens the other's routes. Keys are only
 //! ever returned masked. `docs/openapi.json` describes every route and answer.
 
+use crate::db::Db;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::crypto::Vault;
 use crate::domain::{CustomerId, GrantId, JobState};
@@ -17,7 +17,7 @@ use crate::store::sealed::open_key;
 use crate::store::search::{Cursor, encode_position};
 
 pub struct ApiState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub token: SecretString,
     pub vault: std::sync::Arc<Vault>,
     /// Wrong tokens by client address.

@@ -1,9 +1,9 @@
 //! keyrelay and the sandbox running together in this process, on local ports: what the demo,
 //! the benchmark and the tests start.
 
+use crate::db::Db;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ use crate::startup::{Application, Role};
 pub struct LocalStack {
     /// Settings that point at this stack's database and sandbox.
     pub settings: Settings,
-    pub pool: PgPool,
+    pub pool: Db,
     pub sandbox: RunningSandbox,
     /// `POST` webhooks here (web roles).
     pub webhook_url: Option<String>,

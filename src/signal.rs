@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ impl JobSignal {
     /// Sends one NOTIFY per burst of `job_ready` calls until shutdown.
     pub fn spawn_notifier(
         &self,
-        pool: PgPool,
+        pool: Db,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let outbound = self.outbound.clone();
@@ -60,13 +60,17 @@ impl JobSignal {
     }
 
     /// Listens for other processes' notifications and wakes local workers, reconnecting after
-    /// errors (polling covers the gap).
+    /// errors (polling covers the gap). Behind a transaction pooler without a direct
+    /// connection there is no session to listen on: workers poll.
     pub fn spawn_listener(
         &self,
-        pool: PgPool,
+        db: Db,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let signal = self.clone();
+        let Some(pool) = db.session().cloned() else {
+            return tokio::spawn(async {});
+        };
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
                 let mut listener = match PgListener::connect_with(&pool).await {

@@ -5,11 +5,11 @@ use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::db::Db;
 use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{Settings, parse_webhook_secrets};
@@ -56,7 +56,7 @@ pub struct Application {
     maintenance: Option<Maintenance>,
     /// What this worker process can make keys with (worker roles).
     source_check: Option<crate::ops::source_health::SourceCheck>,
-    pool: PgPool,
+    pool: Db,
     signal: JobSignal,
     shutdown: CancellationToken,
     /// How long stopping may take before what is left is abandoned.
@@ -164,6 +164,10 @@ impl Application {
             database = %settings.database_url_redacted(),
             "keyrelay starting"
         );
+        tracing::info!(
+            mode = %crate::db::mode_description(settings),
+            "database connection"
+        );
         Ok(Application {
             port: address.map(|a| a.port()),
             server,
@@ -192,7 +196,7 @@ impl Application {
         self.metrics_port
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 
@@ -305,7 +309,7 @@ fn webhook_verifier(settings: &Settings, role: Role) -> anyhow::Result<Option<We
 }
 
 /// The Dodo client, drawing its calls from the rate budget shared through `pool`'s database.
-pub fn dodo_client(settings: &Settings, pool: &PgPool) -> anyhow::Result<DodoClient> {
+pub fn dodo_client(settings: &Settings, pool: &Db) -> anyhow::Result<DodoClient> {
     let api_key = settings.dodo.api_key.clone().context(
         "dodo.api_key (DODO_PAYMENTS_API_KEY) is not set; create an API key with write access in Dodo's dashboard",
     )?;
@@ -323,7 +327,7 @@ pub fn dodo_client(settings: &Settings, pool: &PgPool) -> anyhow::Result<DodoCli
 fn web_server(
     listener: TcpListener,
     state: IntakeState,
-    pool: PgPool,
+    pool: Db,
     settings: &Settings,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
@@ -394,7 +398,7 @@ fn web_server(
 }
 
 /// `/metrics` alone, on `http.metrics_bind`.
-fn metrics_server(listener: TcpListener, pool: PgPool) -> anyhow::Result<Server> {
+fn metrics_server(listener: TcpListener, pool: Db) -> anyhow::Result<Server> {
     let pool = web::Data::new(pool);
     let metrics = web::Data::new(metrics_handle());
     let policy = web::Data::new(crate::guard::BodyPolicy {
@@ -423,20 +427,26 @@ async fn healthz() -> HttpResponse {
 /// Readiness answers within this, database or not: probes should not hang on an outage.
 const READINESS_TIMEOUT: Duration = Duration::from_millis(200);
 
-async fn readyz(pool: web::Data<PgPool>) -> HttpResponse {
-    let check = crate::db::ping(pool.get_ref());
+async fn readyz(pool: web::Data<Db>) -> HttpResponse {
+    let check = pool.accepts_writes();
+    let unavailable = |error: String| {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "database": "unavailable", "error": error }))
+    };
     match tokio::time::timeout(READINESS_TIMEOUT, check).await {
-        Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({ "database": "ok" })),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "database": "unavailable", "error": e.to_string() })),
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "database": "unavailable", "error": "timed out" })),
+        Ok(Ok(true)) => HttpResponse::Ok().json(serde_json::json!({ "database": "ok" })),
+        Ok(Ok(false)) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "database": "read-only",
+            "error": "the database server does not accept writes (a standby, or a failover in progress)"
+        })),
+        Ok(Err(e)) => unavailable(e.to_string()),
+        Err(_) => unavailable("timed out".into()),
     }
 }
 
 /// This process's counters and histograms, then the database's gauges (omitted, with a
 /// comment, when the database does not answer in time).
-async fn prometheus(handle: web::Data<PrometheusHandle>, pool: web::Data<PgPool>) -> HttpResponse {
+async fn prometheus(handle: web::Data<PrometheusHandle>, pool: web::Data<Db>) -> HttpResponse {
     let mut body = handle.render();
     match tokio::time::timeout(
         Duration::from_secs(5),

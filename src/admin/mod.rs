@@ -9,10 +9,10 @@ mod figures;
 mod pages;
 mod views;
 
+use crate::db::Db;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use sqlx::PgPool;
 
 use crate::domain::{Actor, GrantId, JobState};
 use crate::ops::jobs::{self, ActionResult};
@@ -21,7 +21,7 @@ use extract::redirect;
 pub use extract::{AdminError, Bearer, SignedIn};
 
 pub struct AdminState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub auth: AdminAuth,
     /// Wrong tokens (sign-in form and bearer) by client address.
     pub wrong_tokens: crate::guard::TokenThrottle,

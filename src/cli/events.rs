@@ -1,8 +1,8 @@
 //! `keyrelay events list|show|replay` and `keyrelay reconcile`.
 
+use crate::db::Db;
 use anyhow::bail;
 use clap::Subcommand;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{json, or_dash, table};
@@ -44,7 +44,7 @@ pub enum EventsCommand {
     },
 }
 
-pub async fn run(pool: &PgPool, settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::List {
             event_type,

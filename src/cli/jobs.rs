@@ -1,8 +1,8 @@
 //! `keyrelay jobs list|show|retry|cancel`.
 
+use crate::db::Db;
 use anyhow::bail;
 use clap::Subcommand;
-use sqlx::PgPool;
 
 use super::output::{json, or_dash, shown, table, wrapped};
 use crate::configuration::Settings;
@@ -138,7 +138,7 @@ fn parse_grant_id(s: &str) -> Result<GrantId, String> {
     GrantId::parse(s).map_err(|e| e.to_string())
 }
 
-pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &Db, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
             filter,
@@ -367,7 +367,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: JobsCommand) -> an
 }
 
 /// A filter naming a pool that does not exist is a typo, not "no jobs".
-async fn check_pool_exists(pool: &PgPool, filter: &JobFilter) -> anyhow::Result<()> {
+async fn check_pool_exists(pool: &Db, filter: &JobFilter) -> anyhow::Result<()> {
     if let Some(name) = &filter.pool
         && !crate::pool::pool_names(pool).await?.contains(name)
     {

@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::db::Db;
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::PgPool;
 
 use super::output::{json, or_dash, shown, table, wrapped};
 use crate::configuration::Settings;
@@ -99,7 +99,7 @@ fn parse_entitlement(raw: &str) -> Result<String, String> {
         .map_err(|e| format!("{e}; copy the entitlement id from Dodo's dashboard"))
 }
 
-pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> anyhow::Result<()> {
+pub async fn run(pool: &Db, settings: &Settings, command: PoolCommand) -> anyhow::Result<()> {
     match command {
         PoolCommand::Add {
             name,
@@ -266,7 +266,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: PoolCommand) -> an
 }
 
 async fn import(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     name: &str,
     file: Option<PathBuf>,

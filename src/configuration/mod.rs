@@ -14,6 +14,7 @@ use serde::Deserialize;
 /// Conventional environment names and the setting each one sets.
 const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
+    ("DATABASE_DIRECT_URL", "database.direct_url"),
     ("DODO_PAYMENTS_API_KEY", "dodo.api_key"),
     ("DODO_PAYMENTS_ENVIRONMENT", "dodo.environment"),
     ("DODO_PAYMENTS_BASE_URL", "dodo.base_url"),
@@ -34,6 +35,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
     ("database.migrate_on_start", "true"),
     ("database.max_connections", "16"),
+    ("database.pooler", "none"),
     ("dodo.environment", "test_mode"),
     ("dodo.rate_limit", "tier0"),
     ("dodo.timeout_secs", "10"),
@@ -93,9 +95,57 @@ pub struct RetentionSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// Where keyrelay's statements go: the server, or a transaction pooler in front of it.
     pub url: SecretString,
+    /// A direct connection to the same database, for what a transaction pooler cannot carry
+    /// (migrations, `LISTEN`, session locks). Setting it makes `url` a pooler.
+    #[serde(default)]
+    pub direct_url: Option<SecretString>,
+    /// `transaction`: `url` is a transaction pooler (implied by `direct_url`).
+    pub pooler: Pooler,
     pub migrate_on_start: bool,
     pub max_connections: u32,
+}
+
+/// What sits in front of Postgres at `database.url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: every session feature works.
+    None,
+    /// A pooler in transaction mode (PgBouncer, Supavisor, Neon's pooled host, RDS Proxy).
+    Transaction,
+}
+
+impl DatabaseSettings {
+    /// Whether `url` is to be treated as a transaction pooler.
+    pub fn pooled(&self) -> bool {
+        self.pooler == Pooler::Transaction || self.direct_url.is_some()
+    }
+
+    /// `url`, parsed (hosts in order), with what a pooler refuses left out when it is one.
+    pub fn target(&self) -> anyhow::Result<crate::db::url::DatabaseUrl> {
+        let url = crate::db::url::parse(self.url.expose_secret(), "database.url (DATABASE_URL)")
+            .map_err(anyhow::Error::msg)?;
+        Ok(match self.pooled() {
+            true => url.for_transaction_pooler(),
+            false => url,
+        })
+    }
+
+    /// `direct_url`, parsed, if set.
+    pub fn direct_target(&self) -> anyhow::Result<Option<crate::db::url::DatabaseUrl>> {
+        self.direct_url
+            .as_ref()
+            .map(|url| {
+                crate::db::url::parse(
+                    url.expose_secret(),
+                    "database.direct_url (DATABASE_DIRECT_URL)",
+                )
+                .map_err(anyhow::Error::msg)
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -332,11 +382,16 @@ impl Settings {
                 *url = None;
             }
         }
+        if let Some(url) = &self.database.direct_url
+            && url.expose_secret().trim().is_empty()
+        {
+            self.database.direct_url = None;
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        url::Url::parse(self.database.url.expose_secret())
-            .context("database.url (DATABASE_URL) is not a valid URL")?;
+        self.database.target()?;
+        self.database.direct_target()?;
         if let Some(url) = &self.dodo.base_url {
             let parsed = url::Url::parse(url)
                 .context("dodo.base_url (DODO_PAYMENTS_BASE_URL) is not a valid URL")?;
@@ -451,7 +506,10 @@ impl Settings {
 
     /// The database URL with any password replaced, for messages.
     pub fn database_url_redacted(&self) -> String {
-        redact_url(self.database.url.expose_secret())
+        self.database
+            .target()
+            .map(|url| url.shown)
+            .unwrap_or_else(|_| "<invalid url>".into())
     }
 }
 

@@ -9,8 +9,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::time::Instant;
 
 /// The budget's name in `rate_budget`: one per database, as Dodo counts per API key.
@@ -69,7 +69,7 @@ impl fmt::Display for RateLimits {
 #[derive(Debug)]
 pub struct RateBudget {
     /// None: no limit (sandboxes, benchmarks); 429s still pause this process.
-    shared: Option<(PgPool, RateLimits)>,
+    shared: Option<(Db, RateLimits)>,
     paused_until: Mutex<Instant>,
 }
 
@@ -101,7 +101,7 @@ impl RateBudget {
     }
 
     /// `limits` for every process on the database behind `pool`.
-    pub fn shared(pool: PgPool, limits: RateLimits) -> RateBudget {
+    pub fn shared(pool: Db, limits: RateLimits) -> RateBudget {
         RateBudget {
             shared: Some((pool, limits)),
             ..RateBudget::unlimited()
@@ -159,7 +159,7 @@ impl RateBudget {
 /// Takes the next turn as if asked at `asked_at` and returns its time: the schedule itself,
 /// for checking it without waiting for real seconds to pass.
 pub async fn take_turn_at(
-    pool: &PgPool,
+    pool: &Db,
     limits: RateLimits,
     asked_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, sqlx::Error> {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
+use crate::db::Db;
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::PgPool;
 
 use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
@@ -22,7 +22,7 @@ use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, Reserve
 /// Everything a job needs to run.
 #[derive(Clone)]
 pub struct WorkerContext {
-    pub pool: PgPool,
+    pub pool: Db,
     pub dodo: DodoClient,
     pub alerter: Alerter,
     pub retry: RetryPolicy,
@@ -35,7 +35,7 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    pub fn new(pool: PgPool, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
+    pub fn new(pool: Db, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
         WorkerContext {
             pool,
             dodo,
@@ -155,6 +155,11 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                         false,
                         ctx.budget(&job),
                     );
+                    // The database was out, not Dodo: no attempt is spent, none is failed.
+                    if crate::db::is_transient(&e) {
+                        decision.next = Next::RetryLater { retry_after: None };
+                        decision.counts_as_attempt = false;
+                    }
                 }
             }
         }

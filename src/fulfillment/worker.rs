@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::Utc;
-use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -191,7 +191,7 @@ type CompletionMsg = (Completion, oneshot::Sender<()>);
 /// Records outcomes in batches: waits for one, takes whatever else is queued, writes them in
 /// one statement, retrying while the database is unavailable. Acknowledges each when written.
 fn spawn_completer(
-    pool: PgPool,
+    pool: Db,
 ) -> (
     mpsc::UnboundedSender<CompletionMsg>,
     tokio::task::JoinHandle<()>,

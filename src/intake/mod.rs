@@ -9,9 +9,9 @@ pub mod signature;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::db::Db;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use futures_util::StreamExt;
-use sqlx::PgPool;
 
 use crate::crypto::Vault;
 use crate::signal::JobSignal;
@@ -23,7 +23,7 @@ use signature::{VerifyError, WebhookVerifier};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub struct IntakeState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub verifier: WebhookVerifier,
     pub signal: JobSignal,
     /// How long a request body may take to arrive in full.
@@ -128,6 +128,20 @@ fn declared_length(request: &HttpRequest) -> Option<u64> {
         .ok()
 }
 
+/// How long storing a webhook may take before the answer is 503: Dodo retries, and during an
+/// outage or a failover the sender hears so within a second instead of waiting on a pool.
+const STORE_DEADLINE: Duration = Duration::from_millis(800);
+
+/// `store`, or a timeout as an outage. Nothing answers 2xx unless the commit happened: a store
+/// cut short rolls back, or (if its commit landed) is found a duplicate on Dodo's retry.
+async fn within_deadline<T>(
+    store: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(STORE_DEADLINE, store)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
 pub async fn receive_webhook(
     request: HttpRequest,
     payload: web::Payload,
@@ -155,9 +169,15 @@ pub async fn receive_webhook(
         Err(e) => return Err(refuse(&state, e).await),
     };
     let label = type_label(&event.event_type);
-    let stored = record::record(&state.pool, &state.vault, &event, Recording::Received)
-        .await
-        .map_err(|e| {
+    let stored = within_deadline(record::record(
+        &state.pool,
+        &state.vault,
+        &event,
+        Recording::Received,
+    ))
+    .await
+    .map_err(|e| {
+        state.pool.observe(&e);
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
             count(label, "unavailable");
             IntakeError::DatabaseUnavailable(e)
@@ -204,7 +224,8 @@ async fn refuse(state: &IntakeState, e: ParseError) -> IntakeError {
         payload: &payload,
         key_sealed_with,
     };
-    match crate::store::enqueue::insert_event(&state.pool, row, Some(&unprocessable.reason)).await {
+    let kept = crate::store::enqueue::insert_event(&state.pool, row, Some(&unprocessable.reason));
+    match within_deadline(kept).await {
         Ok(_) => e.into(),
         Err(db) => {
             tracing::error!(error = %db, "could not keep an unprocessable webhook; answering 503");

@@ -2,9 +2,10 @@
 //! of stored ones. A `created` event and its job are stored in one statement; a lifecycle event
 //! is stored and applied (as `lifecycle::settle` decides) in one transaction.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::event::{GrantFacts, IncomingEvent};
 use super::payload_keys;
@@ -82,7 +83,7 @@ impl Outcome {
 /// Stores the event and does what it asks, atomically. Never answer a webhook 2xx unless this
 /// returned `Ok`.
 pub async fn record(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     event: &IncomingEvent<'_>,
     how: Recording,

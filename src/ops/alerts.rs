@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::backoff::RetryPolicy;
 
@@ -46,7 +46,7 @@ impl Alerter {
     /// here is cleared by the next import that restocks the pool, so each restock alerts once.
     pub async fn check_low_stock(
         &self,
-        pool: &PgPool,
+        pool: &Db,
         entitlements: &[String],
     ) -> Result<Vec<LowStock>, sqlx::Error> {
         let low = crate::store::stock::flag_low_stock(pool, entitlements).await?;

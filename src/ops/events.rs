@@ -1,7 +1,7 @@
 //! The event store as operators use it: list and show stored webhooks, and replay one through
 //! the same entry point intake uses (idempotent).
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::crypto::Vault;
 use crate::domain::Actor;
@@ -26,17 +26,14 @@ pub enum ReplayError {
 }
 
 /// One stored event with its payload.
-pub async fn show_event(
-    pool: &PgPool,
-    webhook_id: &str,
-) -> Result<Option<EventDetail>, sqlx::Error> {
+pub async fn show_event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
     read::event(pool, webhook_id).await
 }
 
 /// Re-runs intake on a stored event. Idempotent: a job that exists is not touched, and a
 /// lifecycle event already applied is stale.
 pub async fn replay(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     webhook_id: &str,
     actor: Actor,

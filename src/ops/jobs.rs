@@ -1,8 +1,8 @@
 //! Jobs as operators see them: list, show with attempts and audit trail, retry (replay) and
 //! cancel. Keys are shown masked unless the operator asks for them.
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::crypto::Vault;
 use crate::domain::{Actor, GrantId, JobState, KeyState};
@@ -42,7 +42,7 @@ pub struct JobDetail {
 /// One job with its key (masked unless `reveal_key`; `(sealed)` without `vault`), every
 /// attempt and its audit trail.
 pub async fn show_job(
-    pool: &PgPool,
+    pool: &Db,
     vault: Option<&Vault>,
     grant_id: &GrantId,
     reveal_key: bool,
@@ -88,7 +88,7 @@ pub async fn show_job(
 
 /// Replays failed or cancelled jobs: back to `queued` with a fresh attempt budget.
 pub async fn retry_jobs(
-    pool: &PgPool,
+    pool: &Db,
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
@@ -104,7 +104,7 @@ pub async fn retry_jobs(
 
 /// Stops trying jobs; see `store::operator::cancel_job` for what happens to their keys.
 pub async fn cancel_jobs(
-    pool: &PgPool,
+    pool: &Db,
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
@@ -178,7 +178,7 @@ impl BulkAction {
 
 /// How many jobs `action` would change.
 pub async fn bulk_count(
-    pool: &PgPool,
+    pool: &Db,
     action: BulkAction,
     filter: &JobFilter,
 ) -> Result<i64, sqlx::Error> {
@@ -200,7 +200,7 @@ pub enum BulkRun {
 /// Each job's audit trail records it, and the action itself is one `bulk_retry`/`bulk_cancel`
 /// entry with the filter.
 pub async fn bulk(
-    pool: &PgPool,
+    pool: &Db,
     action: BulkAction,
     filter: &JobFilter,
     confirmed: i64,

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 
 pub use crate::store::prune::Pruned;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +16,11 @@ use crate::domain::{CustomerId, GrantId, PaymentId, Serve};
 use crate::intake::event::GrantFacts;
 use crate::store::{self, enqueue, pools};
 
-/// Session advisory lock held while reconciling.
-const RECONCILE_LOCK: i64 = 0x6b72_7265_636f_6e31;
+/// The lock held while reconciling: a session advisory lock with this key, or (behind a
+/// transaction pooler without a direct connection) a lease row of this name.
+const RECONCILE_LOCK: (i64, &str) = (0x6b72_7265_636f_6e31, "reconciler");
+/// A reconciler that died holding the lease row stops blocking others after this long.
+const RECONCILE_LEASE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ReconcileReport {
@@ -28,11 +31,14 @@ pub struct ReconcileReport {
 
 /// Reconciles once. `Ok(None)`: another process holds the lock.
 pub async fn reconcile(
-    pool: &PgPool,
+    pool: &Db,
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReconcileReport>> {
-    let Some(lock) = crate::db::SessionLock::try_take(pool, RECONCILE_LOCK).await? else {
+    let Some(lock) =
+        crate::db::HeldLock::try_take(pool, RECONCILE_LOCK.0, RECONCILE_LOCK.1, RECONCILE_LEASE)
+            .await?
+    else {
         return Ok(None);
     };
     let result = reconcile_locked(pool, dodo, shutdown).await;
@@ -41,7 +47,7 @@ pub async fn reconcile(
 }
 
 async fn reconcile_locked(
-    pool: &PgPool,
+    pool: &Db,
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ReconcileReport> {
@@ -98,7 +104,7 @@ async fn reconcile_locked(
 
 /// Reconciles and prunes every `interval` until shutdown.
 pub async fn run_maintenance(
-    pool: PgPool,
+    pool: Db,
     dodo: DodoClient,
     interval: Duration,
     retention: Duration,
@@ -133,7 +139,7 @@ pub async fn run_maintenance(
 
 /// Deletes events and finished jobs older than `older_than`, in small batches; keys, pools and
 /// the audit trail are kept.
-pub async fn prune(pool: &PgPool, older_than: Duration) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(pool: &Db, older_than: Duration) -> Result<Pruned, sqlx::Error> {
     let age = chrono::TimeDelta::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
     let cutoff = chrono::Utc::now()
         .checked_sub_signed(age)

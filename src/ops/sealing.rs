@@ -4,8 +4,8 @@
 //! transaction that skips rows others hold, so they run beside `serve` and can be stopped and
 //! started again at any point.
 
+use crate::db::Db;
 use anyhow::bail;
-use sqlx::PgPool;
 
 use crate::crypto::{MAKE_ONE, Vault};
 use crate::intake::payload_keys;
@@ -15,7 +15,7 @@ const BATCH: i64 = 1_000;
 
 /// Seals every plaintext key value; the number of rows sealed. Without a vault, an error that
 /// says how to make one if there is anything to seal.
-pub async fn seal_plaintext(pool: &PgPool, vault: Option<&Vault>) -> anyhow::Result<u64> {
+pub async fn seal_plaintext(pool: &Db, vault: Option<&Vault>) -> anyhow::Result<u64> {
     let (keys, events) = sealed::count_plaintext(pool).await?;
     if keys + events == 0 {
         if let Some(vault) = vault {
@@ -46,7 +46,7 @@ pub async fn seal_plaintext(pool: &PgPool, vault: Option<&Vault>) -> anyhow::Res
 }
 
 /// Gives keys stored before keyrelay kept their searchable tail one (`keys.tail`).
-async fn fill_key_tails(pool: &PgPool, vault: &Vault) -> anyhow::Result<()> {
+async fn fill_key_tails(pool: &Db, vault: &Vault) -> anyhow::Result<()> {
     let mut filled = 0;
     loop {
         let now = sealed::fill_key_tails(pool, vault, BATCH).await?;
@@ -76,7 +76,7 @@ pub struct Rotated {
 /// Reseals every key value not sealed under the vault's first key; `progress` hears how many
 /// rows each batch did.
 pub async fn rotate(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<Rotated> {
@@ -107,7 +107,7 @@ pub async fn rotate(
 
 /// Seals (plaintext) or reseals (under an older key) the keys in stored payloads.
 async fn reseal_events(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     plaintext: bool,
     mut progress: impl FnMut(u64),

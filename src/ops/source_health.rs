@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
@@ -63,7 +63,7 @@ impl SourceCheck {
     /// Checks every pool, records the findings, and returns them: (pool, problem).
     pub async fn check_pools(
         &self,
-        pool: &PgPool,
+        pool: &Db,
     ) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
         let sources = pools::pool_sources(pool).await?;
         let checks = sources
@@ -116,7 +116,7 @@ fn report(found: &[(String, Option<String>)], before: &mut HashMap<String, Strin
 }
 
 /// Checks once now (what `serve` says at start), then every minute until `shutdown`.
-pub async fn watch(pool: PgPool, check: SourceCheck, shutdown: CancellationToken) {
+pub async fn watch(pool: Db, check: SourceCheck, shutdown: CancellationToken) {
     let mut logged = HashMap::new();
     loop {
         match check.check_pools(&pool).await {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::domain::JobState;
 use crate::store::stock;
@@ -23,7 +23,7 @@ pub struct QueueStats {
     pub dead_tuples: Vec<(String, i64)>,
 }
 
-pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
+pub async fn read(pool: &Db) -> Result<QueueStats, sqlx::Error> {
     Ok(QueueStats {
         jobs_by_state: stock::count_jobs_by_state(pool).await?,
         oldest_queued_age_secs: stock::oldest_queued_age_secs(pool).await?,
@@ -36,7 +36,7 @@ pub async fn read(pool: &PgPool) -> Result<QueueStats, sqlx::Error> {
 
 /// Samples queue depth by state once a minute until shutdown, for the dashboard's chart. Every
 /// process does it; the first one each minute writes the sample.
-pub async fn sample_queue_depth(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn sample_queue_depth(pool: Db, shutdown: tokio_util::sync::CancellationToken) {
     let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
     every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

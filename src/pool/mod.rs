@@ -4,8 +4,8 @@
 
 pub mod keyfile;
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::crypto::Vault;
 use crate::domain::{EntitlementId, IdError};
@@ -108,7 +108,7 @@ fn positive(value: Option<u32>) -> Result<Option<i32>, PoolError> {
 }
 
 /// Creates a pool and wakes any jobs that were waiting for one; returns how many.
-pub async fn add_pool(pool: &PgPool, new: &NewPool) -> Result<u64, PoolError> {
+pub async fn add_pool(pool: &Db, new: &NewPool) -> Result<u64, PoolError> {
     let name = new.name.trim();
     if name.is_empty() || new.entitlement_id.trim().is_empty() {
         return Err(PoolError::Empty);
@@ -188,7 +188,7 @@ const PROGRESS_STEP: usize = 5_000;
 /// With `dry_run` the transaction is rolled back, so the counts are exact but nothing changes.
 /// Values are stored sealed under `vault`'s first key.
 pub async fn import_keys(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     name: &str,
     parsed: &keyfile::ParsedKeys,

@@ -1,12 +1,12 @@
 //! Admin sessions signed out on the server, so a copied cookie dies with the sign-out.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 /// Records that the session with this MAC was signed out (and forgets sessions that have
 /// expired anyway).
 pub async fn sign_out(
-    pool: &PgPool,
+    pool: &Db,
     session_mac: &str,
     expires_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -25,7 +25,7 @@ pub async fn sign_out(
 }
 
 /// Whether the session with this MAC was signed out.
-pub async fn is_signed_out(pool: &PgPool, session_mac: &str) -> Result<bool, sqlx::Error> {
+pub async fn is_signed_out(pool: &Db, session_mac: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM admin_signed_out WHERE session_mac = $1)")
         .bind(session_mac)
         .fetch_one(pool)

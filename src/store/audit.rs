@@ -1,9 +1,9 @@
 //! The audit trail: every import, reservation, delivery, rejection, release, revocation,
 //! replay, retry and cancel, with time and actor. Kept when events and jobs are pruned.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::domain::{Actor, GrantId};
 
@@ -55,7 +55,7 @@ const COLUMNS: &str = "audit_log.at, audit_log.actor, audit_log.action, audit_lo
      audit_log.key_id, audit_log.batch_id, audit_log.detail";
 
 /// A grant's entries, oldest first.
-pub async fn for_grant(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
+pub async fn for_grant(pool: &Db, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM audit_log WHERE audit_log.grant_id = $1 ORDER BY audit_log.id"
     ))
@@ -66,7 +66,7 @@ pub async fn for_grant(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AuditEnt
 
 /// A pool's entries (its imports and what happened to its keys), newest first.
 pub async fn for_pool(
-    pool: &PgPool,
+    pool: &Db,
     pool_name: &str,
     limit: i64,
 ) -> Result<Option<Vec<AuditEntry>>, sqlx::Error> {

@@ -2,11 +2,12 @@
 //! call to Dodo. A key Dodo already holds is rejected and the next one reserved under the same
 //! lease. Jobs that find no key are parked until keys arrive.
 
+use crate::db::Db;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::make::{fail_without_key, make_keys};
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
@@ -60,7 +61,7 @@ struct ClaimedRow {
 /// short transaction, committed before any call to Dodo. Jobs for which no key exists are
 /// parked in `waiting_for_keys` without using an attempt and are not returned.
 pub async fn claim_batch(
-    pool: &PgPool,
+    pool: &Db,
     limit: usize,
     lease: Duration,
     maker: &KeyMaker,
@@ -301,7 +302,7 @@ async fn from_endpoint(
 
 /// Moves the end of a running job's lease to `lease` from now; false if the lease was lost.
 pub async fn extend_lease(
-    pool: &PgPool,
+    pool: &Db,
     grant_id: &GrantId,
     lease_token: i64,
     lease: Duration,
@@ -322,7 +323,7 @@ pub async fn extend_lease(
 /// next key for the same grant (made anew for `generate` and `sign` pools) — or parks the job
 /// if the pool is empty. Fenced by the lease.
 pub async fn reject_key_and_reserve_next(
-    pool: &PgPool,
+    pool: &Db,
     job: &ClaimedJob,
     attempt: &AttemptRecord,
     maker: &KeyMaker,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use super::TAKE_LEASE;
 use super::sealed::{SealedValue, new_key_ids};
@@ -33,7 +33,7 @@ pub struct KeylessJob {
 /// Claims up to `limit` due jobs of http pools that have no key yet, counting the attempt and
 /// setting a lease.
 pub async fn claim_keyless(
-    pool: &PgPool,
+    pool: &Db,
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<KeylessJob>, sqlx::Error> {
@@ -87,7 +87,7 @@ pub enum Received {
 /// grant (reserved, audited, sealed) if the job is still this worker's and the value is new;
 /// the job then goes back to the queue without using an attempt.
 pub async fn record_received(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     job: &KeylessJob,
     idempotency_key: &str,
@@ -230,10 +230,7 @@ pub struct ReceivedKey {
 }
 
 /// Grants with a key an endpoint issued that no grant uses, newest first.
-pub async fn grants_with_orphan_keys(
-    pool: &PgPool,
-    limit: i64,
-) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn grants_with_orphan_keys(pool: &Db, limit: i64) -> Result<Vec<GrantId>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT grant_id FROM received_keys WHERE orphan \
          GROUP BY grant_id ORDER BY max(received_at) DESC LIMIT $1",
@@ -244,17 +241,14 @@ pub async fn grants_with_orphan_keys(
 }
 
 /// How many grants have a key an endpoint issued that no grant uses.
-pub async fn count_grants_with_orphan_keys(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count_grants_with_orphan_keys(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(DISTINCT grant_id) FROM received_keys WHERE orphan")
         .fetch_one(pool)
         .await
 }
 
 /// Every key endpoints answered for the grant, oldest first.
-pub async fn received_keys(
-    pool: &PgPool,
-    grant_id: &GrantId,
-) -> Result<Vec<ReceivedKey>, sqlx::Error> {
+pub async fn received_keys(pool: &Db, grant_id: &GrantId) -> Result<Vec<ReceivedKey>, sqlx::Error> {
     sqlx::query_as(
         "SELECT masked, idempotency_key, received_at, bound, orphan FROM received_keys \
          WHERE grant_id = $1 ORDER BY id",

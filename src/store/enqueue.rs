@@ -2,8 +2,9 @@
 //! polling Dodo, a lifecycle event for a grant never seen. One rule decides which grants are
 //! served, written once (`serves`).
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, PaymentId, Serve};
 
@@ -170,7 +171,7 @@ pub async fn record_unseen_grant(
 /// Queues grants of one entitlement that keyrelay has no job for (source `reconciler` or
 /// `bench`), audited with `detail`; returns the grants queued. Known grants are untouched.
 pub async fn enqueue_grants(
-    pool: &PgPool,
+    pool: &Db,
     entitlement_id: &EntitlementId,
     grants: &[(GrantId, CustomerId, Option<PaymentId>)],
     source: &str,
@@ -208,7 +209,7 @@ pub async fn enqueue_grants(
 /// Adds `count` delivered jobs of `entitlement_id` as history, for measuring claims over a
 /// large table (benchmark only: these grants never existed).
 pub async fn insert_history_for_benchmark(
-    pool: &PgPool,
+    pool: &Db,
     entitlement_id: &EntitlementId,
     count: u64,
 ) -> Result<(), sqlx::Error> {

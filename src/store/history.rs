@@ -2,9 +2,9 @@
 //! received, counted per bucket from the rows themselves (on time indexes), and queue depth by
 //! state, which only exists as samples taken once a minute (`record_queue_sample`).
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::domain::JobState;
 use crate::store::stock::OPEN_JOBS_BY_STATE;
@@ -33,7 +33,7 @@ fn bucket(column: &str) -> String {
 
 /// Grants delivered per bucket since `from`.
 pub async fn delivered(
-    pool: &PgPool,
+    pool: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -51,7 +51,7 @@ pub async fn delivered(
 
 /// Dodo's answers per bucket since `from`, by status class (as the metrics name them).
 pub async fn dodo_answers(
-    pool: &PgPool,
+    pool: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -75,7 +75,7 @@ pub async fn dodo_answers(
 /// Webhooks stored per bucket since `from` (refused ones are not stored; the metrics count
 /// those).
 pub async fn webhooks(
-    pool: &PgPool,
+    pool: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -92,7 +92,7 @@ pub async fn webhooks(
 
 /// Queue depth by state since `from`: the largest sample in each bucket.
 pub async fn queue_depth(
-    pool: &PgPool,
+    pool: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -109,7 +109,7 @@ pub async fn queue_depth(
 
 /// Samples queue depth for the current minute (once, however many processes do it). Each
 /// state is counted on its partial index, so finished history does not slow it down.
-pub async fn record_queue_sample(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub async fn record_queue_sample(pool: &Db) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         r#"
         WITH counts AS ({OPEN_JOBS_BY_STATE})
@@ -127,7 +127,7 @@ pub async fn record_queue_sample(pool: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Deletes samples taken before `cutoff`.
-pub async fn prune_samples(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn prune_samples(pool: &Db, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM queue_samples WHERE at < $1")
         .bind(cutoff)
         .execute(pool)

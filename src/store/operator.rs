@@ -1,8 +1,8 @@
 //! What operators do to jobs, from the CLI or the dashboard: replay a failed or cancelled job,
 //! or stop trying one. Each change is audited with its actor.
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use super::audit::{self, Subject};
 use super::settle::{KeyChange, change_keys};
@@ -23,7 +23,7 @@ pub enum ActionResult {
 /// Puts a failed or cancelled job back in the queue with a fresh attempt budget, audited. Any
 /// other state is left alone and reported. The caller wakes the workers (`notify_jobs_ready`).
 pub async fn requeue_job(
-    pool: &PgPool,
+    pool: &Db,
     grant_id: &GrantId,
     actor: Actor,
 ) -> Result<ActionResult, sqlx::Error> {
@@ -63,7 +63,7 @@ pub async fn requeue_job(
 /// it: no attempt with that key ended without a clear answer (timeout, 5xx). A running job
 /// cannot be cancelled until its current attempt ends.
 pub async fn cancel_job(
-    pool: &PgPool,
+    pool: &Db,
     grant_id: &GrantId,
     actor: Actor,
 ) -> Result<ActionResult, sqlx::Error> {

@@ -1,9 +1,10 @@
 //! Pools and key imports. Both take the entitlement's key lock exclusively and resume the jobs
 //! waiting for keys in the same transaction, so no job is parked just as its keys arrive.
 
+use crate::db::Db;
 use std::collections::HashSet;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::audit::{self, Subject};
 use super::sealed::{NewKey, new_key_ids};
@@ -38,7 +39,7 @@ pub enum CreatePoolError {
 }
 
 /// Creates a pool (audited) and queues the jobs that were waiting for one; returns how many.
-pub async fn create_pool(pool: &PgPool, new: &NewPoolRow<'_>) -> Result<u64, CreatePoolError> {
+pub async fn create_pool(pool: &Db, new: &NewPoolRow<'_>) -> Result<u64, CreatePoolError> {
     let mut tx = pool.begin().await?;
     lock_entitlement_keys(&mut tx, new.entitlement_id).await?;
     let inserted = sqlx::query_scalar(
@@ -107,7 +108,7 @@ pub struct Imported {
 
 impl Import<'_> {
     /// Starts importing into the named pool; `None` if there is no such pool.
-    pub async fn begin(pool: &PgPool, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
+    pub async fn begin(pool: &Db, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
         let mut tx = pool.begin().await?;
         let row: Option<(i64, EntitlementId, Source)> =
             sqlx::query_as("SELECT id, entitlement_id, source FROM pools WHERE name = $1")
@@ -256,7 +257,7 @@ pub async fn lock_entitlement_keys(
 }
 
 /// The entitlements that have a pool, by pool name.
-pub async fn pooled_entitlements(pool: &PgPool) -> Result<Vec<EntitlementId>, sqlx::Error> {
+pub async fn pooled_entitlements(pool: &Db) -> Result<Vec<EntitlementId>, sqlx::Error> {
     sqlx::query_scalar("SELECT entitlement_id FROM pools ORDER BY name")
         .fetch_all(pool)
         .await
@@ -271,7 +272,7 @@ pub struct PoolSource {
 }
 
 /// Every pool's source, by name.
-pub async fn pool_sources(pool: &PgPool) -> Result<Vec<PoolSource>, sqlx::Error> {
+pub async fn pool_sources(pool: &Db) -> Result<Vec<PoolSource>, sqlx::Error> {
     sqlx::query_as("SELECT name, source, endpoint FROM pools ORDER BY name")
         .fetch_all(pool)
         .await
@@ -279,7 +280,7 @@ pub async fn pool_sources(pool: &PgPool) -> Result<Vec<PoolSource>, sqlx::Error>
 
 /// Records what a worker found of each pool's source (`None`: usable) and when.
 pub async fn record_source_problems(
-    pool: &PgPool,
+    pool: &Db,
     found: &[(String, Option<String>)],
 ) -> Result<(), sqlx::Error> {
     let (names, problems): (Vec<&str>, Vec<Option<&str>>) = found
@@ -298,7 +299,7 @@ pub async fn record_source_problems(
 }
 
 /// Pools whose source a worker found unusable: (name, problem), by name.
-pub async fn source_problems(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn source_problems(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT name, source_problem FROM pools WHERE source_problem IS NOT NULL ORDER BY name",
     )
@@ -307,14 +308,14 @@ pub async fn source_problems(pool: &PgPool) -> Result<Vec<(String, String)>, sql
 }
 
 /// Every pool's name and whether a worker found its source unusable, by name.
-pub async fn source_status(pool: &PgPool) -> Result<Vec<(String, bool)>, sqlx::Error> {
+pub async fn source_status(pool: &Db) -> Result<Vec<(String, bool)>, sqlx::Error> {
     sqlx::query_as("SELECT name, source_problem IS NOT NULL FROM pools ORDER BY name")
         .fetch_all(pool)
         .await
 }
 
 /// Whether the named pool takes keys with spaces inside; None when there is no such pool.
-pub async fn keys_with_spaces(pool: &PgPool, name: &str) -> Result<Option<bool>, sqlx::Error> {
+pub async fn keys_with_spaces(pool: &Db, name: &str) -> Result<Option<bool>, sqlx::Error> {
     sqlx::query_scalar("SELECT keys_with_spaces FROM pools WHERE name = $1")
         .bind(name)
         .fetch_optional(pool)

@@ -1,9 +1,9 @@
 //! Pruning: old events and finished jobs go, in small batches so no lock is held long. Keys,
 //! pools and the audit trail are kept.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 /// Rows deleted per statement while pruning.
 const PRUNE_BATCH: i64 = 1_000;
@@ -15,7 +15,7 @@ pub struct Pruned {
 }
 
 /// Deletes events received and finished jobs (with their attempts) settled before `cutoff`.
-pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
     let mut pruned = Pruned::default();
     loop {
         let n = sqlx::query(
@@ -52,7 +52,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx:
 }
 
 /// Vacuums and analyzes the queue's tables, so a measurement starts from fresh statistics.
-pub async fn vacuum_analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub async fn vacuum_analyze(pool: &Db) -> Result<(), sqlx::Error> {
     for table in ["jobs", "keys"] {
         sqlx::query(&format!("VACUUM ANALYZE {table}"))
             .execute(pool)

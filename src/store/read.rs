@@ -1,9 +1,9 @@
 //! What people look at: jobs, their attempts and keys, stored events, and the figures the demo
 //! and the benchmark report. Nothing here writes.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, KeyState};
 
@@ -27,7 +27,7 @@ pub(crate) const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement
      last_http_status, source, created_at, updated_at, run_at";
 
 /// One job.
-pub async fn job(pool: &PgPool, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
+pub async fn job(pool: &Db, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE grant_id = $1"
     ))
@@ -39,7 +39,7 @@ pub async fn job(pool: &PgPool, grant_id: &GrantId) -> Result<Option<JobSummary>
 /// The grant's live key (reserved, delivered or revoked), if it has one: id, sealed value,
 /// state.
 pub async fn live_key(
-    pool: &PgPool,
+    pool: &Db,
     grant_id: &GrantId,
 ) -> Result<Option<(i64, Vec<u8>, KeyState)>, sqlx::Error> {
     sqlx::query_as(
@@ -65,7 +65,7 @@ pub struct AttemptRow {
 }
 
 /// The grant's attempts, oldest first.
-pub async fn attempts(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AttemptRow>, sqlx::Error> {
+pub async fn attempts(pool: &Db, grant_id: &GrantId) -> Result<Vec<AttemptRow>, sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT attempts.started_at, attempts.http_status, attempts.outcome, attempts.error,
@@ -80,7 +80,7 @@ pub async fn attempts(pool: &PgPool, grant_id: &GrantId) -> Result<Vec<AttemptRo
 }
 
 /// Every failed job's grant id, oldest failure first.
-pub async fn failed_grant_ids(pool: &PgPool) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn failed_grant_ids(pool: &Db) -> Result<Vec<GrantId>, sqlx::Error> {
     sqlx::query_scalar("SELECT grant_id FROM jobs WHERE state = 'failed' ORDER BY updated_at")
         .fetch_all(pool)
         .await
@@ -108,10 +108,7 @@ const SHOP_GRANT: &str = "SELECT jobs.grant_id, jobs.customer_id, jobs.entitleme
      FROM jobs LEFT JOIN keys ON keys.grant_id = jobs.grant_id AND keys.state = 'delivered'";
 
 /// One grant for the shop.
-pub async fn shop_grant(
-    pool: &PgPool,
-    grant_id: &GrantId,
-) -> Result<Option<ShopGrant>, sqlx::Error> {
+pub async fn shop_grant(pool: &Db, grant_id: &GrantId) -> Result<Option<ShopGrant>, sqlx::Error> {
     sqlx::query_as(&format!("{SHOP_GRANT} WHERE jobs.grant_id = $1"))
         .bind(grant_id)
         .fetch_optional(pool)
@@ -120,7 +117,7 @@ pub async fn shop_grant(
 
 /// A customer's grants, newest first, after `after` (created time and grant id).
 pub async fn customer_grants(
-    pool: &PgPool,
+    pool: &Db,
     customer_id: &CustomerId,
     after: Option<(DateTime<Utc>, &GrantId)>,
     limit: i64,
@@ -154,7 +151,7 @@ pub struct EventSummary {
 
 /// Stored events, newest first, optionally of one type or for one grant.
 pub async fn list_events(
-    pool: &PgPool,
+    pool: &Db,
     event_type: Option<&str>,
     grant_id: Option<&str>,
     limit: i64,
@@ -174,7 +171,7 @@ pub async fn list_events(
 /// Stored events received before `before` (a received time and webhook-id; all when None), newest first: the events page,
 /// a page at a time on the `received_at` index.
 pub async fn events_before(
-    pool: &PgPool,
+    pool: &Db,
     before: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<EventSummary>, sqlx::Error> {
@@ -195,17 +192,14 @@ pub async fn events_before(
 }
 
 /// How many events keyrelay set aside (on the partial index `events_with_problem`).
-pub async fn count_events_with_problem(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count_events_with_problem(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE problem IS NOT NULL")
         .fetch_one(pool)
         .await
 }
 
 /// Events keyrelay set aside (it could not process them), newest first.
-pub async fn events_with_problem(
-    pool: &PgPool,
-    limit: i64,
-) -> Result<Vec<EventSummary>, sqlx::Error> {
+pub async fn events_with_problem(pool: &Db, limit: i64) -> Result<Vec<EventSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events \
          WHERE problem IS NOT NULL ORDER BY received_at DESC LIMIT $1",
@@ -223,7 +217,7 @@ pub struct EventDetail {
 }
 
 /// One stored event with its payload.
-pub async fn event(pool: &PgPool, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
+pub async fn event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -244,7 +238,7 @@ pub async fn event(pool: &PgPool, webhook_id: &str) -> Result<Option<EventDetail
 }
 
 /// A stored event's body, as text.
-pub async fn event_payload(pool: &PgPool, webhook_id: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn event_payload(pool: &Db, webhook_id: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT payload::text FROM events WHERE webhook_id = $1")
         .bind(webhook_id)
         .fetch_optional(pool)
@@ -253,7 +247,7 @@ pub async fn event_payload(pool: &PgPool, webhook_id: &str) -> Result<Option<Str
 
 /// How the demo's grants went: jobs that needed more than one attempt, and delivered jobs
 /// whose own key is delivered.
-pub async fn demo_figures(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+pub async fn demo_figures(pool: &Db) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT (SELECT count(*) FROM jobs WHERE attempts > 1),
@@ -267,7 +261,7 @@ pub async fn demo_figures(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
 
 /// Delivered jobs that are not benchmark history, and the p50 and p99 of recorded
 /// fulfill-call durations in ms.
-pub async fn bench_figures(pool: &PgPool) -> Result<(i64, f64, f64), sqlx::Error> {
+pub async fn bench_figures(pool: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT (SELECT count(*) FROM jobs WHERE state = 'delivered' AND source <> 'bench_history'),

@@ -1,7 +1,8 @@
 //! Key values as the store writes them: sealed for their row and hashed for look-ups
 //! (`crypto::Vault`), under row ids taken before the insert so the seal can name the row.
 
-use sqlx::{PgPool, Postgres, Transaction};
+use crate::db::Db;
+use sqlx::{Postgres, Transaction};
 
 use crate::crypto::{Row, Vault};
 use crate::domain::LicenseKey;
@@ -80,7 +81,7 @@ pub async fn new_key_ids(
 }
 
 /// Rows an earlier keyrelay stored in plaintext: keys, and events whose payload holds a key.
-pub async fn count_plaintext(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+pub async fn count_plaintext(pool: &Db) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM keys WHERE value IS NOT NULL), \
                 (SELECT count(*) FROM events WHERE {EVENT_HOLDS_PLAINTEXT_KEY})"
@@ -94,11 +95,7 @@ const EVENT_HOLDS_PLAINTEXT_KEY: &str =
 
 /// Seals up to `batch` plaintext key values in place (same row, same id) and clears the
 /// plaintext; returns how many. Rows other transactions hold are left for the next batch.
-pub async fn seal_plaintext_keys(
-    pool: &PgPool,
-    vault: &Vault,
-    batch: i64,
-) -> Result<u64, sqlx::Error> {
+pub async fn seal_plaintext_keys(pool: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, String)> = sqlx::query_as(
         "SELECT id, value FROM keys WHERE value IS NOT NULL ORDER BY id LIMIT $1 \
@@ -119,7 +116,7 @@ pub async fn seal_plaintext_keys(
 
 /// Sets `keys.tail` on up to `batch` keys stored before keyrelay kept it (opening each);
 /// returns how many.
-pub async fn fill_key_tails(pool: &PgPool, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
+pub async fn fill_key_tails(pool: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT id, value_sealed FROM keys WHERE tail IS NULL AND value_sealed IS NOT NULL \
@@ -185,7 +182,7 @@ async fn rewrite_keys(
 /// transactions hold are left for the next batch, and a row fulfilled meanwhile is simply
 /// resealed: only the sealed columns change.
 pub async fn reseal_keys(
-    pool: &PgPool,
+    pool: &Db,
     vault: &Vault,
     after_id: i64,
     batch: i64,
@@ -219,7 +216,7 @@ pub async fn reseal_keys(
 }
 
 /// Keys sealed under another key than the vault's first.
-pub async fn count_to_reseal(pool: &PgPool, vault: &Vault) -> Result<(i64, i64), sqlx::Error> {
+pub async fn count_to_reseal(pool: &Db, vault: &Vault) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
         "SELECT (SELECT count(*) FROM keys WHERE sealed_with <> $1), \
                 (SELECT count(*) FROM events WHERE key_sealed_with <> $1)",

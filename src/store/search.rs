@@ -5,9 +5,9 @@
 
 use std::fmt::Write;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 
@@ -246,7 +246,7 @@ fn bind_all<'q, O>(
 
 /// A page of jobs matching `filter`, newest first, starting after `after`.
 pub async fn find_jobs(
-    pool: &PgPool,
+    pool: &Db,
     filter: &JobFilter,
     after: Option<&Cursor>,
     limit: i64,
@@ -276,7 +276,7 @@ pub async fn find_jobs(
 
 /// How many jobs match `filter` and are in one of `states` (all states when empty).
 pub async fn count_jobs(
-    pool: &PgPool,
+    pool: &Db,
     filter: &JobFilter,
     states: &[JobState],
 ) -> Result<i64, sqlx::Error> {
@@ -288,7 +288,7 @@ pub async fn count_jobs(
 
 /// Up to `limit` grants matching `filter` in one of `states`, oldest first.
 pub async fn matching_grants(
-    pool: &PgPool,
+    pool: &Db,
     filter: &JobFilter,
     states: &[JobState],
     limit: i64,

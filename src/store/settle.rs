@@ -1,11 +1,12 @@
 //! Settling: worker outcomes recorded under the lease (fencing), lifecycle events applied to a
 //! job, and `change_keys`, the one statement that moves keys between states.
 
+use crate::db::Db;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState};
 
@@ -138,10 +139,7 @@ pub(super) async fn insert_attempts(
 /// Records many outcomes in one transaction. An outcome whose lease token no longer matches
 /// (the lease expired and another worker took the job) changes nothing but its attempt record.
 /// Returns the grant ids whose outcome was applied.
-pub async fn complete_batch(
-    pool: &PgPool,
-    batch: &[Completion],
-) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn complete_batch(pool: &Db, batch: &[Completion]) -> Result<Vec<GrantId>, sqlx::Error> {
     // One lock order for every batch, so two completers cannot deadlock.
     let mut batch: Vec<&Completion> = batch.iter().collect();
     batch.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));

@@ -2,8 +2,9 @@
 //! available keys are counted in one place (`AVAILABLE_IN_POOL`), on the partial index
 //! `keys_available`.
 
+use crate::db::Db;
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::domain::JobState;
 use crate::sources::Source;
@@ -61,7 +62,7 @@ impl PoolStock {
 }
 
 /// Every pool with its keys counted by state, by name.
-pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
+pub async fn list_pools(pool: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
         SELECT pools.name, pools.entitlement_id, pools.source,
@@ -90,7 +91,7 @@ pub async fn list_pools(pool: &PgPool) -> Result<Vec<PoolStock>, sqlx::Error> {
 }
 
 /// Every pool's name, in order.
-pub async fn pool_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+pub async fn pool_names(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT name FROM pools ORDER BY name")
         .fetch_all(pool)
         .await
@@ -106,7 +107,7 @@ pub struct Stock {
 
 /// Available keys and the low-stock threshold of every `list` pool, by pool name (cheap: read
 /// at every metrics scrape).
-pub async fn stock_per_pool(pool: &PgPool) -> Result<Vec<Stock>, sqlx::Error> {
+pub async fn stock_per_pool(pool: &Db) -> Result<Vec<Stock>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT pools.name AS pool, {AVAILABLE_IN_POOL} AS available, pools.low_stock AS low_stock_threshold \
          FROM pools WHERE pools.source = 'list' ORDER BY pools.name"
@@ -126,7 +127,7 @@ pub struct LowStock {
 /// Flags the pools of `entitlements` that are below their threshold and not yet flagged, and
 /// returns them: each restock alerts once.
 pub async fn flag_low_stock(
-    pool: &PgPool,
+    pool: &Db,
     entitlements: &[String],
 ) -> Result<Vec<LowStock>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -166,7 +167,7 @@ pub async fn rearm_low_stock_alert(
 }
 
 /// Job counts by state (every state present, zero when empty).
-pub async fn count_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+pub async fn count_jobs_by_state(pool: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
     let rows: Vec<(JobState, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
             .fetch_all(pool)
@@ -179,7 +180,7 @@ pub async fn count_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, 
 
 /// Jobs in the states that need work or a human (queued, running, retrying, waiting for keys,
 /// failed), each counted on its partial index: fast however much history there is.
-pub async fn count_open_jobs_by_state(pool: &PgPool) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+pub async fn count_open_jobs_by_state(pool: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
     sqlx::query_as(OPEN_JOBS_BY_STATE).fetch_all(pool).await
 }
 
@@ -191,14 +192,14 @@ pub(crate) const OPEN_JOBS_BY_STATE: &str = "SELECT state, count(*) AS n FROM jo
      UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'";
 
 /// Jobs still to be settled (queued, running or retrying).
-pub async fn count_unsettled_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count_unsettled_jobs(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
         .fetch_one(pool)
         .await
 }
 
 /// Seconds since the oldest queued job was created (0 when none waits).
-pub async fn oldest_queued_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
+pub async fn oldest_queued_age_secs(pool: &Db) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
          FROM jobs WHERE state = 'queued'",
@@ -210,7 +211,7 @@ pub async fn oldest_queued_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
 /// Seconds since the oldest grant that still has no key was paid for: every job that is not
 /// delivered, failed or cancelled. Each half is read on its own partial index (`jobs_due`,
 /// `jobs_waiting`), so finished history does not slow it down.
-pub async fn oldest_unfinished_age_secs(pool: &PgPool) -> Result<f64, sqlx::Error> {
+pub async fn oldest_unfinished_age_secs(pool: &Db) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - least( \
              (SELECT min(created_at) FROM jobs WHERE state IN ('queued', 'retrying', 'running')), \
@@ -221,7 +222,7 @@ pub async fn oldest_unfinished_age_secs(pool: &PgPool) -> Result<f64, sqlx::Erro
 }
 
 /// Dead tuples of keyrelay's tables, by table name.
-pub async fn dead_tuples(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn dead_tuples(pool: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
          WHERE relname IN ('events', 'jobs', 'attempts', 'keys', 'pools', 'audit_log') ORDER BY relname",

@@ -8,6 +8,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use keyrelay::configuration::{RateLimitTier, Settings};
+use keyrelay::db::Db;
 use keyrelay::domain::{GrantId, JobState, KeyState, LicenseKey};
 use keyrelay::fulfillment::WorkerContext;
 use keyrelay::harness::LocalStack;
@@ -15,7 +16,6 @@ use keyrelay::pool::{NewPool, add_pool, import_keys, keyfile::ParsedKeys};
 use keyrelay::sandbox::{Sandbox, SignedWebhook};
 use keyrelay::startup::{Role, dodo_client};
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 
 pub const ENT: &str = "ent_pro_license_manual";
 
@@ -98,7 +98,7 @@ fn sweep_old_databases(settings: &Settings) {
 
 pub struct TestApp {
     pub stack: LocalStack,
-    pub pool: PgPool,
+    pub pool: Db,
     pub sandbox: Sandbox,
     pub url: String,
     pub http: reqwest::Client,
@@ -116,9 +116,17 @@ impl TestApp {
     }
 
     pub async fn spawn_with(role: Role, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::spawn_on(base_settings(), role, tweak).await
+    }
+
+    /// keyrelay on a new database of the server `settings` names (after `tweak`).
+    pub async fn spawn_on(
+        mut settings: Settings,
+        role: Role,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         capture_logs();
-        let mut settings = base_settings();
-        sweep_old_databases(&settings);
+        sweep_old_databases(&base_settings());
         keyrelay::db::create_scratch_database(&mut settings, "keyrelay_test")
             .await
             .expect("create test database")
@@ -298,6 +306,37 @@ impl TestApp {
         ]
     }
 
+    /// The environment a `keyrelay serve --role worker` process needs to work on this app's
+    /// database (through the same pooler, if any) against its sandbox, polling every
+    /// `poll_ms` and reconciling every second.
+    pub fn worker_env(&self, poll_ms: u64) -> Vec<(&'static str, String)> {
+        let settings = self.settings();
+        let mut env = self.cli_env();
+        match &settings.database.direct_url {
+            Some(url) => env.push(("DATABASE_DIRECT_URL", url.expose_secret().to_string())),
+            None if self.pool.is_pooled() => {
+                env.push(("KEYRELAY_DATABASE__POOLER", "transaction".into()))
+            }
+            None => {}
+        }
+        let api_key = settings.dodo.api_key.as_ref().unwrap().expose_secret();
+        env.extend([
+            ("DODO_PAYMENTS_API_KEY", api_key.to_string()),
+            (
+                "DODO_PAYMENTS_BASE_URL",
+                settings.dodo.base_url.clone().unwrap(),
+            ),
+            ("KEYRELAY_DODO__RATE_LIMIT", "off".into()),
+            ("KEYRELAY_DATABASE__MIGRATE_ON_START", "false".into()),
+            ("KEYRELAY_WORKER__POLL_INTERVAL_MS", poll_ms.to_string()),
+            ("KEYRELAY_WORKER__BACKOFF_BASE_MS", "10".into()),
+            ("KEYRELAY_WORKER__BACKOFF_MAX_MS", "50".into()),
+            ("KEYRELAY_RECONCILER__INTERVAL_SECS", "1".into()),
+            ("RUST_LOG", "keyrelay=info".into()),
+        ]);
+        env
+    }
+
     /// The key values of the rows `condition` selects (SQL on `keys`), opened, by id.
     pub async fn key_values(&self, condition: &str) -> Vec<String> {
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!(
@@ -406,4 +445,31 @@ pub async fn keyrelay_async(envs: &[(&str, &str)], args: &[&str]) -> std::proces
         .await
         .unwrap_or_else(|_| panic!("keyrelay {args:?} did not finish within 60 s"))
         .expect("run keyrelay")
+}
+
+/// Starts `keyrelay serve --role worker` with only `env`; what it writes to stderr goes to
+/// `log`. Killed when dropped.
+pub fn spawn_worker(
+    env: &[(&'static str, String)],
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::from(keyrelay_command(
+        &as_env(env),
+        &["serve", "--role", "worker"],
+    ))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start keyrelay serve --role worker");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    child
 }

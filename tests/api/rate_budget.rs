@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use keyrelay::configuration::RateLimitTier;
+use keyrelay::db::Db;
 use keyrelay::dodo::{RateBudget, RateLimits, take_turn_at};
 use keyrelay::domain::JobState;
 use keyrelay::fulfillment::run_batch;
-use sqlx::PgPool;
 
 use crate::helpers::{ENT, TestApp, keyrelay_command, wait_until};
 
@@ -36,7 +36,7 @@ fn assert_inside(limits: RateLimits, times: &mut [DateTime<Utc>]) {
 /// `count` turns taken by `tasks` concurrent callers on their own connections, all asking at
 /// `asked_at`.
 async fn concurrent_turns(
-    pool: &PgPool,
+    pool: &Db,
     limits: RateLimits,
     tasks: usize,
     count: usize,

@@ -16,7 +16,7 @@ const API_TOKEN: &str = "bench-shop-token-0123456789abcdefghijk";
 
 /// Fills the tables with `n` finished jobs over the last 7 days: one in 1,000 failed, one in
 /// 5,000 cancelled, the rest delivered with a key, one attempt and one event each.
-async fn seed(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
+async fn seed(pool: &crate::db::Db, n: i64) -> anyhow::Result<()> {
     let statements = [
         // Keys: sealed and hashed stand-ins (never opened), with a searchable tail.
         "INSERT INTO keys (pool_id, value_sealed, value_hash, sealed_with, state, grant_id, batch_id, tail) \

@@ -141,9 +141,19 @@ impl ServeChild {
             .as_ref()
             .map(|k| k.expose_secret().to_string())
             .unwrap_or_default();
-        let child = tokio::process::Command::new(std::env::current_exe()?)
+        let database = &settings.database;
+        let pooler = match database.pooler {
+            crate::configuration::Pooler::None => "none",
+            crate::configuration::Pooler::Transaction => "transaction",
+        };
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        if let Some(direct) = &database.direct_url {
+            command.env("DATABASE_DIRECT_URL", direct.expose_secret());
+        }
+        let child = command
             .args(["serve", "--role", role])
-            .env("DATABASE_URL", settings.database.url.expose_secret())
+            .env("DATABASE_URL", database.url.expose_secret())
+            .env("KEYRELAY_DATABASE__POOLER", pooler)
             .env("KEYRELAY_ENCRYPTION_KEY", encryption)
             .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
             .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
@@ -218,7 +228,7 @@ where
 
 /// Imports `count` generated keys into the bench pool.
 async fn import_generated_keys(
-    pool: &sqlx::PgPool,
+    pool: &crate::db::Db,
     vault: &crate::crypto::Vault,
     prefix: &str,
     count: usize,
@@ -236,7 +246,7 @@ async fn import_generated_keys(
 
 /// Sells `jobs` grants in the sandbox and queues a job for each, with a key for each in the pool.
 async fn queue_backlog(
-    pool: &sqlx::PgPool,
+    pool: &crate::db::Db,
     vault: &crate::crypto::Vault,
     sandbox: &crate::sandbox::Sandbox,
     jobs: usize,
