@@ -299,3 +299,41 @@ fn metrics_bind_must_differ_from_the_webhook_address() {
     let s = Settings::load_from(None, &env(&[("KEYRELAY_HTTP__METRICS_BIND", " ")])).unwrap();
     assert_eq!(s.http.metrics_bind, None, "blank is unset");
 }
+
+#[test]
+fn a_direct_url_makes_the_database_url_a_transaction_pooler() {
+    let plain = Settings::load_from(None, &env(&[])).unwrap();
+    assert!(!plain.database.pooled());
+    let paired = Settings::load_from(
+        None,
+        &env(&[
+            ("DATABASE_URL", "postgres://u:p@pooler.example:6543/shop"),
+            ("DATABASE_DIRECT_URL", "postgres://u:p@db.example:5432/shop"),
+        ]),
+    )
+    .unwrap();
+    assert!(paired.database.pooled());
+    let pooler_only =
+        Settings::load_from(None, &env(&[("KEYRELAY_DATABASE__POOLER", "transaction")])).unwrap();
+    assert!(pooler_only.database.pooled() && pooler_only.database.direct_url.is_none());
+    let blank = Settings::load_from(None, &env(&[("DATABASE_DIRECT_URL", " ")])).unwrap();
+    assert!(!blank.database.pooled());
+    for (name, value, expected) in [
+        ("KEYRELAY_DATABASE__POOLER", "transactoin", "pooler"),
+        (
+            "DATABASE_DIRECT_URL",
+            "postgres://u@h:6x/db",
+            "database.direct_url",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://u@h1,,h3/db",
+            "host 2 of database.url",
+        ),
+    ] {
+        let err = Settings::load_from(None, &env(&[(name, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{name}={value}: {err}");
+    }
+}

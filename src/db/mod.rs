@@ -339,3 +339,58 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 pub fn is_read_only(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_error(code: &str) -> sqlx::Error {
+        #[derive(Debug)]
+        struct Coded(String);
+        impl std::fmt::Display for Coded {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error {}", self.0)
+            }
+        }
+        impl std::error::Error for Coded {}
+        impl sqlx::error::DatabaseError for Coded {
+            fn message(&self) -> &str {
+                "database error"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(self.0.as_str().into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        sqlx::Error::Database(Box::new(Coded(code.into())))
+    }
+
+    #[test]
+    fn an_outage_or_a_failover_is_transient_and_a_mistake_is_not() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "25006", "40001", "40P01",
+        ] {
+            assert!(is_transient(&database_error(code)), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionReset.into()
+        )));
+        for code in ["23505", "42P01", "22P02", "28P01"] {
+            assert!(!is_transient(&database_error(code)), "{code}");
+        }
+        assert!(is_read_only(&database_error("25006")));
+        assert!(!is_read_only(&database_error("57P01")));
+    }
+}
