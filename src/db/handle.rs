@@ -103,6 +103,16 @@ impl Db {
         begun.inspect_err(|e| self.observe(e))
     }
 
+    /// Runs `sql` as one simple query outside any transaction (for `VACUUM`, which cannot run
+    /// inside one). Safe on a pooler: a simple query is a single message, prepared nowhere.
+    pub async fn execute_outside_transaction(&self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .inspect_err(|e| self.observe(e))
+    }
+
     /// Closes every connection (the session pool's too).
     pub async fn close(&self) {
         self.pool.close().await;

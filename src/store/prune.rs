@@ -54,8 +54,7 @@ pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Err
 /// Vacuums and analyzes the queue's tables, so a measurement starts from fresh statistics.
 pub async fn vacuum_analyze(pool: &Db) -> Result<(), sqlx::Error> {
     for table in ["jobs", "keys"] {
-        sqlx::query(&format!("VACUUM ANALYZE {table}"))
-            .execute(pool)
+        pool.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
     Ok(())

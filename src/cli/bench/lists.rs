@@ -52,8 +52,7 @@ async fn seed(pool: &crate::db::Db, n: i64) -> anyhow::Result<()> {
     }
     crate::store::prune::vacuum_analyze(pool).await?;
     for table in ["attempts", "events"] {
-        sqlx::query(&format!("VACUUM ANALYZE {table}"))
-            .execute(pool)
+        pool.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
     Ok(())
