@@ -197,8 +197,9 @@ pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<(
     let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
     match sqlx::raw_sql(&sql).execute(&mut admin).await {
         Ok(_) => tracing::info!(database = %name, "created database"),
-        // Another process created it first.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+        // Another process created it first (`23505` when both got past the check at once).
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot create database {name}")),
     }
     let _ = admin.close().await;

@@ -361,3 +361,48 @@ async fn sample_server_connections(port: u16, database: String, into: Arc<Mutex<
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn two_migrations_at_once_through_pgbouncer_alone_create_and_migrate_the_database_once() {
+    let Some(bouncer) = PgBouncer::start(2).await else {
+        return;
+    };
+    let name = format!(
+        "keyrelay_test_{}_{:06x}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        rand::random::<u32>() & 0xff_ffff
+    );
+    let url = bouncer.url(&name);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("KEYRELAY_DATABASE__POOLER", "transaction"),
+    ];
+    let (first, second) = tokio::join!(
+        keyrelay_async(&env, &["migrate"]),
+        keyrelay_async(&env, &["migrate"])
+    );
+    for out in [&first, &second] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut settings = base_settings();
+    settings.database.url = url.into();
+    settings.database.pooler = Pooler::Transaction;
+    let db = keyrelay::db::connect(&settings).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, keyrelay::db::MIGRATOR.iter().count());
+    // No session lock was left behind on a server connection.
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+    db.close().await;
+    keyrelay::db::drop_database(&settings).await.unwrap();
+}
