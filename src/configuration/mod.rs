@@ -108,13 +108,26 @@ pub struct DatabaseSettings {
 }
 
 /// What sits in front of Postgres at `database.url`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooler {
     /// Nothing, or a pooler in session mode: every session feature works.
     None,
     /// A pooler in transaction mode (PgBouncer, Supavisor, Neon's pooled host, RDS Proxy).
     Transaction,
+}
+
+impl<'de> Deserialize<'de> for Pooler {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(Pooler::None),
+            "transaction" => Ok(Pooler::Transaction),
+            other => Err(serde::de::Error::custom(format!(
+                "database.pooler must be `none` (Postgres itself, or a pooler in session mode) or `transaction` (a transaction pooler without database.direct_url), not `{}`",
+                other.escape_debug()
+            ))),
+        }
+    }
 }
 
 impl DatabaseSettings {
