@@ -116,12 +116,23 @@ pub enum Pooler {
     Transaction,
 }
 
+impl Pooler {
+    /// The setting's value, as `database.pooler` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooler::None => "none",
+            Pooler::Transaction => "transaction",
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Pooler {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         match raw.trim().to_ascii_lowercase().as_str() {
-            "none" | "" => Ok(Pooler::None),
-            "transaction" => Ok(Pooler::Transaction),
+            "" => Ok(Pooler::None),
+            value if value == Pooler::None.as_str() => Ok(Pooler::None),
+            value if value == Pooler::Transaction.as_str() => Ok(Pooler::Transaction),
             other => Err(serde::de::Error::custom(format!(
                 "database.pooler must be `none` (Postgres itself, or a pooler in session mode) or `transaction` (a transaction pooler without database.direct_url), not `{}`",
                 other.escape_debug()

@@ -57,17 +57,14 @@ impl std::fmt::Debug for Db {
 /// How a pool's connections are to be made.
 pub struct PoolSpec<'a> {
     pub url: &'a DatabaseUrl,
-    /// `url` is a transaction pooler.
-    pub pooled: bool,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub application_name: &'a str,
 }
 
 impl Db {
-    /// A pool that connects on first use.
-    pub fn open(spec: PoolSpec<'_>) -> Db {
-        let pooled = spec.pooled;
+    /// A pool that connects on first use; `pooled`: `spec.url` is a transaction pooler.
+    pub fn open(spec: PoolSpec<'_>, pooled: bool) -> Db {
         let (pool, health) = open_pool(spec);
         Db {
             session: (!pooled).then(|| pool.clone()),
@@ -146,12 +143,7 @@ impl Db {
 
     /// Makes new connections go to host `index` of the URL (one found to accept writes).
     pub fn prefer_host(&self, index: usize) {
-        if index < self.health.hosts.len()
-            && self.health.current.swap(index, Ordering::Relaxed) != index
-        {
-            self.pool
-                .set_connect_options(self.health.hosts[index].clone());
-        }
+        self.health.use_host(&self.pool, index);
     }
 
     /// The host the pool connects to now, `host:port`.
@@ -252,6 +244,16 @@ impl Health {
         Ok(())
     }
 
+    /// Makes `pool`'s new connections go to host `index`; whether that is a change.
+    fn use_host(&self, pool: &PgPool, index: usize) -> bool {
+        let changed =
+            index < self.hosts.len() && self.current.swap(index, Ordering::Relaxed) != index;
+        if changed {
+            pool.set_connect_options(self.hosts[index].clone());
+        }
+        changed
+    }
+
     fn current_host(&self) -> String {
         let host = &self.hosts[self
             .current
@@ -309,8 +311,7 @@ async fn choose_hosts(pool: PgPool, health: Arc<Health>) {
         for round in 1.. {
             match first_writable(&health.hosts).await {
                 Ok(chosen) => {
-                    if health.current.swap(chosen, Ordering::Relaxed) != chosen {
-                        pool.set_connect_options(health.hosts[chosen].clone());
+                    if health.use_host(&pool, chosen) {
                         tracing::warn!(host = %health.current_host(), "database: new connections go to another host, the first in the URL that accepts writes");
                     }
                     break;

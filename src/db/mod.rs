@@ -62,6 +62,16 @@ fn admin_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
     Ok(url.hosts[0].clone().application_name("keyrelay"))
 }
 
+/// `admin_options`, and the name of the database it names.
+fn admin_database(settings: &Settings) -> anyhow::Result<(PgConnectOptions, String)> {
+    let options = admin_options(settings)?;
+    let name = options
+        .get_database()
+        .context("database.url names no database")?
+        .to_string();
+    Ok((options, name))
+}
+
 /// What runs, and why, in one line for the start log.
 pub fn mode_description(settings: &Settings) -> String {
     let poll = settings.worker.poll_interval_ms;
@@ -76,18 +86,19 @@ pub fn mode_description(settings: &Settings) -> String {
 /// database is down.
 pub fn lazy_pool(settings: &Settings) -> anyhow::Result<Db> {
     let database = &settings.database;
-    let db = Db::open(PoolSpec {
-        url: &database.target()?,
-        pooled: database.pooled(),
-        max_connections: database.max_connections,
-        acquire_timeout: ACQUIRE_TIMEOUT,
-        application_name: "keyrelay",
-    });
+    let db = Db::open(
+        PoolSpec {
+            url: &database.target()?,
+            max_connections: database.max_connections,
+            acquire_timeout: ACQUIRE_TIMEOUT,
+            application_name: "keyrelay",
+        },
+        database.pooled(),
+    );
     Ok(match database.direct_target()? {
         Some(direct) => {
             let (session, _) = handle::open_pool(PoolSpec {
                 url: &direct,
-                pooled: false,
                 max_connections: DIRECT_CONNECTIONS,
                 acquire_timeout: ACQUIRE_TIMEOUT,
                 application_name: "keyrelay-direct",
@@ -101,29 +112,28 @@ pub fn lazy_pool(settings: &Settings) -> anyhow::Result<Db> {
 /// Connects now, failing with a message that says where, what happened and what to do.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
     let target = settings.database.target()?;
-    let first = handle::first_writable(&target.hosts).await;
-    if let Err(why) = first {
-        let options = &target.hosts[0];
-        let one = target.hosts.len() == 1;
-        anyhow::bail!(match one {
-            true => match connect_once(options).await {
-                Err(e) => explain(&e, options),
-                Ok(_) => format!(
-                    "cannot use the database at {}: {}",
-                    target.shown,
+    let first = match handle::first_writable(&target.hosts).await {
+        Ok(first) => first,
+        Err(why) => {
+            let options = &target.hosts[0];
+            anyhow::bail!(match target.hosts.len() == 1 {
+                true => match connect_once(options).await {
+                    Err(e) => explain(&e, options),
+                    Ok(_) => format!(
+                        "cannot use the database at {}: {}",
+                        target.shown,
+                        why.join("; ")
+                    ),
+                },
+                false => format!(
+                    "no host of database.url accepts writes: {}; check DATABASE_URL's hosts",
                     why.join("; ")
                 ),
-            },
-            false => format!(
-                "no host of database.url accepts writes: {}; check DATABASE_URL's hosts",
-                why.join("; ")
-            ),
-        });
-    }
+            });
+        }
+    };
     let db = lazy_pool(settings)?;
-    if let Ok(first) = first {
-        db.prefer_host(first);
-    }
+    db.prefer_host(first);
     Ok(db)
 }
 
@@ -156,11 +166,7 @@ pub fn explain(e: &sqlx::Error, options: &PgConnectOptions) -> String {
 
 /// Creates the database named in the URL if it does not exist.
 pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<()> {
-    let options = admin_options(settings)?;
-    let name = options
-        .get_database()
-        .context("database.url names no database")?
-        .to_string();
+    let (options, name) = admin_database(settings)?;
     // The server's `postgres` database is asked first, so a missing database is never
     // connected to: PgBouncer refuses a database for a while after a login to it failed.
     let mut admin = match connect_once(&options.clone().database("postgres")).await {
@@ -254,11 +260,7 @@ pub async fn create_scratch_database(settings: &mut Settings, prefix: &str) -> a
 
 /// Drops the database `settings` points at (closing other sessions first).
 pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
-    let options = admin_options(settings)?;
-    let name = options
-        .get_database()
-        .context("database.url names no database")?
-        .to_string();
+    let (options, name) = admin_database(settings)?;
     let mut admin = connect_once(&options.database("postgres")).await?;
     sqlx::raw_sql(&format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -268,14 +270,6 @@ pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
     .await?;
     let _ = admin.close().await;
     Ok(())
-}
-
-/// Whether the database answers a trivial query.
-pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
-    sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(db)
-        .await
-        .map(drop)
 }
 
 /// Waits until a server of `database.url` answers and accepts writes, retrying with backoff

@@ -314,9 +314,10 @@ impl TestApp {
         let mut env = self.cli_env();
         match &settings.database.direct_url {
             Some(url) => env.push(("DATABASE_DIRECT_URL", url.expose_secret().to_string())),
-            None if self.pool.is_pooled() => {
-                env.push(("KEYRELAY_DATABASE__POOLER", "transaction".into()))
-            }
+            None if self.pool.is_pooled() => env.push((
+                "KEYRELAY_DATABASE__POOLER",
+                settings.database.pooler.as_str().into(),
+            )),
             None => {}
         }
         let api_key = settings.dodo.api_key.as_ref().unwrap().expose_secret();

@@ -142,10 +142,6 @@ impl ServeChild {
             .map(|k| k.expose_secret().to_string())
             .unwrap_or_default();
         let database = &settings.database;
-        let pooler = match database.pooler {
-            crate::configuration::Pooler::None => "none",
-            crate::configuration::Pooler::Transaction => "transaction",
-        };
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
         if let Some(direct) = &database.direct_url {
             command.env("DATABASE_DIRECT_URL", direct.expose_secret());
@@ -153,7 +149,7 @@ impl ServeChild {
         let child = command
             .args(["serve", "--role", role])
             .env("DATABASE_URL", database.url.expose_secret())
-            .env("KEYRELAY_DATABASE__POOLER", pooler)
+            .env("KEYRELAY_DATABASE__POOLER", database.pooler.as_str())
             .env("KEYRELAY_ENCRYPTION_KEY", encryption)
             .env("KEYRELAY_HTTP__BIND", format!("127.0.0.1:{port}"))
             .env("KEYRELAY_DATABASE__MIGRATE_ON_START", "false")
