@@ -16,6 +16,8 @@ pub struct DatabaseUrl {
 }
 
 const DEFAULT_PORT: u16 = 5432;
+/// The longest host name DNS allows.
+const MAX_HOST_LEN: usize = 253;
 
 impl DatabaseUrl {
     /// The same hosts, connected to as a transaction pooler needs: no statement cache (a
@@ -35,6 +37,13 @@ impl DatabaseUrl {
 /// Parses `raw`; an error names `setting` and the part that is wrong.
 pub fn parse(raw: &str, setting: &str) -> Result<DatabaseUrl, String> {
     let raw = raw.trim();
+    // Said by position, not shown: a terminal would act on an escape.
+    if let Some(at) = raw.chars().position(crate::domain::unsafe_in_id) {
+        return Err(format!(
+            "{setting} holds a control or invisible character (character {}); retype it",
+            at + 1
+        ));
+    }
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| format!("{setting} is not a URL: it should look like postgres://user:password@host:5432/database"))?;
@@ -148,6 +157,12 @@ fn split_host(spec: &str, n: usize, setting: &str) -> Result<(String, u16), Stri
             "host {n} of {setting} is empty; list hosts as host1:5432,host2:5432"
         ));
     }
+    if host.len() > MAX_HOST_LEN {
+        return Err(format!(
+            "host {n} of {setting} is {} characters long; a host name has at most {MAX_HOST_LEN}",
+            host.len()
+        ));
+    }
     let port = match port {
         None | Some("") => DEFAULT_PORT,
         Some(port) => port.parse().map_err(|_| {
@@ -251,6 +266,14 @@ mod tests {
             ("postgres://u@h1,h2:99999/db", "port of host 2 (h2)"),
             ("postgres://u@[::1:5432/db", "opens a ["),
             (
+                "postgres://u@h1,\u{1b}[31mh2/db",
+                "control or invisible character (character 17)",
+            ),
+            (
+                "postgres://u@h1/db?target_session_attrs=\u{202e}rw",
+                "control or invisible",
+            ),
+            (
                 "postgres://u@h1,h2/db?target_session_attrs=standby",
                 "target_session_attrs=standby",
             ),
@@ -258,7 +281,14 @@ mod tests {
         for (raw, expected) in cases {
             let e = parse(raw, "database.url").unwrap_err();
             assert!(e.contains(expected), "{raw}: {e}");
+            assert!(!e.chars().any(crate::domain::unsafe_in_id), "{e:?}");
         }
+        let long = format!("postgres://u@h1,{}:5432/db", "a".repeat(5_000));
+        let e = parse(&long, "database.url").unwrap_err();
+        assert!(
+            e.contains("host 2 of database.url is 5000 characters long"),
+            "{e}"
+        );
     }
 
     #[test]
