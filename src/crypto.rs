@@ -6,6 +6,9 @@
 //! the first seals, the others still open what they sealed until `keys rotate` reseals it.
 //!
 //! Sealed form: `1` (format) ‖ key id (4 bytes) ‖ nonce (24 bytes) ‖ ciphertext with tag.
+//!
+//! Also the one parser of Standard Webhooks secrets (`whsec_` + base64): Dodo's webhook
+//! secret, and the secrets keyrelay signs its requests to key sources with.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -215,6 +218,34 @@ impl VaultKey {
         mac.update(value.as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+}
+
+/// Splits `webhook.secret` into the keys it holds (space-separated, for rotation), checking
+/// each is non-empty base64 after an optional `whsec_` prefix.
+pub fn parse_webhook_secrets(raw: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let secrets: Vec<&str> = raw.split_whitespace().collect();
+    if secrets.is_empty() {
+        anyhow::bail!(
+            "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is empty; copy the whsec_... secret from Dodo's webhook settings"
+        );
+    }
+    secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let body = s.strip_prefix("whsec_").unwrap_or(s);
+            let key = STANDARD
+                .decode(body)
+                .ok()
+                .filter(|k| !k.is_empty());
+            key.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY): secret #{} is not whsec_ followed by base64",
+                    i + 1
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod fulfillment;
 pub mod guard;
 pub mod harness;
 pub mod intake;
+pub mod jobs;
 pub mod lifecycle;
 pub mod ops;
 pub mod outbound;

@@ -17,7 +17,6 @@ use crate::dodo::{DodoClient, RateBudget};
 use crate::fulfillment::{Worker, WorkerContext};
 use crate::intake::{self, IntakeState, signature::WebhookVerifier};
 use crate::signal::JobSignal;
-use crate::sources::endpoint::Endpoints;
 
 /// The periodic reconcile-and-prune pass of worker roles.
 struct Maintenance {
@@ -126,7 +125,7 @@ impl Application {
             }
             None => (None, None),
         };
-        let keys = settings.keys.key_maker_with(Some(vault))?;
+        let sources = settings.sources()?;
         let maintenance = dodo
             .as_ref()
             .filter(|_| settings.reconciler.interval_secs > 0)
@@ -138,8 +137,8 @@ impl Application {
         let worker = dodo.map(|dodo| {
             let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker)
                 .with_alert_webhook(settings.alerts.webhook_url.clone())
-                .with_key_maker(keys.clone())
-                .with_endpoints(Endpoints::new(settings.key_sources.clone()));
+                .with_sources(sources.clone())
+                .with_vault(Some(Arc::clone(&vault)));
             Worker::new(ctx, &settings.worker, signal.clone())
         });
         let rate_budget = match role.worker() {
@@ -165,7 +164,7 @@ impl Application {
             "keyrelay starting"
         );
         tracing::info!(
-            mode = %crate::db::mode_description(settings),
+            mode = %settings.database_mode(),
             "database connection"
         );
         Ok(Application {

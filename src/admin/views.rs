@@ -152,7 +152,7 @@ async fn needs_attention(
     };
     let (problems, orphans) = futures_util::try_join!(
         read::count_events_with_problem(&state.pool),
-        crate::store::endpoint::count_grants_with_orphan_keys(&state.pool),
+        crate::store::asking::count_grants_with_orphan_keys(&state.pool),
     )?;
     Ok(in_state(JobState::Failed) + in_state(JobState::WaitingForKeys) + problems + orphans)
 }
@@ -395,8 +395,8 @@ pub async fn attention(
         read::count_events_with_problem(pool),
     )?;
     let (orphan_ids, orphans_total) = futures_util::try_join!(
-        crate::store::endpoint::grants_with_orphan_keys(pool, 100),
-        crate::store::endpoint::count_grants_with_orphan_keys(pool),
+        crate::store::asking::grants_with_orphan_keys(pool, 100),
+        crate::store::asking::count_grants_with_orphan_keys(pool),
     )?;
     let mut orphans = Vec::new();
     for grant_id in orphan_ids {

@@ -44,7 +44,7 @@ pub async fn run(mut settings: Settings, options: DemoOptions) -> anyhow::Result
         "keyrelay demo: {} grants, sandbox Dodo with injected faults\n",
         options.grants
     );
-    crate::db::create_scratch_database(&mut settings, "keyrelay_demo").await?;
+    crate::db::create_scratch_database(&mut settings.database, "keyrelay_demo").await?;
     println!(
         "  database   {} (throwaway)",
         settings.database_url_redacted()

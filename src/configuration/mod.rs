@@ -4,12 +4,26 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, bail};
-use base64::Engine;
-use secrecy::{ExposeSecret, SecretString};
+use anyhow::bail;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
+
+pub use crate::crypto::parse_webhook_secrets;
+pub use crate::db::{DatabaseSettings, Pooler};
+use crate::sources::Sources;
+pub use crate::sources::{KeySourceSettings, how_to_add_key_source};
+pub use dodo::{DodoEnvironment, DodoSettings, RateLimitTier};
+pub use sections::{
+    AdminSettings, AlertSettings, ApiSettings, HttpSettings, KeySettings, LogFormat, LogSettings,
+    ReconcilerSettings, RetentionSettings, WebhookSettings, WorkerSettings,
+};
+
+mod dodo;
+mod sections;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 /// Conventional environment names and the setting each one sets.
 const CONVENTIONAL_ENV: &[(&str, &str)] = &[
@@ -76,271 +90,6 @@ pub struct Settings {
     pub log: LogSettings,
     pub reconciler: ReconcilerSettings,
     pub retention: RetentionSettings,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcilerSettings {
-    /// Seconds between reconciliations in `serve` (worker roles); 0 turns it off.
-    pub interval_secs: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionSettings {
-    /// Events and finished jobs older than this are pruned.
-    pub days: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Where keyrelay's statements go: the server, or a transaction pooler in front of it.
-    pub url: SecretString,
-    /// A direct connection to the same database, for what a transaction pooler cannot carry
-    /// (migrations, `LISTEN`, session locks). Setting it makes `url` a pooler.
-    #[serde(default)]
-    pub direct_url: Option<SecretString>,
-    /// `transaction`: `url` is a transaction pooler (implied by `direct_url`).
-    pub pooler: Pooler,
-    pub migrate_on_start: bool,
-    pub max_connections: u32,
-}
-
-/// What sits in front of Postgres at `database.url`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooler {
-    /// Nothing, or a pooler in session mode: every session feature works.
-    None,
-    /// A pooler in transaction mode (PgBouncer, Supavisor, Neon's pooled host, RDS Proxy).
-    Transaction,
-}
-
-impl Pooler {
-    /// The setting's value, as `database.pooler` takes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pooler::None => "none",
-            Pooler::Transaction => "transaction",
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Pooler {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "" => Ok(Pooler::None),
-            value if value == Pooler::None.as_str() => Ok(Pooler::None),
-            value if value == Pooler::Transaction.as_str() => Ok(Pooler::Transaction),
-            other => Err(serde::de::Error::custom(format!(
-                "database.pooler must be `none` (Postgres itself, or a pooler in session mode) or `transaction` (a transaction pooler without database.direct_url), not `{}`",
-                other.escape_debug()
-            ))),
-        }
-    }
-}
-
-impl DatabaseSettings {
-    /// Whether `url` is to be treated as a transaction pooler.
-    pub fn pooled(&self) -> bool {
-        self.pooler == Pooler::Transaction || self.direct_url.is_some()
-    }
-
-    /// `url`, parsed (hosts in order), with what a pooler refuses left out when it is one.
-    pub fn target(&self) -> anyhow::Result<crate::db::url::DatabaseUrl> {
-        let url = crate::db::url::parse(self.url.expose_secret(), "database.url (DATABASE_URL)")
-            .map_err(anyhow::Error::msg)?;
-        Ok(match self.pooled() {
-            true => url.for_transaction_pooler(),
-            false => url,
-        })
-    }
-
-    /// `direct_url`, parsed, if set.
-    pub fn direct_target(&self) -> anyhow::Result<Option<crate::db::url::DatabaseUrl>> {
-        self.direct_url
-            .as_ref()
-            .map(|url| {
-                crate::db::url::parse(
-                    url.expose_secret(),
-                    "database.direct_url (DATABASE_DIRECT_URL)",
-                )
-                .map_err(anyhow::Error::msg)
-            })
-            .transpose()
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
-    pub secret: Option<SecretString>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSettings {
-    pub bind: String,
-    /// A request body not received in full within this many seconds is answered 408.
-    pub body_timeout_secs: u64,
-    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client;
-    /// a list in TOML, space- or comma-separated in the environment. None by default.
-    #[serde(default, deserialize_with = "list_or_words")]
-    pub trusted_proxies: Vec<String>,
-    /// Serve `/metrics` on this address instead of `http.bind` (any role).
-    #[serde(default)]
-    pub metrics_bind: Option<String>,
-}
-
-impl HttpSettings {
-    /// The trusted proxies, parsed (checked at start).
-    pub fn trusted_proxies(&self) -> anyhow::Result<crate::guard::TrustedProxies> {
-        crate::guard::TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
-            .map_err(anyhow::Error::msg)
-    }
-}
-
-/// A list setting given as a TOML list, or as one string of space- or comma-separated words
-/// (as an environment variable can only be).
-fn list_or_words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Words(String),
-        List(Vec<String>),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::Words(words) => words
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|w| !w.is_empty())
-            .map(str::to_string)
-            .collect(),
-        Raw::List(list) => list,
-    })
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerSettings {
-    pub concurrency: u32,
-    pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
-    pub lease_secs: u64,
-    pub poll_interval_ms: u64,
-    pub shutdown_grace_secs: u64,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSettings {
-    pub token: Option<SecretString>,
-    /// The dashboard is served over plain http (a laptop, a private network): the session
-    /// cookie is then not marked `Secure`, or browsers would not send it back.
-    #[serde(default)]
-    pub insecure_http: bool,
-}
-
-/// The shop's read-only API (`/api/v1`), on only when a token is set.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSettings {
-    pub token: Option<SecretString>,
-}
-
-/// An endpoint of the merchant's or a vendor's that issues a key for a grant.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySourceSettings {
-    pub url: String,
-    /// `whsec_…`: keyrelay signs its requests with it (Standard Webhooks headers).
-    pub secret: SecretString,
-    /// JSON pointer to the key in the endpoint's answer.
-    #[serde(default = "default_key_pointer")]
-    pub key_pointer: String,
-    #[serde(default = "default_key_source_timeout")]
-    pub timeout_secs: u64,
-}
-
-/// How to configure the key source `name`, for messages about one that is missing.
-pub fn how_to_add_key_source(name: &str) -> String {
-    format!(
-        "add a [key_sources.{name}] section (url, secret) to keyrelay.toml, or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET to the environment",
-        name.to_uppercase()
-    )
-}
-
-fn default_key_pointer() -> String {
-    "/key".into()
-}
-
-fn default_key_source_timeout() -> u64 {
-    10
-}
-
-/// Key material for pools whose keys keyrelay makes.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySettings {
-    /// Base64 Ed25519 private key for `sign` pools (`keyrelay keys new-signing-key`).
-    pub signing_key: Option<SecretString>,
-    /// Space-separated base64 32-byte keys; the first seals key values, all open them.
-    pub encryption_keys: Option<SecretString>,
-}
-
-impl KeySettings {
-    /// The encryption keys; an error that says how to make one when none is configured.
-    pub fn vault(&self) -> anyhow::Result<crate::crypto::Vault> {
-        match &self.encryption_keys {
-            Some(keys) => crate::crypto::Vault::from_config(keys),
-            None => bail!(
-                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set: keyrelay stores key values only encrypted; {}",
-                crate::crypto::MAKE_ONE
-            ),
-        }
-    }
-
-    /// The key maker for workers: signs with `signing_key` when set, seals with `vault`.
-    pub fn key_maker_with(
-        &self,
-        vault: Option<std::sync::Arc<crate::crypto::Vault>>,
-    ) -> anyhow::Result<crate::sources::KeyMaker> {
-        let signing = self
-            .signing_key
-            .as_ref()
-            .map(crate::sources::sign::parse_signing_key)
-            .transpose()?;
-        Ok(crate::sources::KeyMaker::new(signing, vault))
-    }
-
-    /// The key maker for workers, sealing with the configured encryption keys (if any).
-    pub fn key_maker(&self) -> anyhow::Result<crate::sources::KeyMaker> {
-        let vault = match &self.encryption_keys {
-            Some(_) => Some(std::sync::Arc::new(self.vault()?)),
-            None => None,
-        };
-        self.key_maker_with(vault)
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertSettings {
-    pub webhook_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSettings {
-    pub format: LogFormat,
 }
 
 impl Settings {
@@ -413,112 +162,6 @@ impl Settings {
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        self.database.target()?;
-        self.database.direct_target()?;
-        if let Some(url) = &self.dodo.base_url {
-            let parsed = url::Url::parse(url)
-                .context("dodo.base_url (DODO_PAYMENTS_BASE_URL) is not a valid URL")?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                bail!(
-                    "dodo.base_url (DODO_PAYMENTS_BASE_URL) must be an http(s) URL, not {}",
-                    redact_url(url)
-                );
-            }
-        }
-        if let Some(secret) = &self.webhook.secret {
-            parse_webhook_secrets(secret.expose_secret())?;
-        }
-        if let Some(url) = &self.alerts.webhook_url {
-            let parsed = url::Url::parse(url).ok();
-            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
-                bail!(
-                    "alerts.webhook_url is not a valid http(s) URL (not shown: a webhook URL is a credential)"
-                );
-            }
-        }
-        if matches!(&self.admin.token, Some(t) if t.expose_secret().trim().chars().count() < MIN_ADMIN_TOKEN_LEN)
-        {
-            bail!(
-                "admin.token (KEYRELAY_ADMIN_TOKEN) is shorter than {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`, or unset it to turn the dashboard off"
-            );
-        }
-        if let Some(api) = &self.api.token {
-            let api = api.expose_secret().trim();
-            if api.chars().count() < MIN_ADMIN_TOKEN_LEN {
-                bail!(
-                    "api.token (KEYRELAY_API_TOKEN) is shorter than {MIN_ADMIN_TOKEN_LEN} characters; make one with `openssl rand -hex 32`, or unset it to turn the shop API off"
-                );
-            }
-            if self
-                .admin
-                .token
-                .as_ref()
-                .is_some_and(|a| a.expose_secret().trim() == api)
-            {
-                bail!(
-                    "api.token (KEYRELAY_API_TOKEN) is the same as admin.token (KEYRELAY_ADMIN_TOKEN); the shop's read-only token must not open the dashboard, so make another with `openssl rand -hex 32`"
-                );
-            }
-        }
-        self.dodo.validate_rate_limit()?;
-        for (name, source) in &self.key_sources {
-            let url = url::Url::parse(&source.url).ok();
-            if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
-                bail!(
-                    "key_sources.{name}.url is not a valid http(s) URL (not shown: it may hold a credential)"
-                );
-            }
-            if parse_webhook_secrets(source.secret.expose_secret()).is_err() {
-                bail!("key_sources.{name}.secret is not whsec_ followed by base64");
-            }
-            if !(source.key_pointer.is_empty() || source.key_pointer.starts_with('/')) {
-                bail!(
-                    "key_sources.{name}.key_pointer must be a JSON pointer such as /key or /license/key"
-                );
-            }
-            if !(1..=300).contains(&source.timeout_secs) {
-                bail!("key_sources.{name}.timeout_secs must be between 1 and 300");
-            }
-        }
-        self.keys.key_maker()?;
-        if self.keys.encryption_keys.is_some() {
-            self.keys.vault()?;
-        }
-        if self.worker.concurrency == 0 {
-            bail!("worker.concurrency must be at least 1");
-        }
-        if self.worker.max_attempts == 0 {
-            bail!("worker.max_attempts must be at least 1");
-        }
-        if self.worker.backoff_base_ms == 0
-            || self.worker.backoff_max_ms < self.worker.backoff_base_ms
-        {
-            bail!("worker.backoff_base_ms must be at least 1 and at most worker.backoff_max_ms");
-        }
-        self.http.trusted_proxies()?;
-        if let Some(bind) = &self.http.metrics_bind
-            && bind == &self.http.bind
-        {
-            bail!(
-                "http.metrics_bind is the same address as http.bind; give /metrics its own address (such as 127.0.0.1:9090), or unset it to serve /metrics on http.bind"
-            );
-        }
-        if self.http.body_timeout_secs == 0 {
-            bail!("http.body_timeout_secs must be at least 1");
-        }
-        if self.worker.lease_secs == 0 {
-            bail!("worker.lease_secs must be at least 1");
-        }
-        if self.retention.days < 2 {
-            bail!("retention.days must be at least 2 (Dodo retries webhooks for about 28 hours)");
-        }
-        if self.database.max_connections < 2 {
-            bail!("database.max_connections must be at least 2");
-        }
-        Ok(())
-    }
-
     /// The Dodo API base URL: `dodo.base_url` if set, else the environment's.
     pub fn dodo_base_url(&self) -> String {
         match (&self.dodo.base_url, self.dodo.environment) {
@@ -528,24 +171,31 @@ impl Settings {
         }
     }
 
+    /// The sources workers get keys from: the signing key for `sign` pools, the endpoints of
+    /// `http` pools.
+    pub fn sources(&self) -> anyhow::Result<Sources> {
+        Ok(Sources::new(
+            self.keys.signing_key()?,
+            self.key_sources.clone(),
+        ))
+    }
+
+    /// How keyrelay reaches Postgres, and why, in one line for the start log.
+    pub fn database_mode(&self) -> String {
+        let poll = self.worker.poll_interval_ms;
+        match (self.database.pooled(), &self.database.direct_url) {
+            (false, _) => "direct: database.url reaches Postgres itself; LISTEN wakes workers at once and locks are session advisory locks".into(),
+            (true, Some(_)) => "transaction pooler with a direct connection: statements go through database.url without session state; migrations, LISTEN and the reconciler's lock use database.direct_url".into(),
+            (true, None) => format!("transaction pooler without a direct connection (database.pooler = transaction, no database.direct_url): no session state; workers find new jobs by polling every {poll} ms; the reconciler's lock is a lease row"),
+        }
+    }
+
     /// The database URL with any password replaced, for messages.
     pub fn database_url_redacted(&self) -> String {
         self.database
             .target()
             .map(|url| url.shown)
             .unwrap_or_else(|_| "<invalid url>".into())
-    }
-}
-
-impl WorkerSettings {
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
-    }
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
-    }
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -570,34 +220,6 @@ fn keyrelay_env_overrides(env: &HashMap<String, String>) -> anyhow::Result<Vec<(
         out.push((rest.to_lowercase().replace("__", "."), value.clone()));
     }
     Ok(out)
-}
-
-/// Splits `webhook.secret` into the keys it holds (space-separated, for rotation), checking
-/// each is non-empty base64 after an optional `whsec_` prefix.
-pub fn parse_webhook_secrets(raw: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let secrets: Vec<&str> = raw.split_whitespace().collect();
-    if secrets.is_empty() {
-        bail!(
-            "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY) is empty; copy the whsec_... secret from Dodo's webhook settings"
-        );
-    }
-    secrets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let body = s.strip_prefix("whsec_").unwrap_or(s);
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(body)
-                .ok()
-                .filter(|k| !k.is_empty());
-            key.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "webhook.secret (DODO_PAYMENTS_WEBHOOK_KEY): secret #{} is not whsec_ followed by base64",
-                    i + 1
-                )
-            })
-        })
-        .collect()
 }
 
 /// A `config` error without the lines of the file it quotes: a TOML syntax error shows the
@@ -626,8 +248,8 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-mod dodo;
-#[cfg(test)]
-mod tests;
-
-pub use dodo::{DodoEnvironment, DodoSettings, RateLimitTier};
+impl AsRef<DatabaseSettings> for Settings {
+    fn as_ref(&self) -> &DatabaseSettings {
+        &self.database
+    }
+}

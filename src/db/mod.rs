@@ -5,6 +5,7 @@
 
 mod handle;
 mod locks;
+mod settings;
 pub mod url;
 
 use std::ops::Not;
@@ -17,8 +18,8 @@ use sqlx::{ConnectOptions, Connection};
 
 pub use handle::Db;
 pub use locks::HeldLock;
+pub use settings::{DatabaseSettings, Pooler};
 
-use crate::configuration::Settings;
 use handle::PoolSpec;
 
 /// How long one connection attempt may take before it counts as failed.
@@ -54,17 +55,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Where migrations, `CREATE DATABASE` and the reachability checks go: the direct URL if set,
 /// else `database.url`; the first host of either.
-fn admin_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
-    let url = match settings.database.direct_target()? {
+fn admin_options(database: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
+    let url = match database.direct_target()? {
         Some(direct) => direct,
-        None => settings.database.target()?,
+        None => database.target()?,
     };
     Ok(url.hosts[0].clone().application_name("keyrelay"))
 }
 
 /// `admin_options`, and the name of the database it names.
-fn admin_database(settings: &Settings) -> anyhow::Result<(PgConnectOptions, String)> {
-    let options = admin_options(settings)?;
+fn admin_database(database: &DatabaseSettings) -> anyhow::Result<(PgConnectOptions, String)> {
+    let options = admin_options(database)?;
     let name = options
         .get_database()
         .context("database.url names no database")?
@@ -72,20 +73,10 @@ fn admin_database(settings: &Settings) -> anyhow::Result<(PgConnectOptions, Stri
     Ok((options, name))
 }
 
-/// What runs, and why, in one line for the start log.
-pub fn mode_description(settings: &Settings) -> String {
-    let poll = settings.worker.poll_interval_ms;
-    match (settings.database.pooled(), &settings.database.direct_url) {
-        (false, _) => "direct: database.url reaches Postgres itself; LISTEN wakes workers at once and locks are session advisory locks".into(),
-        (true, Some(_)) => "transaction pooler with a direct connection: statements go through database.url without session state; migrations, LISTEN and the reconciler's lock use database.direct_url".into(),
-        (true, None) => format!("transaction pooler without a direct connection (database.pooler = transaction, no database.direct_url): no session state; workers find new jobs by polling every {poll} ms; the reconciler's lock is a lease row"),
-    }
-}
-
 /// A pool that connects on first use, so a server can start (and answer 503) while the
 /// database is down.
-pub fn lazy_pool(settings: &Settings) -> anyhow::Result<Db> {
-    let database = &settings.database;
+pub fn lazy_pool(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::Result<Db> {
+    let database = settings.as_ref();
     let db = Db::open(
         PoolSpec {
             url: &database.target()?,
@@ -110,8 +101,8 @@ pub fn lazy_pool(settings: &Settings) -> anyhow::Result<Db> {
 }
 
 /// Connects now, failing with a message that says where, what happened and what to do.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
-    let target = settings.database.target()?;
+pub async fn connect(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::Result<Db> {
+    let target = settings.as_ref().target()?;
     let first = match handle::first_writable(&target.hosts).await {
         Ok(first) => first,
         Err(why) => {
@@ -165,8 +156,10 @@ pub fn explain(e: &sqlx::Error, options: &PgConnectOptions) -> String {
 }
 
 /// Creates the database named in the URL if it does not exist.
-pub async fn create_database_if_missing(settings: &Settings) -> anyhow::Result<()> {
-    let (options, name) = admin_database(settings)?;
+pub async fn create_database_if_missing(
+    settings: &(impl AsRef<DatabaseSettings> + ?Sized),
+) -> anyhow::Result<()> {
+    let (options, name) = admin_database(settings.as_ref())?;
     // The server's `postgres` database is asked first, so a missing database is never
     // connected to: PgBouncer refuses a database for a while after a login to it failed.
     let mut admin = match connect_once(&options.clone().database("postgres")).await {
@@ -218,7 +211,7 @@ const MIGRATE_LOCK: i64 = 0x6b72_6d69_6772_6174;
 /// Creates the database if needed and applies every pending migration: on the direct
 /// connection when there is one; else, on a pooler, inside one transaction that holds a
 /// transaction-scoped lock (sqlx's migrator takes a session lock, which a pooler would leak).
-pub async fn migrate(settings: &Settings) -> anyhow::Result<Db> {
+pub async fn migrate(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::Result<Db> {
     create_database_if_missing(settings).await?;
     let db = connect(settings).await?;
     let applied = match db.session() {
@@ -244,23 +237,27 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<Db> {
 /// Points `settings` at a new, empty database `<prefix>_<time>_<random>` on the same server
 /// (the direct URL too), migrated; for the demo and the benchmark. Drop it with
 /// `drop_database`.
-pub async fn create_scratch_database(settings: &mut Settings, prefix: &str) -> anyhow::Result<Db> {
+pub async fn create_scratch_database(
+    database: &mut DatabaseSettings,
+    prefix: &str,
+) -> anyhow::Result<Db> {
     let name = format!(
         "{prefix}_{}_{:06x}",
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
         rand::random::<u32>() & 0xff_ffff
     );
-    let database = &mut settings.database;
     database.url = url::with_database(database.url.expose_secret(), &name).into();
     if let Some(direct) = &database.direct_url {
         database.direct_url = Some(url::with_database(direct.expose_secret(), &name).into());
     }
-    migrate(settings).await
+    migrate(database).await
 }
 
 /// Drops the database `settings` points at (closing other sessions first).
-pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
-    let (options, name) = admin_database(settings)?;
+pub async fn drop_database(
+    settings: &(impl AsRef<DatabaseSettings> + ?Sized),
+) -> anyhow::Result<()> {
+    let (options, name) = admin_database(settings.as_ref())?;
     let mut admin = connect_once(&options.database("postgres")).await?;
     sqlx::raw_sql(&format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -277,11 +274,11 @@ pub async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
 /// Postgres does instead of crash-looping. Returns early with an error if `stop` resolves
 /// first, or at once for a problem waiting cannot fix (a wrong password, a refused role).
 pub async fn wait_until_reachable(
-    settings: &Settings,
+    settings: &(impl AsRef<DatabaseSettings> + ?Sized),
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let target = settings.database.target()?;
-    let options = admin_options(settings)?;
+    let target = settings.as_ref().target()?;
+    let options = admin_options(settings.as_ref())?;
     let backoff = crate::backoff::RetryPolicy {
         base: Duration::from_secs(1),
         max: Duration::from_secs(30),

@@ -130,7 +130,7 @@ impl DodoClient {
         turn.arrive().await;
         let response = self.send(self.http.post(url).json(body)).await?;
         let status = response.status().as_u16();
-        let retry_after = wait_hint(response.headers());
+        let retry_after = crate::outbound::wait_hint(response.headers());
         let message = if status == 200 {
             None
         } else {
@@ -225,9 +225,9 @@ impl DodoClient {
                 if e.is_timeout() {
                     CallError::Timeout
                 } else if e.is_connect() {
-                    CallError::Connect(describe_error(&e))
+                    CallError::Connect(crate::outbound::describe_error(&e))
                 } else {
-                    CallError::Other(describe_error(&e))
+                    CallError::Other(crate::outbound::describe_error(&e))
                 }
             })?;
         let headers = response.headers();
@@ -237,32 +237,11 @@ impl DodoClient {
             .is_some_and(|v| v.trim() == "0");
         if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS || exhausted {
             self.budget
-                .pause_for(wait_hint(headers).unwrap_or(DEFAULT_429_PAUSE))
+                .pause_for(crate::outbound::wait_hint(headers).unwrap_or(DEFAULT_429_PAUSE))
                 .await;
         }
         Ok(response)
     }
-}
-
-/// An HTTP error in one line that names the server tried (`scheme://host:port`) but never the
-/// rest of the URL, which may carry a credential (a Slack webhook path, a user:password).
-pub fn describe_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        let server = format!(
-            "{}://{}:{}",
-            url.scheme(),
-            url.host_str().unwrap_or("?"),
-            url.port_or_known_default().unwrap_or(0)
-        );
-        text = text.replace(url.as_str(), &server);
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// Longest part of an error body kept, in bytes.
@@ -287,56 +266,9 @@ async fn error_message(response: reqwest::Response) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// How long Dodo asks callers to wait: `Retry-After`, else `X-RateLimit-Reset`.
-pub fn wait_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    parse_retry_after(headers).or_else(|| parse_rate_limit_reset(headers))
-}
-
-/// `X-RateLimit-Reset`: seconds until the window resets, or the Unix time it resets at.
-pub fn parse_rate_limit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw: f64 = headers
-        .get("x-ratelimit-reset")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    if !raw.is_finite() || raw < 0.0 {
-        return None;
-    }
-    // Anything past 2001-09-09 is a Unix time, not a number of seconds to wait.
-    if raw > 1e9 {
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        return Some(Duration::from_secs_f64((raw - now).clamp(0.0, 3600.0)));
-    }
-    Some(Duration::from_secs_f64(raw.min(3600.0)))
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = raw.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
-
-    fn headers(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
-        h
-    }
 
     #[test]
     fn an_unusable_base_url_fails_when_the_client_is_built() {
@@ -363,46 +295,5 @@ mod tests {
                 .as_str(),
             "http://127.0.0.1:9/v1/grants/grant%201%2Fx/license-key"
         );
-    }
-
-    #[test]
-    fn rate_limit_reset_is_honoured_when_retry_after_is_absent() {
-        let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-reset", HeaderValue::from_static("12"));
-        assert_eq!(wait_hint(&h), Some(Duration::from_secs(12)));
-        let soon = chrono::Utc::now().timestamp() + 30;
-        h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from_str(&soon.to_string()).unwrap(),
-        );
-        let wait = wait_hint(&h).unwrap();
-        assert!(
-            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
-        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(
-            wait_hint(&h),
-            Some(Duration::from_secs(2)),
-            "Retry-After wins"
-        );
-    }
-
-    #[test]
-    fn retry_after_accepts_seconds_and_dates() {
-        assert_eq!(
-            parse_retry_after(&headers("7")),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            parse_retry_after(&headers("0.5")),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after(&headers("soon")), None);
-        assert_eq!(parse_retry_after(&HeaderMap::new()), None);
     }
 }

@@ -6,7 +6,7 @@ mod budget;
 mod client;
 
 pub use budget::{RateBudget, RateLimits, Turn, take_turn_at};
-pub use client::{CallError, DodoClient, FulfillAnswer, FulfillRequest, describe_error, wait_hint};
+pub use client::{CallError, DodoClient, FulfillAnswer, FulfillRequest};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -2,6 +2,7 @@
 //! `decide` what the answer means, and hand the decision to the store.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -12,11 +13,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::decide::{self, Budget, Decision, Next, Severity};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
+use crate::crypto::Vault;
 use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
 use crate::domain::{AttemptOutcome, JobState, KeyAction, LicenseKey, printable};
 use crate::ops::alerts::Alerter;
-use crate::sources::KeyMaker;
-use crate::sources::endpoint::Endpoints;
+use crate::sources::Sources;
 use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
 
 /// Everything a job needs to run.
@@ -28,10 +29,10 @@ pub struct WorkerContext {
     pub retry: RetryPolicy,
     pub max_attempts: u32,
     pub lease: Duration,
-    /// Makes keys for `generate` and `sign` pools.
-    pub keys: KeyMaker,
-    /// Asks endpoints for the keys of `http` pools.
-    pub endpoints: Endpoints,
+    /// Where keys come from: the signing key of `sign` pools, the endpoints of `http` pools.
+    pub sources: Sources,
+    /// Seals new keys and opens bound ones.
+    pub vault: Option<Arc<Vault>>,
 }
 
 impl WorkerContext {
@@ -46,21 +47,31 @@ impl WorkerContext {
             },
             max_attempts: settings.max_attempts,
             lease: settings.lease(),
-            keys: KeyMaker::default(),
-            endpoints: Endpoints::new(Default::default()),
+            sources: Sources::default(),
+            vault: None,
         }
     }
 
-    /// Asks the configured key sources for the keys of `http` pools.
-    pub fn with_endpoints(mut self, endpoints: Endpoints) -> WorkerContext {
-        self.endpoints = endpoints;
+    /// Gets keys from `sources` (signing, endpoints).
+    pub fn with_sources(mut self, sources: Sources) -> WorkerContext {
+        self.sources = sources;
         self
     }
 
-    /// Makes keys for `generate` and `sign` pools with `keys`.
-    pub fn with_key_maker(mut self, keys: KeyMaker) -> WorkerContext {
-        self.keys = keys;
+    /// Seals and opens keys with `vault`.
+    pub fn with_vault(mut self, vault: Option<Arc<Vault>>) -> WorkerContext {
+        self.vault = vault;
         self
+    }
+
+    /// The vault, or why keys cannot be sealed or opened.
+    pub fn vault(&self) -> Result<&Vault, String> {
+        self.vault.as_deref().ok_or_else(|| {
+            format!(
+                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {}",
+                crate::crypto::MAKE_ONE
+            )
+        })
     }
 
     /// Sends low-stock alerts to `url` as well as to the log and metrics.
@@ -81,7 +92,7 @@ impl WorkerContext {
 /// parked waiting for keys, or its lease was lost).
 pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Completion> {
     loop {
-        let key = match ctx.keys.vault().and_then(|vault| job.key.open(vault)) {
+        let key = match ctx.vault().and_then(|vault| job.key.open(vault)) {
             Ok(key) => key,
             Err(why) => {
                 let error = format!(
@@ -133,7 +144,8 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                 &ctx.pool,
                 &job,
                 &attempt(&decision),
-                &ctx.keys,
+                &ctx.sources,
+                ctx.vault.as_deref(),
             )
             .await
             {

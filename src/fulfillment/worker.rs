@@ -68,7 +68,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let (completions, completer) = spawn_completer(self.ctx.pool.clone());
         tracing::info!(concurrency = self.concurrency, "worker pool started");
-        let endpoints = tokio::spawn(endpoint_loop(
+        let asking = tokio::spawn(ask_loop(
             self.ctx.clone(),
             self.concurrency,
             self.poll_interval,
@@ -84,7 +84,8 @@ impl Worker {
                 &self.ctx.pool,
                 wanted,
                 self.ctx.lease,
-                &self.ctx.keys,
+                &self.ctx.sources,
+                self.ctx.vault.as_deref(),
             )
             .await
             {
@@ -135,7 +136,7 @@ impl Worker {
             in_flight = tracker.len(),
             "worker pool stopping; finishing in-flight jobs"
         );
-        let _ = endpoints.await;
+        let _ = asking.await;
         tracker.close();
         if tokio::time::timeout(self.shutdown_grace, tracker.wait())
             .await
@@ -246,7 +247,7 @@ fn spawn_completer(
 /// at once, each job on its own task: a free slot is filled at once, so no grant waits for
 /// another's call. Rests for the poll interval when there is nothing to ask. It does not wait
 /// on the job signal: a wake-up it took would be one the claim loop missed.
-async fn endpoint_loop(
+async fn ask_loop(
     ctx: WorkerContext,
     concurrency: usize,
     poll_interval: Duration,
@@ -260,7 +261,7 @@ async fn endpoint_loop(
             break;
         };
         let wanted = slots.len();
-        let jobs = match store::endpoint::claim_keyless(&ctx.pool, wanted, ctx.lease).await {
+        let jobs = match store::asking::claim_keyless(&ctx.pool, wanted, ctx.lease).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming jobs of http pools failed; retrying after the poll interval");
@@ -273,7 +274,7 @@ async fn endpoint_loop(
             let ctx = ctx.clone();
             tracker.spawn(async move {
                 let grant_id = job.grant_id.clone();
-                if let Err(e) = super::endpoint::fetch_key(&ctx, job).await {
+                if let Err(e) = super::ask::fetch_key(&ctx, job).await {
                     tracing::warn!(%grant_id, error = %e, "recording a key source's answer failed; the lease expires and the job is asked again with the same idempotency key");
                 }
                 drop(slot);
@@ -301,8 +302,15 @@ async fn endpoint_loop(
 /// Claims one batch, runs every job in it concurrently and records the outcomes; returns the
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
-    super::endpoint::fetch_keys(ctx, limit).await?;
-    let jobs = store::claim_batch(&ctx.pool, limit, ctx.lease, &ctx.keys).await?;
+    super::ask::fetch_keys(ctx, limit).await?;
+    let jobs = store::claim_batch(
+        &ctx.pool,
+        limit,
+        ctx.lease,
+        &ctx.sources,
+        ctx.vault.as_deref(),
+    )
+    .await?;
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs
         .iter()

@@ -85,7 +85,7 @@ async fn send(http: &reqwest::Client, url: &str, alert: &LowStock, first_retry: 
                 "low-stock alert webhook refused"
             ),
             Err(e) => {
-                let error = crate::dodo::describe_error(&e);
+                let error = crate::outbound::describe_error(&e);
                 tracing::warn!(%error, attempt, "low-stock alert webhook unreachable");
             }
         }

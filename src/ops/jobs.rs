@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::crypto::Vault;
 use crate::domain::{Actor, GrantId, JobState, KeyState};
+use crate::store::asking::{self, ReceivedKey};
 use crate::store::audit::{self, AuditEntry};
-use crate::store::endpoint::{self, ReceivedKey};
 use crate::store::sealed::open_key;
 use crate::store::search::{self, JobFilter};
 use crate::store::{self, operator, read};
@@ -78,7 +78,7 @@ pub async fn show_job(
         .collect();
     Ok(Some(JobDetail {
         audit: audit::for_grant(pool, grant_id).await?,
-        received_keys: endpoint::received_keys(pool, grant_id).await?,
+        received_keys: asking::received_keys(pool, grant_id).await?,
         job,
         key_state: key.as_ref().map(|k| k.2),
         key: key.map(|(id, sealed, _)| show(id, &sealed)),

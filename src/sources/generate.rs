@@ -3,7 +3,24 @@
 
 use rand::{Rng, TryRngCore, rngs::OsRng};
 
+use super::{GrantFacts, KeySource, PoolRecipe, SourceError, Yield};
 use crate::domain::{LicenseKey, MAX_KEY_LEN};
+
+/// The source of a `generate` pool: a new key from its template for every grant.
+pub struct FromTemplate<'a> {
+    pub pool: &'a PoolRecipe,
+}
+
+impl KeySource for FromTemplate<'_> {
+    async fn key_for(&self, _grant: &GrantFacts<'_>) -> Result<Yield, SourceError> {
+        let pattern = self.pool.template.as_deref().unwrap_or_default();
+        Template::parse(pattern, self.pool.alphabet.as_deref(), true)
+            .map_err(|e| format!("pool `{}`: {e}", self.pool.pool))
+            .and_then(|template| template.make())
+            .map(Yield::Key)
+            .map_err(SourceError::Fail)
+    }
+}
 
 /// Crockford's base32: digits and capitals without I, L, O and U.
 pub const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";

@@ -1,21 +1,24 @@
-//! Where keys come from. A `list` pool hands out imported keys; `generate` and `sign` pools
-//! make a key for each grant when its job is claimed; `http` pools ask an endpoint
-//! (`endpoint`). Every source ends in the same place: the
-//! store binds the key to the grant, unique in the database and audited, and commits before
-//! Dodo is called, so a retry sends the same key.
+//! Where keys come from, behind one interface. Every pool has a source, and every source
+//! yields a key for a grant through `KeySource::key_for`: `list` says "take an imported key
+//! from stock", `generate` and `sign` make one now, `http` asks the merchant's or a vendor's
+//! endpoint (a network call, so it is only ever asked outside a transaction). Sources know
+//! nothing of the database: the store binds whatever they yield (`store::bind`), unique in
+//! the database and audited, and commits before Dodo is called, so a retry sends the same key.
 
-pub mod endpoint;
 pub mod generate;
+pub mod http;
 pub mod sign;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::SigningKey;
 
-use crate::crypto::Vault;
-use crate::domain::{EntitlementId, GrantId, LicenseKey};
+use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey};
+pub use http::{Endpoints, KeySourceSettings, how_to_add_key_source};
 
 /// How a pool gets its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, clap::ValueEnum, serde::Serialize)]
@@ -42,9 +45,14 @@ impl Source {
         }
     }
 
-    /// Whether keyrelay makes this pool's keys (it never runs out of stock).
+    /// Whether keyrelay makes or asks for this pool's keys (it never runs out of stock).
     pub fn makes_keys(self) -> bool {
         self != Source::List
+    }
+
+    /// Whether getting a key means a network call, made outside any transaction.
+    pub fn asks(self) -> bool {
+        self == Source::Http
     }
 }
 
@@ -54,9 +62,9 @@ impl fmt::Display for Source {
     }
 }
 
-/// What the claim knows about a pool that makes its keys.
+/// A pool, as much as its source needs to yield a key.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Recipe {
+pub struct PoolRecipe {
     pub pool_id: i64,
     pub pool: String,
     pub entitlement_id: EntitlementId,
@@ -65,75 +73,129 @@ pub struct Recipe {
     pub alphabet: Option<String>,
     pub activations_limit: Option<i32>,
     pub expires_in_days: Option<i32>,
+    /// The `[key_sources.NAME]` of an `http` pool.
+    pub endpoint: Option<String>,
 }
 
-/// Makes keys for `generate` and `sign` pools, and seals them for storage.
+/// What a source knows of the grant it yields a key for.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantFacts<'a> {
+    pub grant_id: &'a GrantId,
+    pub customer_id: &'a CustomerId,
+    pub entitlement_id: &'a EntitlementId,
+    pub payment_id: Option<&'a str>,
+    pub subscription_id: Option<&'a str>,
+    /// Keys of this grant Dodo already held: an endpoint is asked anew for each.
+    pub rejected: i64,
+    pub now: DateTime<Utc>,
+}
+
+/// What a source yields for a grant.
+#[derive(Debug)]
+pub enum Yield {
+    /// Take the oldest available imported key of the pool (`list`).
+    Stock,
+    /// This new key: made now (`generate`, `sign`) or issued by an endpoint (`http`).
+    Key(LicenseKey),
+}
+
+/// Why a source yielded no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// Try again later, asking the same way (5xx, 429, timeout, no connection).
+    /// `slow_down`: the source asked for it (429), which uses no attempt.
+    Retry {
+        error: String,
+        retry_after: Option<Duration>,
+        slow_down: bool,
+    },
+    /// No key can come of asking again until someone changes something; the reason says what.
+    Fail(String),
+}
+
+/// One interface for every kind of source.
+pub trait KeySource {
+    /// A key for the grant: taken from stock, made now, or asked for.
+    fn key_for(
+        &self,
+        grant: &GrantFacts<'_>,
+    ) -> impl Future<Output = Result<Yield, SourceError>> + Send;
+}
+
+/// The sources this process can use: a signing key for `sign` pools, and the configured
+/// endpoints for `http` pools.
 #[derive(Clone, Default)]
-pub struct KeyMaker {
+pub struct Sources {
     signing: Option<SigningKey>,
-    vault: Option<Arc<Vault>>,
+    endpoints: Endpoints,
 }
 
-impl fmt::Debug for KeyMaker {
+impl fmt::Debug for Sources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyMaker")
+        f.debug_struct("Sources")
             .field("signing", &self.signing.as_ref().map(|_| "[set]"))
+            .field("endpoints", &self.endpoints)
             .finish()
     }
 }
 
-impl KeyMaker {
-    pub fn new(signing: Option<SigningKey>, vault: Option<Arc<Vault>>) -> KeyMaker {
-        KeyMaker { signing, vault }
-    }
-
-    /// The encryption keys new keys are sealed with.
-    pub fn vault(&self) -> Result<&Vault, String> {
-        self.vault.as_deref().ok_or_else(|| {
-            format!(
-                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {}",
-                crate::crypto::MAKE_ONE
-            )
-        })
-    }
-
-    /// A new key for `grant_id` from the pool's recipe, or why none can be made.
-    pub fn make(
-        &self,
-        recipe: &Recipe,
-        grant_id: &GrantId,
-        now: DateTime<Utc>,
-    ) -> Result<LicenseKey, String> {
-        match recipe.source {
-            Source::List | Source::Http => Err(format!(
-                "pool `{}` gets its keys from outside keyrelay ({})",
-                recipe.pool, recipe.source
-            )),
-            Source::Generate => {
-                let pattern = recipe.template.as_deref().unwrap_or_default();
-                generate::Template::parse(pattern, recipe.alphabet.as_deref(), true)
-                    .map_err(|e| format!("pool `{}`: {e}", recipe.pool))?
-                    .make()
-            }
-            Source::Sign => {
-                let signing = self.signing.as_ref().ok_or_else(|| {
-                    format!(
-                        "pool `{}` signs its keys, but keys.signing_key (KEYRELAY_SIGNING_KEY) is not set; make one with `keyrelay keys new-signing-key`, set it, restart, then `keyrelay jobs retry --all-failed`",
-                        recipe.pool
-                    )
-                })?;
-                let facts = sign::KeyFacts {
-                    grant_id: grant_id.as_str(),
-                    entitlement_id: recipe.entitlement_id.as_str(),
-                    issued_at: now,
-                    expires_at: recipe
-                        .expires_in_days
-                        .and_then(|d| TimeDelta::try_days(d.into()))
-                        .and_then(|d| now.checked_add_signed(d)),
-                    activations_limit: recipe.activations_limit.and_then(|n| u32::try_from(n).ok()),
-                };
-                sign::make(signing, &facts)
-            }
+impl Sources {
+    pub fn new(
+        signing: Option<SigningKey>,
+        endpoints: HashMap<String, KeySourceSettings>,
+    ) -> Sources {
+        Sources {
+            signing,
+            endpoints: Endpoints::new(endpoints),
         }
+    }
+
+    /// The source of `pool`.
+    pub fn of<'a>(&'a self, pool: &'a PoolRecipe) -> PoolSource<'a> {
+        match pool.source {
+            Source::List => PoolSource::List,
+            Source::Generate => PoolSource::Generate(generate::FromTemplate { pool }),
+            Source::Sign => PoolSource::Sign(sign::KeySigner {
+                signing: self.signing.as_ref(),
+                pool,
+            }),
+            Source::Http => PoolSource::Http(http::Endpoint {
+                endpoints: &self.endpoints,
+                pool,
+            }),
+        }
+    }
+
+    /// How long a call to the named endpoint may take; `None` when it is not configured.
+    pub fn endpoint_timeout(&self, name: &str) -> Option<Duration> {
+        self.endpoints.timeout(name)
+    }
+}
+
+/// A pool's source, ready to yield keys.
+pub enum PoolSource<'a> {
+    List,
+    Generate(generate::FromTemplate<'a>),
+    Sign(sign::KeySigner<'a>),
+    Http(http::Endpoint<'a>),
+}
+
+impl KeySource for PoolSource<'_> {
+    async fn key_for(&self, grant: &GrantFacts<'_>) -> Result<Yield, SourceError> {
+        match self {
+            PoolSource::List => Ok(Yield::Stock),
+            PoolSource::Generate(source) => source.key_for(grant).await,
+            PoolSource::Sign(source) => source.key_for(grant).await,
+            PoolSource::Http(source) => source.key_for(grant).await,
+        }
+    }
+}
+
+impl PoolRecipe {
+    /// When a key made now for this pool expires, if it does.
+    pub fn expires_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.expires_in_days
+            .and_then(|d| TimeDelta::try_days(d.into()))
+            .and_then(|d| now.checked_add_signed(d))
     }
 }

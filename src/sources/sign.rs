@@ -19,7 +19,38 @@ use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+use super::{GrantFacts, KeySource, PoolRecipe, SourceError, Yield};
 use crate::domain::{LicenseKey, MAX_KEY_LEN};
+
+/// The source of a `sign` pool: a key signed for each grant, carrying its facts.
+pub struct KeySigner<'a> {
+    pub signing: Option<&'a SigningKey>,
+    pub pool: &'a PoolRecipe,
+}
+
+impl KeySource for KeySigner<'_> {
+    async fn key_for(&self, grant: &GrantFacts<'_>) -> Result<Yield, SourceError> {
+        let signing = self.signing.ok_or_else(|| {
+            SourceError::Fail(format!(
+                "pool `{}` signs its keys, but keys.signing_key (KEYRELAY_SIGNING_KEY) is not set; make one with `keyrelay keys new-signing-key`, set it, restart, then `keyrelay jobs retry --all-failed`",
+                self.pool.pool
+            ))
+        })?;
+        let facts = KeyFacts {
+            grant_id: grant.grant_id.as_str(),
+            entitlement_id: self.pool.entitlement_id.as_str(),
+            issued_at: grant.now,
+            expires_at: self.pool.expires_at(grant.now),
+            activations_limit: self
+                .pool
+                .activations_limit
+                .and_then(|n| u32::try_from(n).ok()),
+        };
+        make(signing, &facts)
+            .map(Yield::Key)
+            .map_err(SourceError::Fail)
+    }
+}
 
 const VERSION: u8 = 1;
 const HEADER: usize = 13;

@@ -9,12 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::make::{fail_without_key, make_keys};
+pub use super::bind::ReservedKey;
+use super::bind::{Keyless, supply_keys};
 use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
-use super::{KEY_LOCK_CLASS, TAKE_LEASE};
+use super::{ASKED_ELSEWHERE, DUE, KEY_LOCK_CLASS, LEASE_FENCE, TAKE_LEASE, moved};
 use crate::crypto::Vault;
-use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, KeyAction, LicenseKey};
-use crate::sources::KeyMaker;
+use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, KeyAction};
+use crate::jobs::JobEvent;
+use crate::sources::Sources;
 
 /// A job this worker now owns until its lease ends.
 #[derive(Debug, Clone)]
@@ -27,22 +29,6 @@ pub struct ClaimedJob {
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub key: ReservedKey,
-}
-
-/// The key bound to a job (sealed, as stored), with the pool's fulfillment options.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ReservedKey {
-    pub key_id: i64,
-    pub value_sealed: Vec<u8>,
-    pub activations_limit: Option<i32>,
-    pub expires_in_days: Option<i32>,
-}
-
-impl ReservedKey {
-    /// The key's value; an error that says why it cannot be read.
-    pub fn open(&self, vault: &Vault) -> Result<LicenseKey, String> {
-        super::sealed::open_key(vault, self.key_id, &self.value_sealed)
-    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -64,7 +50,8 @@ pub async fn claim_batch(
     pool: &Db,
     limit: usize,
     lease: Duration,
-    maker: &KeyMaker,
+    sources: &Sources,
+    vault: Option<&Vault>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The claim also takes the shared key lock of every entitlement that needs a key, so the
@@ -73,10 +60,7 @@ pub async fn claim_batch(
         r#"
         WITH due AS (
             SELECT grant_id FROM jobs
-            WHERE state IN ('queued', 'retrying', 'running') AND run_at <= now()
-              -- A job of an http pool gets its key from the endpoint step first.
-              AND (key_id IS NOT NULL OR entitlement_id NOT IN
-                     (SELECT entitlement_id FROM pools WHERE source = 'http'))
+            WHERE {DUE} AND NOT ({ASKED_ELSEWHERE})
             ORDER BY run_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -101,30 +85,23 @@ pub async fn claim_batch(
         tx.rollback().await?;
         return Ok(Vec::new());
     }
-    let keyless: Vec<(GrantId, EntitlementId)> = rows
+    let keyless: Vec<Keyless> = rows
         .iter()
         .filter(|r| r.key_id.is_none())
-        .map(|r| (r.grant_id.clone(), r.entitlement_id.clone()))
+        .map(|r| Keyless {
+            grant_id: r.grant_id.clone(),
+            entitlement_id: r.entitlement_id.clone(),
+            customer_id: r.customer_id.clone(),
+        })
         .collect();
     let sticky: Vec<i64> = rows.iter().filter_map(|r| r.key_id).collect();
     let mut keys: HashMap<GrantId, ReservedKey> = HashMap::new();
     if !keyless.is_empty() {
-        keys.extend(reserve_keys(&mut tx, &keyless).await?);
-        let unserved: Vec<(GrantId, EntitlementId)> = keyless
-            .into_iter()
-            .filter(|(grant, _)| !keys.contains_key(grant))
-            .collect();
-        let made = make_keys(&mut tx, &unserved, maker).await?;
-        keys.extend(made.keys);
-        fail_without_key(&mut tx, &made.failed).await?;
-        let parked: Vec<GrantId> = unserved
-            .into_iter()
-            .map(|(grant, _)| grant)
-            .filter(|grant| {
-                !keys.contains_key(grant) && !made.failed.iter().any(|(g, _)| g == grant)
-            })
-            .collect();
-        park_waiting_for_keys(&mut tx, &parked).await?;
+        // Jobs of sources that are asked are never claimed here (`ASKED_ELSEWHERE`).
+        let supplied = supply_keys(&mut tx, &keyless, sources, vault).await?;
+        keys.extend(supplied.keys);
+        fail_without_key(&mut tx, &supplied.failed).await?;
+        park_waiting_for_keys(&mut tx, &supplied.no_key).await?;
     }
     if !sticky.is_empty() {
         let by_id: HashMap<i64, ReservedKey> = key_details(&mut tx, &sticky)
@@ -173,67 +150,6 @@ async fn key_details(
     .await
 }
 
-/// Reserves one available key per (grant, entitlement), oldest import first, skipping keys
-/// another transaction holds. Binds each key to its grant on both rows, audited. Grants missing
-/// from the answer found no key. The caller holds the entitlements' shared key lock (taken
-/// before this statement, so its snapshot sees every committed import).
-async fn reserve_keys(
-    tx: &mut Transaction<'_, Postgres>,
-    wanted: &[(GrantId, EntitlementId)],
-) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Reserved {
-        grant_id: GrantId,
-        #[sqlx(flatten)]
-        key: ReservedKey,
-    }
-    let (grants, entitlements): (Vec<&GrantId>, Vec<&EntitlementId>) =
-        wanted.iter().map(|(g, e)| (g, e)).unzip();
-    let reserved: Vec<Reserved> = sqlx::query_as(
-        r#"
-        WITH need AS (
-            SELECT wanted.grant_id, wanted.entitlement_id,
-                   row_number() OVER (PARTITION BY wanted.entitlement_id ORDER BY wanted.grant_id) AS rank
-            FROM unnest($1::text[], $2::text[]) AS wanted(grant_id, entitlement_id)
-        ), need_per_entitlement AS (
-            SELECT entitlement_id, count(*) AS wanted FROM need GROUP BY entitlement_id
-        ), picked AS (
-            SELECT free.id, need_per_entitlement.entitlement_id,
-                   row_number() OVER (PARTITION BY need_per_entitlement.entitlement_id ORDER BY free.id) AS rank
-            FROM need_per_entitlement
-            JOIN pools ON pools.entitlement_id = need_per_entitlement.entitlement_id
-            CROSS JOIN LATERAL (
-                SELECT keys.id FROM keys
-                WHERE keys.pool_id = pools.id AND keys.state = 'available'
-                ORDER BY keys.id
-                LIMIT need_per_entitlement.wanted
-                FOR UPDATE SKIP LOCKED
-            ) free
-        ), pairs AS (
-            SELECT need.grant_id, picked.id AS key_id
-            FROM need JOIN picked USING (entitlement_id, rank)
-        ), reserved AS (
-            UPDATE keys SET state = 'reserved', grant_id = pairs.grant_id, updated_at = now()
-            FROM pairs WHERE keys.id = pairs.key_id
-        ), bound AS (
-            UPDATE jobs SET key_id = pairs.key_id, updated_at = now()
-            FROM pairs WHERE jobs.grant_id = pairs.grant_id
-        ), audited AS (
-            INSERT INTO audit_log (actor, action, grant_id, key_id)
-            SELECT 'worker', 'reserve', grant_id, key_id FROM pairs
-        )
-        SELECT pairs.grant_id, keys.id AS key_id, keys.value_sealed, pools.activations_limit,
-               pools.expires_in_days
-        FROM pairs JOIN keys ON keys.id = pairs.key_id JOIN pools ON pools.id = keys.pool_id
-        "#,
-    )
-    .bind(&grants)
-    .bind(&entitlements)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(reserved.into_iter().map(|r| (r.grant_id, r.key)).collect())
-}
-
 /// Parks claimed jobs that found no key, giving back the attempt their claim counted.
 async fn park_waiting_for_keys(
     tx: &mut Transaction<'_, Postgres>,
@@ -244,7 +160,7 @@ async fn park_waiting_for_keys(
     }
     let parked: Vec<(GrantId, EntitlementId, Option<String>)> = sqlx::query_as(
         r#"
-        UPDATE jobs SET state = 'waiting_for_keys', lease_token = NULL, run_at = now(),
+        UPDATE jobs SET state = $2, lease_token = NULL, run_at = now(),
                         attempts = attempts - 1, updated_at = now(),
                         last_error = 'no available key in the pool for entitlement ' || entitlement_id
         WHERE grant_id = ANY($1)
@@ -253,6 +169,7 @@ async fn park_waiting_for_keys(
         "#,
     )
     .bind(grant_ids)
+    .bind(moved(JobState::Running, JobEvent::NoKey))
     .fetch_all(&mut **tx)
     .await?;
     // A paying customer without a key: say so once, when the job is parked.
@@ -285,19 +202,18 @@ pub enum NextKey {
     LeaseLost,
 }
 
-/// Queues the job again without a key if its pool is an `http` pool; whether it was.
-async fn from_endpoint(
-    tx: &mut Transaction<'_, Postgres>,
-    grant_id: &GrantId,
-) -> Result<bool, sqlx::Error> {
-    let requeued = sqlx::query(
-        "UPDATE jobs SET state = 'queued', lease_token = NULL, run_at = now(), updated_at = now() \
-         WHERE grant_id = $1 AND entitlement_id IN (SELECT entitlement_id FROM pools WHERE source = 'http')",
-    )
-    .bind(grant_id)
+/// Hands a running job to the ask step without a key: its source is asked anew.
+async fn ask_anew(tx: &mut Transaction<'_, Postgres>, job: &ClaimedJob) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE jobs SET state = $3, lease_token = NULL, run_at = now(), updated_at = now() \
+         WHERE {LEASE_FENCE}"
+    ))
+    .bind(&job.grant_id)
+    .bind(job.lease_token)
+    .bind(moved(JobState::Running, JobEvent::Handoff))
     .execute(&mut **tx)
     .await?;
-    Ok(requeued.rows_affected() == 1)
+    Ok(())
 }
 
 /// Moves the end of a running job's lease to `lease` from now; false if the lease was lost.
@@ -307,10 +223,10 @@ pub async fn extend_lease(
     lease_token: i64,
     lease: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let extended = sqlx::query(
+    let extended = sqlx::query(&format!(
         "UPDATE jobs SET run_at = now() + make_interval(secs => $3), updated_at = now() \
-         WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'",
-    )
+         WHERE {LEASE_FENCE}"
+    ))
     .bind(grant_id)
     .bind(lease_token)
     .bind(lease.as_secs_f64())
@@ -326,13 +242,13 @@ pub async fn reject_key_and_reserve_next(
     pool: &Db,
     job: &ClaimedJob,
     attempt: &AttemptRecord,
-    maker: &KeyMaker,
+    sources: &Sources,
+    vault: Option<&Vault>,
 ) -> Result<NextKey, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let owned = sqlx::query(
-        "SELECT 1 FROM jobs WHERE grant_id = $1 AND lease_token = $2 AND state = 'running' \
-         AND key_id = $3 FOR UPDATE",
-    )
+    let owned = sqlx::query(&format!(
+        "SELECT 1 FROM jobs WHERE {LEASE_FENCE} AND key_id = $3 FOR UPDATE"
+    ))
     .bind(&job.grant_id)
     .bind(job.lease_token)
     .bind(job.key.key_id)
@@ -356,25 +272,60 @@ pub async fn reject_key_and_reserve_next(
         .bind(&job.entitlement_id)
         .execute(&mut *tx)
         .await?;
-    let wanted = [(job.grant_id.clone(), job.entitlement_id.clone())];
-    let mut next = reserve_keys(&mut tx, &wanted).await?.pop();
-    if next.is_none() {
-        let made = make_keys(&mut tx, &wanted, maker).await?;
-        if !made.failed.is_empty() {
-            fail_without_key(&mut tx, &made.failed).await?;
-            tx.commit().await?;
-            return Ok(NextKey::Failed);
-        }
-        next = made.keys.into_iter().next();
-    }
-    let next = match next {
-        Some((_, key)) => NextKey::Reserved(key),
-        None if from_endpoint(&mut tx, &job.grant_id).await? => NextKey::FromEndpoint,
-        None => {
-            park_waiting_for_keys(&mut tx, std::slice::from_ref(&job.grant_id)).await?;
-            NextKey::Parked
-        }
+    let wanted = [Keyless {
+        grant_id: job.grant_id.clone(),
+        entitlement_id: job.entitlement_id.clone(),
+        customer_id: job.customer_id.clone(),
+    }];
+    let supplied = supply_keys(&mut tx, &wanted, sources, vault).await?;
+    let next = if let Some((_, key)) = supplied.keys.into_iter().next() {
+        NextKey::Reserved(key)
+    } else if !supplied.failed.is_empty() {
+        fail_without_key(&mut tx, &supplied.failed).await?;
+        NextKey::Failed
+    } else if !supplied.asked.is_empty() {
+        ask_anew(&mut tx, job).await?;
+        NextKey::FromEndpoint
+    } else {
+        park_waiting_for_keys(&mut tx, &supplied.no_key).await?;
+        NextKey::Parked
     };
     tx.commit().await?;
     Ok(next)
+}
+
+/// Fails claimed jobs for which no key could be made, with the reason (on the job and as its
+/// attempt, outcome `no_key`), and says so at error level: a paying customer waits until
+/// someone fixes the pool and retries.
+async fn fail_without_key(
+    tx: &mut Transaction<'_, Postgres>,
+    failed: &[(GrantId, String)],
+) -> Result<(), sqlx::Error> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let (grants, reasons): (Vec<&GrantId>, Vec<&str>) =
+        failed.iter().map(|(g, r)| (g, r.as_str())).unzip();
+    sqlx::query(
+        r#"
+        WITH ended AS (
+            UPDATE jobs SET state = $3, lease_token = NULL, last_error = failed.reason,
+                            finished_at = now(), updated_at = now()
+            FROM unnest($1::text[], $2::text[]) AS failed(grant_id, reason)
+            WHERE jobs.grant_id = failed.grant_id
+            RETURNING jobs.grant_id, failed.reason
+        )
+        INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
+        SELECT grant_id, now(), 0, 'no_key', reason FROM ended
+        "#,
+    )
+    .bind(&grants)
+    .bind(&reasons)
+    .bind(moved(JobState::Running, JobEvent::Fail))
+    .execute(&mut **tx)
+    .await?;
+    for (grant_id, reason) in failed {
+        tracing::error!(%grant_id, error = %reason, "no key could be made for the grant; job failed");
+    }
+    Ok(())
 }

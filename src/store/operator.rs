@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::audit::{self, Subject};
 use super::settle::{KeyChange, change_keys};
 use crate::domain::{Actor, GrantId, JobState, KeyAction};
+use crate::jobs::{JobEvent, next};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -33,17 +34,18 @@ pub async fn requeue_job(
             .bind(grant_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let result = match state {
+    let result = match state.map(|s| (s, next(s, JobEvent::OperatorRetry))) {
         None => ActionResult::NotFound,
-        Some(JobState::Failed | JobState::Cancelled) => {
+        Some((_, Some(queued))) => {
             sqlx::query(
                 r#"
-                UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+                UPDATE jobs SET state = $2, attempts = 0, run_at = now(), finished_at = NULL,
                                 updated_at = now()
                 WHERE grant_id = $1
                 "#,
             )
             .bind(grant_id)
+            .bind(queued)
             .execute(&mut *tx)
             .await?;
             let subject = Subject {
@@ -53,7 +55,7 @@ pub async fn requeue_job(
             audit::record(&mut *tx, actor, "retry", subject).await?;
             ActionResult::Done
         }
-        Some(state) => ActionResult::WrongState { state },
+        Some((state, None)) => ActionResult::WrongState { state },
     };
     tx.commit().await?;
     Ok(result)
@@ -80,44 +82,44 @@ pub async fn cancel_job(
     .bind(grant_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let result = match row {
-        None => ActionResult::NotFound,
-        Some((state @ (JobState::Running | JobState::Delivered | JobState::Cancelled), ..)) => {
-            ActionResult::WrongState { state }
-        }
-        Some((_, key_id, unclear)) => {
-            sqlx::query(
-                r#"
-                UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
+    let result =
+        match row.map(|(s, key, unclear)| (s, next(s, JobEvent::OperatorCancel), key, unclear)) {
+            None => ActionResult::NotFound,
+            Some((state, None, ..)) => ActionResult::WrongState { state },
+            Some((_, Some(cancelled), key_id, unclear)) => {
+                sqlx::query(
+                    r#"
+                UPDATE jobs SET state = $2, finished_at = now(), updated_at = now(),
                                 last_error = 'cancelled by an operator'
                 WHERE grant_id = $1
                 "#,
-            )
-            .bind(grant_id)
-            .execute(&mut *tx)
-            .await?;
-            let subject = Subject {
-                grant_id: Some(grant_id),
-                key_id,
-                ..Default::default()
-            };
-            audit::record(&mut *tx, actor, "cancel", subject).await?;
-            match key_id {
-                Some(key_id) if !unclear => {
-                    let release = KeyChange {
-                        key_id,
-                        grant_id,
-                        action: KeyAction::Release,
-                        detail: "cancelled by an operator",
-                    };
-                    change_keys(&mut tx, &[release], actor).await?;
-                    ActionResult::Done
+                )
+                .bind(grant_id)
+                .bind(cancelled)
+                .execute(&mut *tx)
+                .await?;
+                let subject = Subject {
+                    grant_id: Some(grant_id),
+                    key_id,
+                    ..Default::default()
+                };
+                audit::record(&mut *tx, actor, "cancel", subject).await?;
+                match key_id {
+                    Some(key_id) if !unclear => {
+                        let release = KeyChange {
+                            key_id,
+                            grant_id,
+                            action: KeyAction::Release,
+                            detail: "cancelled by an operator",
+                        };
+                        change_keys(&mut tx, &[release], actor).await?;
+                        ActionResult::Done
+                    }
+                    Some(_) => ActionResult::DoneKeyKept,
+                    None => ActionResult::Done,
                 }
-                Some(_) => ActionResult::DoneKeyKept,
-                None => ActionResult::Done,
             }
-        }
-    };
+        };
     tx.commit().await?;
     Ok(result)
 }

@@ -9,7 +9,8 @@ use sqlx::{Postgres, Transaction};
 use super::audit::{self, Subject};
 use super::sealed::{NewKey, new_key_ids};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
-use crate::domain::{Actor, EntitlementId};
+use crate::domain::{Actor, EntitlementId, JobState};
+use crate::jobs::JobEvent;
 use crate::sources::Source;
 
 #[derive(Debug, Clone)]
@@ -229,11 +230,15 @@ pub async fn resume_waiting_for_keys(
 ) -> Result<u64, sqlx::Error> {
     let resumed = sqlx::query(
         r#"
-        UPDATE jobs SET state = 'queued', run_at = now(), updated_at = now(), last_error = NULL
+        UPDATE jobs SET state = $2, run_at = now(), updated_at = now(), last_error = NULL
         WHERE state = 'waiting_for_keys' AND entitlement_id = $1
         "#,
     )
     .bind(entitlement_id)
+    .bind(super::moved(
+        JobState::WaitingForKeys,
+        JobEvent::KeysArrived,
+    ))
     .execute(&mut **tx)
     .await?
     .rows_affected();

@@ -213,7 +213,8 @@ async fn a_wrong_api_key_is_retried_not_failed() {
         keyrelay::startup::dodo_client(&settings, &app.pool).unwrap(),
         &settings.worker,
     )
-    .with_key_maker(settings.keys.key_maker().unwrap());
+    .with_sources(settings.sources().unwrap())
+    .with_vault(settings.keys.sealing_vault().unwrap());
     run_batch(&ctx, 10).await.unwrap();
     let job = app.job(&grant).await;
     assert_eq!(

@@ -158,7 +158,7 @@ async fn a_multi_host_url_takes_the_first_host_that_accepts_writes_and_follows_a
     };
     let mut on_cluster = base_settings();
     on_cluster.database.url = cluster.primary.url("postgres").into();
-    let db = keyrelay::db::create_scratch_database(&mut on_cluster, "keyrelay_test")
+    let db = keyrelay::db::create_scratch_database(&mut on_cluster.database, "keyrelay_test")
         .await
         .unwrap();
     db.close().await;

@@ -52,6 +52,7 @@ async fn job_in_state(app: &TestApp, state: JobState) -> Grant {
                 1,
                 std::time::Duration::from_secs(60),
                 &Default::default(),
+                None,
             )
             .await
             .unwrap();

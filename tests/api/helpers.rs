@@ -127,7 +127,7 @@ impl TestApp {
     ) -> TestApp {
         capture_logs();
         sweep_old_databases(&base_settings());
-        keyrelay::db::create_scratch_database(&mut settings, "keyrelay_test")
+        keyrelay::db::create_scratch_database(&mut settings.database, "keyrelay_test")
             .await
             .expect("create test database")
             .close()
@@ -160,10 +160,8 @@ impl TestApp {
             dodo_client(s, &self.pool).unwrap(),
             &s.worker,
         )
-        .with_key_maker(s.keys.key_maker().unwrap())
-        .with_endpoints(keyrelay::sources::endpoint::Endpoints::new(
-            s.key_sources.clone(),
-        ))
+        .with_sources(s.sources().unwrap())
+        .with_vault(s.keys.sealing_vault().unwrap())
     }
 
     pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {

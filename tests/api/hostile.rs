@@ -198,10 +198,16 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
     let app = TestApp::spawn_web().await;
     app.add_pool("pro", ENT, &["PANIC-1", "PANIC-2"]).await;
     let doomed = app.sell().await;
-    let job = claim_batch(&app.pool, 1, Duration::from_secs(30), &Default::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let job = claim_batch(
+        &app.pool,
+        1,
+        Duration::from_secs(30),
+        &Default::default(),
+        None,
+    )
+    .await
+    .unwrap()
+    .remove(0);
     let outcome = keyrelay::fulfillment::run::guarded(&app.worker(), &job, async {
         panic!("arithmetic went wrong")
     })

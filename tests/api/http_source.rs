@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use keyrelay::domain::JobState;
-use keyrelay::fulfillment::{endpoint::fetch_keys, run_batch};
+use keyrelay::fulfillment::{ask::fetch_keys, run_batch};
 use keyrelay::harness::SANDBOX_VENDOR;
 use keyrelay::pool::{NewPool, add_pool};
 use keyrelay::sandbox::VendorFault;

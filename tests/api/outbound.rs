@@ -12,7 +12,7 @@ use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
 use keyrelay::configuration::KeySourceSettings;
 use keyrelay::dodo::{DodoClient, RateBudget};
 use keyrelay::domain::JobState;
-use keyrelay::fulfillment::{WorkerContext, endpoint::fetch_keys, run_batch};
+use keyrelay::fulfillment::{WorkerContext, ask::fetch_keys, run_batch};
 use keyrelay::pool::{NewPool, add_pool};
 use keyrelay::sources::Source;
 use keyrelay::startup::Role;
@@ -278,7 +278,8 @@ async fn an_oversized_error_body_from_dodo_is_dropped_and_the_job_retried() {
     )
     .unwrap();
     let ctx = WorkerContext::new(app.pool.clone(), dodo, &s.worker)
-        .with_key_maker(s.keys.key_maker().unwrap());
+        .with_sources(s.sources().unwrap())
+        .with_vault(s.keys.sealing_vault().unwrap());
     run_batch(&ctx, 10).await.unwrap();
     let job = app.job(&grant).await;
     assert_eq!(job.state, JobState::Retrying);

@@ -35,7 +35,7 @@ async fn sqlx_names_its_statements_even_uncached_so_keyrelay_runs_each_in_a_tran
         return;
     };
     let mut settings = base_settings();
-    keyrelay::db::create_scratch_database(&mut settings, "keyrelay_test")
+    keyrelay::db::create_scratch_database(&mut settings.database, "keyrelay_test")
         .await
         .unwrap()
         .close()

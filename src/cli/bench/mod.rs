@@ -206,7 +206,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut settings = settings.clone();
-    let pool = crate::db::create_scratch_database(&mut settings, "keyrelay_bench").await?;
+    let pool = crate::db::create_scratch_database(&mut settings.database, "keyrelay_bench").await?;
     add_pool(
         &pool,
         &NewPool {

@@ -7,12 +7,71 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
-use serde::Serialize;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
-use crate::configuration::{KeySourceSettings, parse_webhook_secrets};
+use super::{GrantFacts, KeySource, PoolRecipe, SourceError, Yield};
+use crate::crypto::parse_webhook_secrets;
 use crate::domain::{LicenseKey, printable};
-use crate::store::endpoint::KeylessJob;
+
+/// An endpoint of the merchant's or a vendor's that issues a key for a grant
+/// (`[key_sources.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySourceSettings {
+    pub url: String,
+    /// `whsec_…`: keyrelay signs its requests with it (Standard Webhooks headers).
+    pub secret: SecretString,
+    /// JSON pointer to the key in the endpoint's answer.
+    #[serde(default = "default_key_pointer")]
+    pub key_pointer: String,
+    #[serde(default = "default_key_source_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_key_pointer() -> String {
+    "/key".into()
+}
+
+fn default_key_source_timeout() -> u64 {
+    10
+}
+
+impl KeySourceSettings {
+    /// Checks the `[key_sources.NAME]` section; the error names the setting.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let url = url::Url::parse(&self.url).ok();
+        if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
+            return Err(format!(
+                "key_sources.{name}.url is not a valid http(s) URL (not shown: it may hold a credential)"
+            ));
+        }
+        if parse_webhook_secrets(self.secret.expose_secret()).is_err() {
+            return Err(format!(
+                "key_sources.{name}.secret is not whsec_ followed by base64"
+            ));
+        }
+        if !(self.key_pointer.is_empty() || self.key_pointer.starts_with('/')) {
+            return Err(format!(
+                "key_sources.{name}.key_pointer must be a JSON pointer such as /key or /license/key"
+            ));
+        }
+        if !(1..=300).contains(&self.timeout_secs) {
+            return Err(format!(
+                "key_sources.{name}.timeout_secs must be between 1 and 300"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How to configure the key source `name`, for messages about one that is missing.
+pub fn how_to_add_key_source(name: &str) -> String {
+    format!(
+        "add a [key_sources.{name}] section (url, secret) to keyrelay.toml, or KEYRELAY_KEY_SOURCES__{}__URL and __SECRET to the environment",
+        name.to_uppercase()
+    )
+}
 
 /// What keyrelay sends an endpoint.
 #[derive(Debug, Serialize)]
@@ -22,20 +81,6 @@ struct KeyRequest<'a> {
     entitlement_id: &'a str,
     payment_id: Option<&'a str>,
     subscription_id: Option<&'a str>,
-}
-
-/// Why no key came back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointError {
-    /// Try again later with the same idempotency key (5xx, 429, timeout, no connection).
-    /// `slow_down`: the endpoint asked for it (429), which uses no attempt.
-    Retry {
-        error: String,
-        retry_after: Option<Duration>,
-        slow_down: bool,
-    },
-    /// The endpoint refused (another 4xx) or answered something that is not a key.
-    Fail(String),
 }
 
 /// The configured key sources and one HTTP client for them.
@@ -60,6 +105,12 @@ pub fn idempotency_key(grant_id: &str, rejected: i64) -> String {
     format!("keyrelay:{grant_id}:{rejected}")
 }
 
+impl Default for Endpoints {
+    fn default() -> Endpoints {
+        Endpoints::new(HashMap::new())
+    }
+}
+
 impl Endpoints {
     pub fn new(sources: HashMap<String, KeySourceSettings>) -> Endpoints {
         Endpoints {
@@ -74,44 +125,56 @@ impl Endpoints {
             .get(name)
             .map(|s| Duration::from_secs(s.timeout_secs))
     }
+}
 
-    /// Asks the job's endpoint for its key: (idempotency key used, key).
-    pub async fn request_key(
-        &self,
-        job: &KeylessJob,
-    ) -> (String, Result<LicenseKey, EndpointError>) {
-        let idempotency = idempotency_key(job.grant_id.as_str(), job.rejected);
-        let result = self.request(job, &idempotency).await;
-        (idempotency, result)
+/// The source of an `http` pool: its endpoint, asked for each grant's key.
+pub struct Endpoint<'a> {
+    pub endpoints: &'a Endpoints,
+    pub pool: &'a PoolRecipe,
+}
+
+impl KeySource for Endpoint<'_> {
+    async fn key_for(&self, grant: &GrantFacts<'_>) -> Result<Yield, SourceError> {
+        let idempotency = idempotency_key(grant.grant_id.as_str(), grant.rejected);
+        self.request(grant, &idempotency).await.map(Yield::Key)
+    }
+}
+
+impl Endpoint<'_> {
+    /// The name of the pool's key source.
+    fn name(&self) -> &str {
+        self.pool.endpoint.as_deref().unwrap_or_default()
     }
 
     async fn request(
         &self,
-        job: &KeylessJob,
+        grant: &GrantFacts<'_>,
         idempotency: &str,
-    ) -> Result<LicenseKey, EndpointError> {
-        let source = self.sources.get(&job.endpoint).ok_or_else(|| {
-            EndpointError::Fail(format!(
-                "pool `{}` names key source `{}`, which is not configured; add [key_sources.{}] and restart, then retry the job",
-                job.pool, job.endpoint, job.endpoint
+    ) -> Result<LicenseKey, SourceError> {
+        let name = self.name();
+        let source = self.endpoints.sources.get(name).ok_or_else(|| {
+            SourceError::Fail(format!(
+                "pool `{}` names key source `{name}`, which is not configured; add [key_sources.{name}] and restart, then retry the job",
+                self.pool.pool
             ))
         })?;
         let body = serde_json::to_string(&KeyRequest {
-            grant_id: job.grant_id.as_str(),
-            customer_id: job.customer_id.as_str(),
-            entitlement_id: job.entitlement_id.as_str(),
-            payment_id: job.payment_id.as_deref(),
-            subscription_id: job.subscription_id.as_deref(),
+            grant_id: grant.grant_id.as_str(),
+            customer_id: grant.customer_id.as_str(),
+            entitlement_id: grant.entitlement_id.as_str(),
+            payment_id: grant.payment_id,
+            subscription_id: grant.subscription_id,
         })
         .expect("a key request serializes");
         let secret = parse_webhook_secrets(source.secret.expose_secret())
-            .map_err(|e| EndpointError::Fail(e.to_string()))?
+            .map_err(|e| SourceError::Fail(e.to_string()))?
             .remove(0);
         let timestamp = chrono::Utc::now().timestamp();
         let signature = standardwebhooks::Webhook::from_bytes(secret)
             .and_then(|w| w.sign(idempotency, timestamp, body.as_bytes()))
-            .map_err(|e| EndpointError::Fail(format!("cannot sign the request: {e:?}")))?;
+            .map_err(|e| SourceError::Fail(format!("cannot sign the request: {e:?}")))?;
         let answer = self
+            .endpoints
             .http
             .post(&source.url)
             .timeout(Duration::from_secs(source.timeout_secs))
@@ -123,27 +186,27 @@ impl Endpoints {
             .body(body)
             .send()
             .await
-            .map_err(|e| no_answer(job, "did not answer", &e))?;
+            .map_err(|e| no_answer(name, "did not answer", &e))?;
         let status = answer.status().as_u16();
         if let Some(redirect) = crate::outbound::redirect_refused(&answer) {
-            return Err(EndpointError::Fail(format!(
+            return Err(SourceError::Fail(format!(
                 "key source `{}` answered {status}, {redirect}",
-                job.endpoint
+                name
             )));
         }
-        let retry_after = crate::dodo::wait_hint(answer.headers());
+        let retry_after = crate::outbound::wait_hint(answer.headers());
         let bytes =
             match crate::outbound::read_capped(answer, crate::outbound::KEY_ANSWER_LIMIT).await {
                 Ok(bytes) => bytes,
                 Err(e @ crate::outbound::ReadError::TooLarge { .. }) => {
-                    return Err(EndpointError::Fail(format!(
+                    return Err(SourceError::Fail(format!(
                         "key source `{}` answered {status}, but {e}",
-                        job.endpoint
+                        name
                     )));
                 }
                 Err(e) => {
-                    return Err(EndpointError::Retry {
-                        error: format!("key source `{}` {e}", job.endpoint),
+                    return Err(SourceError::Retry {
+                        error: format!("key source `{}` {e}", name),
                         retry_after: None,
                         slow_down: false,
                     });
@@ -151,23 +214,16 @@ impl Endpoints {
             };
         match status {
             200..=299 => key_at(&bytes, &source.key_pointer).map_err(|why| {
-                EndpointError::Fail(format!(
-                    "key source `{}` answered {status} but {why}",
-                    job.endpoint
-                ))
+                SourceError::Fail(format!("key source `{}` answered {status} but {why}", name))
             }),
-            429 | 500..=599 => Err(EndpointError::Retry {
-                error: format!(
-                    "key source `{}` answered {status}{}",
-                    job.endpoint,
-                    message(&bytes)
-                ),
+            429 | 500..=599 => Err(SourceError::Retry {
+                error: format!("key source `{}` answered {status}{}", name, message(&bytes)),
                 retry_after,
                 slow_down: status == 429,
             }),
-            _ => Err(EndpointError::Fail(format!(
+            _ => Err(SourceError::Fail(format!(
                 "key source `{}` answered {status}{}",
-                job.endpoint,
+                name,
                 message(&bytes)
             ))),
         }
@@ -175,12 +231,12 @@ impl Endpoints {
 }
 
 /// A request that got no (whole) answer: retried, naming the server but not the URL.
-fn no_answer(job: &KeylessJob, what: &str, e: &reqwest::Error) -> EndpointError {
-    EndpointError::Retry {
+fn no_answer(name: &str, what: &str, e: &reqwest::Error) -> SourceError {
+    SourceError::Retry {
         error: format!(
             "key source `{}` {what}: {}",
-            job.endpoint,
-            crate::dodo::describe_error(e)
+            name,
+            crate::outbound::describe_error(e)
         ),
         retry_after: None,
         slow_down: false,

@@ -1,18 +1,21 @@
-//! Jobs of `http` pools before they have a key: claimed for the endpoint step, then either
-//! bound to the key the endpoint answered (and queued for Dodo), or retried or failed. Every
-//! key an endpoint answers is recorded in `received_keys`; one that is not bound is an orphan.
+//! Jobs whose pool's source is asked over the network (`http` pools), before they have a
+//! key: claimed for the ask step, then bound to the key the source answered (`bind`, and
+//! queued for Dodo), or retried or failed. Every key an endpoint answers is recorded in
+//! `received_keys`; one that is not bound is an orphan.
 
 use std::time::Duration;
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
 
-use super::TAKE_LEASE;
-use super::sealed::{SealedValue, new_key_ids};
+use super::bind::{NewBinding, bind_new_keys};
+use super::{DUE, LEASE_FENCE, TAKE_LEASE, moved};
 use crate::crypto::Vault;
 use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, LicenseKey};
+use crate::jobs::JobEvent;
+use crate::sources::{GrantFacts, PoolRecipe};
 
-/// A job of an http pool that needs its key, owned until its lease ends.
+/// A job whose source is asked for its key, owned until its lease ends.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeylessJob {
     pub grant_id: GrantId,
@@ -20,14 +23,39 @@ pub struct KeylessJob {
     pub customer_id: CustomerId,
     pub lease_token: i64,
     pub attempts: i32,
-    pub pool: String,
-    pub endpoint: String,
     /// Keys of this grant Dodo already held: each one asks the endpoint anew.
     pub rejected: i64,
     pub payment_id: Option<String>,
     pub subscription_id: Option<String>,
     /// When this worker claimed it: the attempt it records starts here.
     pub claimed_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub recipe: PoolRecipe,
+}
+
+impl KeylessJob {
+    /// What its source is told of the grant.
+    pub fn facts(&self) -> GrantFacts<'_> {
+        GrantFacts {
+            grant_id: &self.grant_id,
+            customer_id: &self.customer_id,
+            entitlement_id: &self.entitlement_id,
+            payment_id: self.payment_id.as_deref(),
+            subscription_id: self.subscription_id.as_deref(),
+            rejected: self.rejected,
+            now: Utc::now(),
+        }
+    }
+
+    /// The pool's name, for messages.
+    pub fn pool(&self) -> &str {
+        &self.recipe.pool
+    }
+
+    /// The name of the pool's key source.
+    pub fn endpoint(&self) -> &str {
+        self.recipe.endpoint.as_deref().unwrap_or_default()
+    }
 }
 
 /// Claims up to `limit` due jobs of http pools that have no key yet, counting the attempt and
@@ -42,8 +70,7 @@ pub async fn claim_keyless(
         WITH due AS (
             SELECT jobs.grant_id FROM jobs
             JOIN pools ON pools.entitlement_id = jobs.entitlement_id AND pools.source = 'http'
-            WHERE jobs.state IN ('queued', 'retrying', 'running') AND jobs.run_at <= now()
-              AND jobs.key_id IS NULL
+            WHERE {DUE} AND jobs.key_id IS NULL
             ORDER BY jobs.run_at
             LIMIT $1
             FOR UPDATE OF jobs SKIP LOCKED
@@ -54,7 +81,9 @@ pub async fn claim_keyless(
                       jobs.attempts, jobs.webhook_id
         )
         SELECT claimed.grant_id, claimed.entitlement_id, claimed.customer_id,
-               claimed.lease_token, claimed.attempts, pools.name AS pool, pools.endpoint,
+               claimed.lease_token, claimed.attempts, pools.id AS pool_id, pools.name AS pool,
+               pools.source, pools.template, pools.alphabet, pools.activations_limit,
+               pools.expires_in_days, pools.endpoint,
                (SELECT count(*) FROM keys
                 WHERE keys.grant_id = claimed.grant_id AND keys.state = 'rejected') AS rejected,
                events.payload -> 'data' ->> 'payment_id' AS payment_id,
@@ -94,44 +123,23 @@ pub async fn record_received(
     key: &LicenseKey,
 ) -> Result<Received, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let owned = sqlx::query(
-        "SELECT 1 FROM jobs WHERE grant_id = $1 AND lease_token = $2 AND state = 'running' \
-         AND key_id IS NULL FOR UPDATE",
-    )
+    let owned = sqlx::query(&format!(
+        "SELECT 1 FROM jobs WHERE {LEASE_FENCE} AND key_id IS NULL FOR UPDATE"
+    ))
     .bind(&job.grant_id)
     .bind(job.lease_token)
     .fetch_optional(&mut *tx)
     .await?
     .is_some();
-    let mut key_id: Option<i64> = None;
+    let mut bound = false;
     if owned {
-        let id = new_key_ids(&mut tx, 1).await?[0];
-        let sealed = SealedValue::new(vault, key, id);
-        key_id = sqlx::query_scalar(
-            r#"
-            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
-                              grant_id, batch_id, tail)
-            OVERRIDING SYSTEM VALUE
-            SELECT $1, pools.id, $2, $3, $4, 'reserved', $5, 'http:' || pools.endpoint, $7
-            FROM pools WHERE pools.name = $6
-            ON CONFLICT (value_hash) DO NOTHING
-            RETURNING id
-            "#,
-        )
-        .bind(id)
-        .bind(&sealed.sealed)
-        .bind(&sealed.hash)
-        .bind(vault.sealing_key_id())
-        .bind(&job.grant_id)
-        .bind(&job.pool)
-        .bind(&sealed.tail)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let new = NewBinding::made(&job.grant_id, &job.recipe, key.clone());
+        bound = !bind_new_keys(&mut tx, vault, &[new]).await?.is_empty();
     }
-    let outcome = match (owned, key_id) {
+    let outcome = match (owned, bound) {
         (false, _) => Received::LeaseLost,
-        (true, Some(_)) => Received::Bound,
-        (true, None) => Received::Duplicate,
+        (true, true) => Received::Bound,
+        (true, false) => Received::Duplicate,
     };
     sqlx::query(
         "INSERT INTO received_keys (grant_id, idempotency_key, value_hash, masked, bound, orphan) \
@@ -141,39 +149,32 @@ pub async fn record_received(
     .bind(idempotency_key)
     .bind(vault.hash(key.reveal()))
     .bind(key.masked())
-    .bind(key_id.is_some())
+    .bind(bound)
     .execute(&mut *tx)
     .await?;
-    match (outcome, key_id) {
-        (_, Some(key_id)) => {
-            sqlx::query(
-                r#"
-                WITH bound AS (
-                    UPDATE jobs SET key_id = $3, state = 'queued', lease_token = NULL,
-                                    run_at = now(), attempts = attempts - 1, last_error = NULL,
-                                    updated_at = now()
-                    WHERE grant_id = $1 AND lease_token = $2
-                )
-                INSERT INTO audit_log (actor, action, grant_id, key_id, detail)
-                VALUES ('worker', 'receive', $1, $3, 'issued by the endpoint of pool ' || $4)
-                "#,
-            )
+    match outcome {
+        Received::Bound => {
+            // Bound: the claim takes it to Dodo, with the attempt this claim counted given back.
+            sqlx::query(&format!(
+                "UPDATE jobs SET state = $3, lease_token = NULL, run_at = now(), \
+                                 attempts = attempts - 1, last_error = NULL, updated_at = now() \
+                 WHERE {LEASE_FENCE}"
+            ))
             .bind(&job.grant_id)
             .bind(job.lease_token)
-            .bind(key_id)
-            .bind(&job.pool)
+            .bind(moved(JobState::Running, JobEvent::Handoff))
             .execute(&mut *tx)
             .await?;
             super::notify_jobs_ready(&mut *tx).await?;
         }
-        (Received::Duplicate, _) => {
+        Received::Duplicate => {
             let error = format!(
                 "the endpoint of pool `{}` answered a key that is already stored (for another grant or pool); revoke it at the vendor and retry the job",
-                job.pool
+                job.pool()
             );
             settle_keyless(&mut *tx, job, JobState::Failed, Utc::now(), false, &error).await?;
         }
-        _ => {}
+        Received::LeaseLost => {}
     }
     tx.commit().await?;
     Ok(outcome)
@@ -190,25 +191,29 @@ pub async fn settle_keyless<'e>(
     refund: bool,
     error: &str,
 ) -> Result<bool, sqlx::Error> {
-    let ended = sqlx::query(
+    let event = match state {
+        JobState::Failed => JobEvent::Fail,
+        _ => JobEvent::RetryLater,
+    };
+    let ended = sqlx::query(&format!(
         r#"
         WITH ended AS (
             UPDATE jobs SET state = $3, run_at = $4, lease_token = NULL, last_error = $6,
                             attempts = attempts - CASE WHEN $5 THEN 1 ELSE 0 END,
                             finished_at = CASE WHEN $3 = 'failed'::job_state THEN now() END,
                             updated_at = now()
-            WHERE grant_id = $1 AND lease_token = $2 AND state = 'running'
+            WHERE {LEASE_FENCE}
             RETURNING grant_id
         )
         INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
         SELECT grant_id, $7, greatest(0, extract(epoch FROM clock_timestamp() - $7) * 1000)::int,
                'no_key', $6
         FROM ended
-        "#,
-    )
+        "#
+    ))
     .bind(&job.grant_id)
     .bind(job.lease_token)
-    .bind(state)
+    .bind(moved(JobState::Running, event))
     .bind(run_at)
     .bind(refund)
     .bind(error)
