@@ -94,16 +94,4 @@ mod tests {
             Duration::from_secs(600)
         );
     }
-
-    #[test]
-    fn default_settings_ride_out_six_hours_of_outage() {
-        let settings =
-            crate::configuration::Settings::load_from(None, &Default::default()).unwrap();
-        let p = RetryPolicy {
-            base: Duration::from_millis(settings.worker.backoff_base_ms),
-            max: Duration::from_millis(settings.worker.backoff_max_ms),
-        };
-        let span = p.minimum_span(settings.worker.max_attempts);
-        assert!(span >= Duration::from_secs(6 * 3600), "only {span:?}");
-    }
 }

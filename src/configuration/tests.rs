@@ -1,6 +1,7 @@
 //! Loading, layering and validating settings.
 
 use super::*;
+use std::time::Duration;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -336,4 +337,15 @@ fn a_direct_url_makes_the_database_url_a_transaction_pooler() {
             .to_string();
         assert!(err.contains(expected), "{name}={value}: {err}");
     }
+}
+
+#[test]
+fn default_settings_ride_out_six_hours_of_outage() {
+    let settings = Settings::load_from(None, &Default::default()).unwrap();
+    let p = crate::backoff::RetryPolicy {
+        base: Duration::from_millis(settings.worker.backoff_base_ms),
+        max: Duration::from_millis(settings.worker.backoff_max_ms),
+    };
+    let span = p.minimum_span(settings.worker.max_attempts);
+    assert!(span >= Duration::from_secs(6 * 3600), "only {span:?}");
 }

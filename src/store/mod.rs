@@ -17,12 +17,13 @@
 //! - `stock`: counts (keys per pool and state, jobs per state) and low-stock flags.
 //! - `read`: what operators and the dashboard look at; `search`: finding jobs by id, key,
 //!   state, pool and time, a page at a time; `history`: the dashboard's time series.
-//! - `audit`, `prune`, and `admin` (signed-out sessions).
+//! - `audit`, `prune`, `admin` (signed-out sessions), and `bulk` (the benchmark's history).
 
 pub mod admin;
 pub mod asking;
 pub mod audit;
 mod bind;
+pub mod bulk;
 pub mod claim;
 pub mod enqueue;
 pub mod history;

@@ -30,3 +30,4 @@ mod servers;
 mod shop_api;
 mod signature;
 mod sources;
+mod structure;
