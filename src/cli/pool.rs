@@ -114,14 +114,6 @@ pub async fn run(pool: &Db, settings: &Settings, command: PoolCommand) -> anyhow
             endpoint,
             keys_with_spaces,
         } => {
-            if let Some(name) = endpoint.as_deref()
-                && !settings.key_sources.contains_key(name)
-            {
-                anyhow::bail!(
-                    "no key source named `{name}`: {}",
-                    crate::configuration::how_to_add_key_source(name)
-                );
-            }
             let new = NewPool {
                 name,
                 entitlement_id,
@@ -135,132 +127,148 @@ pub async fn run(pool: &Db, settings: &Settings, command: PoolCommand) -> anyhow
                 endpoint,
                 keys_with_spaces,
             };
-            let resumed = pool::add_pool(pool, &new).await?;
-            let next = match source {
-                Source::List => format!("load keys with `keyrelay pool import {} FILE`", new.name),
-                Source::Generate => "keys are made from its template as grants arrive".into(),
-                Source::Sign => "keys are signed as grants arrive; workers need KEYRELAY_SIGNING_KEY (`keyrelay keys new-signing-key` makes one)".into(),
-                Source::Http => "keys are asked of the endpoint as grants arrive".into(),
-            };
-            println!(
-                "created {source} pool `{}` for entitlement {}; {next}",
-                new.name, new.entitlement_id
-            );
-            if resumed > 0 {
-                println!("{resumed} job(s) waiting for this entitlement are queued again");
-            }
+            add(pool, settings, new).await
         }
         PoolCommand::Import {
             name,
             file,
             dry_run,
-        } => import(pool, &settings.keys.vault()?, &name, file, dry_run).await?,
-        PoolCommand::History {
-            name,
-            limit,
-            json: as_json,
-        } => {
-            let Some(entries) = crate::store::audit::for_pool(pool, &name, limit).await? else {
-                anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
-            };
-            if as_json {
-                return json(&entries);
-            }
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
-                        e.actor.clone(),
-                        e.action.clone(),
-                        or_dash(e.grant_id.as_deref()),
-                        or_dash(e.key_id),
-                        or_dash(e.batch_id.as_deref()),
-                        or_dash(e.detail.as_deref()),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "time", "actor", "action", "grant", "key id", "batch", "detail",
-                ],
-                &rows,
-            );
-            if entries.len() as i64 == limit {
-                println!("showing the newest {limit}; pass a larger --limit to see more");
-            }
-        }
-        PoolCommand::List { json: as_json } => {
-            let pools = pool::list_pools(pool).await?;
-            if as_json {
-                return json(&pools);
-            }
-            if pools.is_empty() {
-                println!(
-                    "no pools yet; create one with `keyrelay pool add NAME --entitlement ENT_ID`"
-                );
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = pools
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.entitlement_id.clone(),
-                        p.source.to_string(),
-                        match (p.source.makes_keys(), &p.source_problem) {
-                            (true, Some(_)) => "none".into(),
-                            (true, None) => "unlimited".into(),
-                            (false, _) => p.available.to_string(),
-                        },
-                        p.reserved.to_string(),
-                        p.delivered.to_string(),
-                        p.rejected.to_string(),
-                        p.revoked.to_string(),
-                        if p.source_problem.is_some() {
-                            "BROKEN".into()
-                        } else if p.low_stock {
-                            format!("LOW (< {})", p.low_stock_threshold)
-                        } else {
-                            "ok".into()
-                        },
-                        format!("{} / {}", p.sold_last_day, p.sold_last_week),
-                        p.forecast(),
-                        or_dash(p.activations_limit),
-                        or_dash(p.expires_in_days),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "name",
-                    "entitlement",
-                    "source",
-                    "available",
-                    "reserved",
-                    "delivered",
-                    "rejected",
-                    "revoked",
-                    "stock",
-                    "sold day/week",
-                    "runs out",
-                    "activations",
-                    "expiry_days",
-                ],
-                &rows,
-            );
-            for p in pools.iter().filter(|p| p.source_problem.is_some()) {
-                println!(
-                    "\nBROKEN: pool `{}` cannot get keys: {}\n        (found by a worker at {})",
-                    shown(&p.name),
-                    wrapped(p.source_problem.as_deref().unwrap_or_default(), 100, 8),
-                    or_dash(
-                        p.source_checked_at
-                            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC"))
-                    )
-                );
-            }
-        }
+        } => import(pool, &settings.keys.vault()?, &name, file, dry_run).await,
+        PoolCommand::History { name, limit, json } => history(pool, &name, limit, json).await,
+        PoolCommand::List { json } => list(pool, json).await,
+    }
+}
+
+/// `pool add`: creates the pool (its key source checked first) and says what comes next.
+async fn add(pool: &Db, settings: &Settings, new: NewPool) -> anyhow::Result<()> {
+    let source = new.source.unwrap_or(Source::List);
+    if let Some(name) = new.endpoint.as_deref()
+        && !settings.key_sources.contains_key(name)
+    {
+        anyhow::bail!(
+            "no key source named `{name}`: {}",
+            crate::configuration::how_to_add_key_source(name)
+        );
+    }
+    let resumed = pool::add_pool(pool, &new).await?;
+    let next = match source {
+        Source::List => format!("load keys with `keyrelay pool import {} FILE`", new.name),
+        Source::Generate => "keys are made from its template as grants arrive".into(),
+        Source::Sign => "keys are signed as grants arrive; workers need KEYRELAY_SIGNING_KEY (`keyrelay keys new-signing-key` makes one)".into(),
+        Source::Http => "keys are asked of the endpoint as grants arrive".into(),
+    };
+    println!(
+        "created {source} pool `{}` for entitlement {}; {next}",
+        new.name, new.entitlement_id
+    );
+    if resumed > 0 {
+        println!("{resumed} job(s) waiting for this entitlement are queued again");
+    }
+    Ok(())
+}
+
+/// `pool history`: the pool's audit trail, newest first.
+async fn history(pool: &Db, name: &str, limit: i64, as_json: bool) -> anyhow::Result<()> {
+    let Some(entries) = crate::store::audit::for_pool(pool, name, limit).await? else {
+        anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
+    };
+    if as_json {
+        return json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                or_dash(e.grant_id.as_deref()),
+                or_dash(e.key_id),
+                or_dash(e.batch_id.as_deref()),
+                or_dash(e.detail.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "time", "actor", "action", "grant", "key id", "batch", "detail",
+        ],
+        &rows,
+    );
+    if entries.len() as i64 == limit {
+        println!("showing the newest {limit}; pass a larger --limit to see more");
+    }
+    Ok(())
+}
+
+/// `pool list`: every pool, its stock, sales and forecast, and what is broken.
+async fn list(pool: &Db, as_json: bool) -> anyhow::Result<()> {
+    let pools = pool::list_pools(pool).await?;
+    if as_json {
+        return json(&pools);
+    }
+    if pools.is_empty() {
+        println!("no pools yet; create one with `keyrelay pool add NAME --entitlement ENT_ID`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.entitlement_id.clone(),
+                p.source.to_string(),
+                match (p.source.makes_keys(), &p.source_problem) {
+                    (true, Some(_)) => "none".into(),
+                    (true, None) => "unlimited".into(),
+                    (false, _) => p.available.to_string(),
+                },
+                p.reserved.to_string(),
+                p.delivered.to_string(),
+                p.rejected.to_string(),
+                p.revoked.to_string(),
+                if p.source_problem.is_some() {
+                    "BROKEN".into()
+                } else if p.low_stock {
+                    format!("LOW (< {})", p.low_stock_threshold)
+                } else {
+                    "ok".into()
+                },
+                format!("{} / {}", p.sold_last_day, p.sold_last_week),
+                p.forecast(),
+                or_dash(p.activations_limit),
+                or_dash(p.expires_in_days),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "name",
+            "entitlement",
+            "source",
+            "available",
+            "reserved",
+            "delivered",
+            "rejected",
+            "revoked",
+            "stock",
+            "sold day/week",
+            "runs out",
+            "activations",
+            "expiry_days",
+        ],
+        &rows,
+    );
+    for p in pools.iter().filter(|p| p.source_problem.is_some()) {
+        println!(
+            "\nBROKEN: pool `{}` cannot get keys: {}\n        (found by a worker at {})",
+            shown(&p.name),
+            wrapped(p.source_problem.as_deref().unwrap_or_default(), 100, 8),
+            or_dash(
+                p.source_checked_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC"))
+            )
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! errors are an outage rather than a failure).
 
 mod handle;
+mod hosts;
 mod locks;
 mod settings;
 pub mod url;
@@ -20,7 +21,7 @@ pub use handle::Db;
 pub use locks::HeldLock;
 pub use settings::{DatabaseSettings, Pooler};
 
-use handle::PoolSpec;
+use hosts::PoolSpec;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +89,7 @@ pub fn lazy_pool(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::
     );
     Ok(match database.direct_target()? {
         Some(direct) => {
-            let (session, _) = handle::open_pool(PoolSpec {
+            let (session, _) = hosts::open_pool(PoolSpec {
                 url: &direct,
                 max_connections: DIRECT_CONNECTIONS,
                 acquire_timeout: ACQUIRE_TIMEOUT,
@@ -103,7 +104,7 @@ pub fn lazy_pool(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::
 /// Connects now, failing with a message that says where, what happened and what to do.
 pub async fn connect(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::Result<Db> {
     let target = settings.as_ref().target()?;
-    let first = match handle::first_writable(&target.hosts).await {
+    let first = match hosts::first_writable(&target.hosts).await {
         Ok(first) => first,
         Err(why) => {
             let options = &target.hosts[0];
@@ -285,7 +286,7 @@ pub async fn wait_until_reachable(
     };
     let mut stop = std::pin::pin!(stop);
     for attempt in 1.. {
-        let why = match handle::first_writable(&target.hosts).await {
+        let why = match hosts::first_writable(&target.hosts).await {
             Ok(_) => return Ok(()),
             Err(why) => why.join("; "),
         };
