@@ -1,6 +1,6 @@
 //! Key pools: creating a pool bound to one entitlement, importing keys (all or nothing), and
-//! stock figures. The SQL is the store's (`store::pools`, `store::stock`); reservation and
-//! release happen in the queue (`store::claim`, `store::settle`).
+//! stock figures. The SQL is the store's (`store::pools`, `store::stock`); binding a key to
+//! a grant happens in the queue (`store::bind`), its later moves in `store::settle`.
 
 pub mod keyfile;
 
