@@ -27,10 +27,7 @@ async fn failed_grant(app: &TestApp) -> keyrelay::dodo::Grant {
         .script_faults(&grant.id, [Fault::Status { status: 422 }]);
     let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
     assert_eq!(app.post(&hook).await.status(), 200);
-    wait_until("the job fails", Duration::from_secs(10), || async {
-        app.job_state(&grant.id).await == JobState::Failed
-    })
-    .await;
+    app.wait_for_state(&grant.id, JobState::Failed).await;
     grant
 }
 
@@ -145,12 +142,7 @@ async fn the_admin_api_is_off_without_a_token_and_needs_the_right_one() {
             .status(),
         200
     );
-    wait_until(
-        "the retried job is delivered",
-        Duration::from_secs(10),
-        || async { app.job_state(&grant.id).await == JobState::Delivered },
-    )
-    .await;
+    app.wait_for_state(&grant.id, JobState::Delivered).await;
     let actors: Vec<String> =
         sqlx::query_scalar("SELECT actor FROM audit_log WHERE grant_id = $1 AND action = 'retry'")
             .bind(&grant.id)

@@ -30,19 +30,6 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-/// Signs in and returns the `name=value` of the session cookie and the whole Set-Cookie.
-async fn sign_in(app: &TestApp) -> (String, String) {
-    let r = no_redirects()
-        .post(format!("{}/admin/login", app.base()))
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    (cookie.split(';').next().unwrap().to_string(), cookie)
-}
-
 #[tokio::test]
 async fn guessing_the_token_is_throttled_and_logged() {
     let app = admin_app(true).await;
@@ -70,7 +57,7 @@ async fn guessing_the_token_is_throttled_and_logged() {
 #[tokio::test]
 async fn signing_out_ends_the_session_on_the_server() {
     let app = admin_app(true).await;
-    let (session, _) = sign_in(&app).await;
+    let (session, _) = app.sign_in(TOKEN).await;
     let client = no_redirects();
     let page = client
         .get(format!("{}/admin", app.base()))
@@ -112,11 +99,11 @@ async fn signing_out_ends_the_session_on_the_server() {
 #[tokio::test]
 async fn the_session_cookie_is_secure_unless_told_the_site_is_plain_http() {
     let app = admin_app(false).await;
-    let (_, cookie) = sign_in(&app).await;
+    let (_, cookie) = app.sign_in(TOKEN).await;
     assert!(cookie.contains("Secure"), "{cookie}");
     app.stop().await;
     let app = admin_app(true).await;
-    let (_, cookie) = sign_in(&app).await;
+    let (_, cookie) = app.sign_in(TOKEN).await;
     assert!(!cookie.contains("Secure"), "{cookie}");
     app.stop().await;
 }
@@ -124,7 +111,7 @@ async fn the_session_cookie_is_secure_unless_told_the_site_is_plain_http() {
 #[tokio::test]
 async fn no_page_says_what_a_url_tells_it_to() {
     let app = admin_app(true).await;
-    let (session, _) = sign_in(&app).await;
+    let (session, _) = app.sign_in(TOKEN).await;
     let client = no_redirects();
     for path in [
         "/admin?done=Your+account+is+locked.+Call+%2B1-555-0100",

@@ -59,12 +59,7 @@ async fn conflict_after_an_unacknowledged_success_is_delivered_with_the_same_key
         app.key_state(K1).await,
         (KeyState::Delivered, Some(grant.clone()))
     );
-    let sent: Vec<String> = app
-        .sandbox
-        .fulfill_log()
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
+    let sent: Vec<String> = app.keys_sent_to_dodo();
     assert_eq!(
         sent,
         vec![K1, K1],
@@ -268,12 +263,7 @@ async fn rate_limits_and_server_errors_retry_with_the_same_key() {
     let job = app.job(&grant).await;
     // Four calls, three attempts: the 429 gave its attempt back.
     assert_eq!((job.state, job.attempts), (JobState::Delivered, 3));
-    let keys: Vec<String> = app
-        .sandbox
-        .fulfill_log()
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
+    let keys: Vec<String> = app.keys_sent_to_dodo();
     assert!(keys.iter().all(|k| k == K1), "{keys:?}");
     let attempts = app.count("SELECT count(*) FROM attempts").await;
     assert_eq!(attempts, 4, "every attempt is recorded");

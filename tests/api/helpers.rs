@@ -287,6 +287,42 @@ impl TestApp {
         self.job(grant_id).await.state
     }
 
+    /// Waits (at most 30 s) until the grant's job is in `state`.
+    pub async fn wait_for_state(&self, grant_id: &str, state: JobState) {
+        wait_until(
+            &format!("grant {grant_id} is {state}"),
+            Duration::from_secs(30),
+            || async { self.job_state(grant_id).await == state },
+        )
+        .await;
+    }
+
+    /// Every key value Dodo's side (the sandbox) was sent, in the order of the calls.
+    pub fn keys_sent_to_dodo(&self) -> Vec<String> {
+        self.sandbox
+            .fulfill_log()
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
+    }
+
+    /// Signs in to the dashboard with `token`: the session cookie as `name=value`, and the
+    /// whole `Set-Cookie`.
+    pub async fn sign_in(&self, token: &str) -> (String, String) {
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/admin/login", self.base()))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "signing in with the admin token");
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        (cookie.split(';').next().unwrap().to_string(), cookie)
+    }
+
     /// The encryption keys this app's key values are sealed with.
     pub fn vault(&self) -> keyrelay::crypto::Vault {
         self.settings().keys.vault().unwrap()
@@ -389,6 +425,34 @@ pub struct JobRow {
     pub last_error: Option<String>,
     pub last_http_status: Option<i32>,
     pub run_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Lets connections to the app's database in again, or refuses them and ends the open ones
+/// (an outage the test controls).
+pub async fn set_database_reachable(app: &TestApp, reachable: bool) {
+    let settings = app.settings();
+    let name = url::Url::parse(settings.database.url.expose_secret())
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let mut admin = base_settings();
+    admin.database.max_connections = 2;
+    let admin = keyrelay::db::connect(&admin).await.unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {reachable}"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    if !reachable {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(&name)
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
 }
 
 /// Polls `check` until it returns true, failing the test after `timeout`.

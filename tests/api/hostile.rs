@@ -160,13 +160,13 @@ async fn a_body_that_trickles_in_is_cut_off() {
 async fn readiness_answers_within_250_ms_while_the_database_is_down() {
     let app = TestApp::spawn_web().await;
     let ready = app.url.replace("/webhooks/dodo", "/readyz");
-    crate::lifecycle::set_database_reachable(&app, false).await;
+    crate::helpers::set_database_reachable(&app, false).await;
     let started = Instant::now();
     let r = app.http.get(&ready).send().await.unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), 503);
     assert!(took < Duration::from_millis(250), "took {took:?}");
-    crate::lifecycle::set_database_reachable(&app, true).await;
+    crate::helpers::set_database_reachable(&app, true).await;
     app.stop().await;
 }
 

@@ -181,12 +181,7 @@ async fn a_crash_between_the_vendors_answer_and_recording_puts_one_key_at_dodo()
         at_dodo, licenses[1].key,
         "only the key keyrelay recorded reached Dodo"
     );
-    let sent: HashSet<String> = app
-        .sandbox
-        .fulfill_log()
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
+    let sent: HashSet<String> = app.keys_sent_to_dodo().into_iter().collect();
     assert_eq!(sent.len(), 1);
     app.stop().await;
 }
@@ -227,12 +222,7 @@ async fn an_endpoint_that_ignores_idempotency_keys_has_its_second_license_flagge
         .unwrap()
         .to_string();
     let orphan = licenses.iter().find(|l| l.key != at_dodo).unwrap();
-    let sent: HashSet<String> = app
-        .sandbox
-        .fulfill_log()
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
+    let sent: HashSet<String> = app.keys_sent_to_dodo().into_iter().collect();
     assert_eq!(
         sent,
         HashSet::from([at_dodo.clone()]),

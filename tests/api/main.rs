@@ -13,7 +13,7 @@ mod grant_events;
 mod helpers;
 mod hostile;
 mod http_source;
-mod lifecycle;
+
 mod newcomer;
 mod observability;
 mod operations;
@@ -24,6 +24,7 @@ mod payloads;
 mod pool_health;
 mod pooler;
 mod pools;
+mod process;
 mod rate_budget;
 mod search;
 mod servers;

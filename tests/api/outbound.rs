@@ -336,12 +336,7 @@ async fn a_slow_key_source_or_grant_delays_no_other_grant() {
     );
     assert_eq!(app.job_state(&grant.id).await, JobState::Running);
     vendor.seen.release.notify_waiters();
-    wait_until(
-        "the held grant is delivered",
-        Duration::from_secs(30),
-        || async { app.job_state(&grant.id).await == JobState::Delivered },
-    )
-    .await;
+    app.wait_for_state(&grant.id, JobState::Delivered).await;
     app.stop().await;
     vendor.stop().await;
 }

@@ -16,12 +16,7 @@ async fn jobs_wait_for_keys_without_spending_attempts_and_resume_on_import() {
     let app = TestApp::spawn().await;
     // No pool at all: a grant that says it is a license key still waits.
     let first = app.sell().await;
-    wait_until(
-        "the job waits for keys",
-        Duration::from_secs(10),
-        || async { app.job_state(&first).await == JobState::WaitingForKeys },
-    )
-    .await;
+    app.wait_for_state(&first, JobState::WaitingForKeys).await;
     app.add_pool("pro", ENT, &[]).await;
     let second = app.sell().await;
     wait_until(

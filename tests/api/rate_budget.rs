@@ -125,12 +125,7 @@ async fn a_job_waiting_for_its_turn_keeps_its_lease() {
         .await;
     let first = app.worker();
     let waiting = tokio::spawn(async move { run_batch(&first, 10).await.unwrap() });
-    wait_until(
-        "the first worker claims the job",
-        Duration::from_secs(10),
-        || async { app.job_state(&grant).await == JobState::Running },
-    )
-    .await;
+    app.wait_for_state(&grant, JobState::Running).await;
     // A second worker keeps polling while the first one waits for its turn.
     let second = app.worker();
     let mut claimed_by_second = 0;

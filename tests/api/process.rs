@@ -3,35 +3,8 @@
 use std::time::Duration;
 
 use keyrelay::sandbox::FaultRates;
-use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp, wait_until};
-
-pub async fn set_database_reachable(app: &TestApp, reachable: bool) {
-    let settings = app.settings();
-    let name = url::Url::parse(settings.database.url.expose_secret())
-        .unwrap()
-        .path()
-        .trim_start_matches('/')
-        .to_string();
-    let mut admin = crate::helpers::base_settings();
-    admin.database.max_connections = 2;
-    let admin = keyrelay::db::connect(&admin).await.unwrap();
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {reachable}"
-    ))
-    .execute(&admin)
-    .await
-    .unwrap();
-    if !reachable {
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-            .bind(&name)
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    admin.close().await;
-}
 
 #[tokio::test]
 async fn intake_answers_503_while_the_database_is_down_and_acknowledges_only_what_it_stored() {
@@ -41,13 +14,13 @@ async fn intake_answers_503_while_the_database_is_down_and_acknowledges_only_wha
     let grant = app.sandbox.create_grant(ENT, None);
     let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
 
-    set_database_reachable(&app, false).await;
+    crate::helpers::set_database_reachable(&app, false).await;
     let r = app.post(&hook).await;
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("database is unavailable"));
     assert_eq!(app.http.get(&ready).send().await.unwrap().status(), 503);
 
-    set_database_reachable(&app, true).await;
+    crate::helpers::set_database_reachable(&app, true).await;
     assert_eq!(
         app.count("SELECT count(*) FROM events").await,
         0,
