@@ -153,9 +153,7 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                     job.key = next;
                     continue;
                 }
-                Ok(
-                    NextKey::Parked | NextKey::Failed | NextKey::FromEndpoint | NextKey::LeaseLost,
-                ) => {
+                Ok(NextKey::Parked | NextKey::Failed | NextKey::AskAnew | NextKey::LeaseLost) => {
                     return None;
                 }
                 Err(e) => {

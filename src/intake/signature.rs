@@ -37,7 +37,7 @@ pub enum VerifyError {
 }
 
 impl WebhookVerifier {
-    /// Builds a verifier from decoded secret keys (see `configuration::parse_webhook_secrets`).
+    /// Builds a verifier from decoded secret keys (see `crypto::parse_webhook_secrets`).
     pub fn new(keys: Vec<Vec<u8>>) -> WebhookVerifier {
         WebhookVerifier {
             hooks: keys

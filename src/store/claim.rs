@@ -195,9 +195,9 @@ pub enum NextKey {
     Parked,
     /// The pool could not make a new key: the job failed with the reason.
     Failed,
-    /// The pool's endpoint issues the next key: the job is queued for the endpoint step,
-    /// which asks with a new idempotency key.
-    FromEndpoint,
+    /// The pool's source is asked for the next key: the job is handed to the ask step, which
+    /// asks with a new idempotency key.
+    AskAnew,
     /// Another worker owns the job now; stop.
     LeaseLost,
 }
@@ -285,7 +285,7 @@ pub async fn reject_key_and_reserve_next(
         NextKey::Failed
     } else if !supplied.asked.is_empty() {
         ask_anew(&mut tx, job).await?;
-        NextKey::FromEndpoint
+        NextKey::AskAnew
     } else {
         park_waiting_for_keys(&mut tx, &supplied.no_key).await?;
         NextKey::Parked

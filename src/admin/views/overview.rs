@@ -80,40 +80,7 @@ pub async fn overview(
             .find(|(name, _)| *name == p.name)
             .map(|(_, problem)| problem.clone());
     }
-    let per = range.per();
-    let states: Vec<&str> = history::SAMPLED_STATES.iter().map(|s| s.as_str()).collect();
-    // Samples are a minute apart; the line ends at what the queue holds now.
-    let mut depth = Series::from_points(&depth, range, now, &states);
-    for (state, n) in &stats.jobs_by_state {
-        depth.set_latest(state.as_str(), *n);
-    }
-    let charts = [
-        chart::bars(
-            "delivered",
-            &format!("Grants delivered {per}"),
-            &Series::from_points(&delivered, range, now, &["delivered"]),
-        ),
-        chart::lines(
-            "queue",
-            "Queue depth by state (sampled each minute)",
-            &depth,
-        ),
-        chart::bars(
-            "dodo",
-            &format!("Dodo's answers by status {per}"),
-            &Series::from_points(
-                &answers,
-                range,
-                now,
-                &["2xx", "409", "429", "4xx", "5xx", "no_answer"],
-            ),
-        ),
-        chart::bars(
-            "webhooks",
-            &format!("Webhooks received {per}"),
-            &Series::from_points(&hooks, range, now, &["received"]),
-        ),
-    ];
+    let charts = draw_charts(range, now, [&delivered, &answers, &hooks], &depth, &stats);
     let needs_attention = needs_attention(&state, &stats).await?;
     let page = pages::overview(
         &pages::Overview {
@@ -128,6 +95,51 @@ pub async fn overview(
         flash.message().as_deref(),
     );
     Ok(html(StatusCode::OK, page))
+}
+
+/// The overview's four charts: grants delivered, queue depth (ending at what the queue holds
+/// now), Dodo's answers, webhooks received.
+fn draw_charts(
+    range: Range,
+    now: chrono::DateTime<chrono::Utc>,
+    [delivered, answers, hooks]: [&[history::Point]; 3],
+    depth: &[history::Point],
+    stats: &crate::ops::stats::QueueStats,
+) -> [String; 4] {
+    let per = range.per();
+    let states: Vec<&str> = history::SAMPLED_STATES.iter().map(|s| s.as_str()).collect();
+    // Samples are a minute apart; the line ends at what the queue holds now.
+    let mut depth = Series::from_points(depth, range, now, &states);
+    for (state, n) in &stats.jobs_by_state {
+        depth.set_latest(state.as_str(), *n);
+    }
+    [
+        chart::bars(
+            "delivered",
+            &format!("Grants delivered {per}"),
+            &Series::from_points(delivered, range, now, &["delivered"]),
+        ),
+        chart::lines(
+            "queue",
+            "Queue depth by state (sampled each minute)",
+            &depth,
+        ),
+        chart::bars(
+            "dodo",
+            &format!("Dodo's answers by status {per}"),
+            &Series::from_points(
+                answers,
+                range,
+                now,
+                &["2xx", "409", "429", "4xx", "5xx", "no_answer"],
+            ),
+        ),
+        chart::bars(
+            "webhooks",
+            &format!("Webhooks received {per}"),
+            &Series::from_points(hooks, range, now, &["received"]),
+        ),
+    ]
 }
 
 /// Failed jobs, grants waiting for keys, set-aside events and orphaned vendor keys.

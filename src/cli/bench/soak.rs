@@ -13,7 +13,7 @@ use super::{BenchArgs, ENTITLEMENT, ServeChild};
 use crate::configuration::Settings;
 use crate::harness::start_sandbox;
 use crate::pool::{NewPool, add_pool};
-use crate::sandbox::FaultRates;
+use crate::sandbox::{FaultRates, Sandbox};
 use crate::sources::Source;
 
 pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
@@ -34,59 +34,19 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         },
     )
     .await?;
-    let secret = |s: &Option<secrecy::SecretString>| {
-        s.as_ref()
-            .map(|k| k.expose_secret().to_string())
-            .unwrap_or_default()
-    };
-    let server = ServeChild::start(
-        &settings,
-        "all",
-        &[
-            (
-                "DODO_PAYMENTS_WEBHOOK_KEY",
-                secret(&settings.webhook.secret),
-            ),
-            ("DODO_PAYMENTS_API_KEY", secret(&settings.dodo.api_key)),
-            ("DODO_PAYMENTS_BASE_URL", sandbox.base_url.clone()),
-            ("KEYRELAY_DODO__RATE_LIMIT", "off".into()),
-            ("KEYRELAY_WORKER__CONCURRENCY", "64".into()),
-        ],
-        args.connections,
-    )
-    .await?;
+    let server = start_server(&settings, &sandbox.base_url, args.connections).await?;
     let (base, http) = (server.base.clone(), server.http.clone());
     let url = format!("{base}/webhooks/dodo");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let (http, sandbox, url, stop, sent) = (
-            http.clone(),
-            sandbox.sandbox.clone(),
-            url.clone(),
-            stop.clone(),
-            sent.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let grant = sandbox.create_grant(&format!("{ENTITLEMENT}_soak"), None);
-                let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
-                let ok = http
-                    .post(&url)
-                    .header("webhook-id", &hook.id)
-                    .header("webhook-timestamp", hook.timestamp.to_string())
-                    .header("webhook-signature", &hook.signature)
-                    .body(hook.body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ok {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let tasks = spawn_sellers(
+        args.connections,
+        &http,
+        &sandbox.sandbox,
+        &url,
+        &stop,
+        &sent,
+    );
     let delivered = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE state = 'delivered'")
             .fetch_one(&pool)
@@ -147,4 +107,74 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// `keyrelay serve --role all` as its own process, against the sandbox at `dodo_url`.
+async fn start_server(
+    settings: &Settings,
+    dodo_url: &str,
+    connections: usize,
+) -> anyhow::Result<ServeChild> {
+    let secret = |s: &Option<secrecy::SecretString>| {
+        s.as_ref()
+            .map(|k| k.expose_secret().to_string())
+            .unwrap_or_default()
+    };
+    ServeChild::start(
+        settings,
+        "all",
+        &[
+            (
+                "DODO_PAYMENTS_WEBHOOK_KEY",
+                secret(&settings.webhook.secret),
+            ),
+            ("DODO_PAYMENTS_API_KEY", secret(&settings.dodo.api_key)),
+            ("DODO_PAYMENTS_BASE_URL", dodo_url.to_string()),
+            ("KEYRELAY_DODO__RATE_LIMIT", "off".into()),
+            ("KEYRELAY_WORKER__CONCURRENCY", "64".into()),
+        ],
+        connections,
+    )
+    .await
+}
+
+/// `connections` tasks that sell grants and send their webhooks until `stop`, counting the
+/// ones keyrelay accepted in `sent`.
+fn spawn_sellers(
+    connections: usize,
+    http: &reqwest::Client,
+    sandbox: &Sandbox,
+    url: &str,
+    stop: &Arc<AtomicBool>,
+    sent: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..connections)
+        .map(|_| {
+            let (http, sandbox, url, stop, sent) = (
+                http.clone(),
+                sandbox.clone(),
+                url.to_string(),
+                stop.clone(),
+                sent.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let grant = sandbox.create_grant(&format!("{ENTITLEMENT}_soak"), None);
+                    let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
+                    let ok = http
+                        .post(&url)
+                        .header("webhook-id", &hook.id)
+                        .header("webhook-timestamp", hook.timestamp.to_string())
+                        .header("webhook-signature", &hook.signature)
+                        .body(hook.body)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    if ok {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect()
 }
