@@ -17,7 +17,7 @@ use crate::store::sealed::open_key;
 use crate::store::search::{Cursor, encode_position};
 
 pub struct ApiState {
-    pub pool: Db,
+    pub db: Db,
     pub token: SecretString,
     pub vault: std::sync::Arc<Vault>,
     /// Wrong tokens by client address.
@@ -189,7 +189,7 @@ async fn grant(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, &state)?;
     let grant_id = GrantId::parse(&path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let row = read::shop_grant(&state.pool, &grant_id)
+    let row = read::shop_grant(&state.db, &grant_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("keyrelay has no grant {grant_id}")))?;
     Ok(json(&GrantView::new(row, &state.vault)))
@@ -232,7 +232,7 @@ async fn customer_grants(
         })?),
     };
     let rows = read::customer_grants(
-        &state.pool,
+        &state.db,
         &customer_id,
         after.as_ref().map(|c| (c.created_at, &c.grant_id)),
         limit,

@@ -14,7 +14,7 @@ use crate::startup::{Application, Role};
 pub struct LocalStack {
     /// Settings that point at this stack's database and sandbox.
     pub settings: Settings,
-    pub pool: Db,
+    pub db: Db,
     pub sandbox: RunningSandbox,
     /// `POST` webhooks here (web roles).
     pub webhook_url: Option<String>,
@@ -70,12 +70,12 @@ impl LocalStack {
         let webhook_url = app
             .port()
             .map(|p| format!("http://127.0.0.1:{p}/webhooks/dodo"));
-        let pool = app.pool().clone();
+        let db = app.db().clone();
         let shutdown = app.shutdown_token();
         let app = tokio::spawn(app.run_until_stopped());
         Ok(LocalStack {
             settings,
-            pool,
+            db,
             sandbox,
             webhook_url,
             shutdown,

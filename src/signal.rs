@@ -42,7 +42,7 @@ impl JobSignal {
     /// Sends one NOTIFY per burst of `job_ready` calls until shutdown.
     pub fn spawn_notifier(
         &self,
-        pool: Db,
+        db: Db,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let outbound = self.outbound.clone();
@@ -52,7 +52,7 @@ impl JobSignal {
                     _ = outbound.notified() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                if let Err(e) = notify_jobs_ready(&pool).await {
+                if let Err(e) = notify_jobs_ready(&db).await {
                     tracing::debug!(error = %e, "NOTIFY failed; other processes will find the job by polling");
                 }
             }

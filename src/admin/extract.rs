@@ -57,7 +57,7 @@ impl FromRequest for SignedIn {
                     .auth
                     .session_identity(session)
                     .ok_or(AdminError::SignInRequired)?;
-                if crate::store::admin::is_signed_out(&state.pool, &mac).await? {
+                if crate::store::admin::is_signed_out(&state.db, &mac).await? {
                     return Err(AdminError::SignInRequired);
                 }
             }

@@ -21,7 +21,7 @@ use extract::redirect;
 pub use extract::{AdminError, Bearer, SignedIn};
 
 pub struct AdminState {
-    pub pool: Db,
+    pub db: Db,
     pub auth: AdminAuth,
     /// Wrong tokens (sign-in form and bearer) by client address.
     pub wrong_tokens: crate::guard::TokenThrottle,
@@ -203,7 +203,7 @@ async fn logout(
         if let Credential::Session(session) = &credential
             && let Some((mac, expires)) = state.auth.session_identity(session)
         {
-            crate::store::admin::sign_out(&state.pool, &mac, expires).await?;
+            crate::store::admin::sign_out(&state.db, &mac, expires).await?;
         }
     }
     let mut gone = state.auth.session_cookie(String::new());
@@ -222,7 +222,7 @@ async fn job_page(
 ) -> Result<HttpResponse, AdminError> {
     let raw = path.into_inner();
     let detail = match GrantId::parse(&raw) {
-        Ok(grant_id) => jobs::show_job(&state.pool, Some(&state.vault), &grant_id, false).await?,
+        Ok(grant_id) => jobs::show_job(&state.db, Some(&state.vault), &grant_id, false).await?,
         Err(_) => None,
     };
     Ok(match detail {
@@ -240,8 +240,8 @@ async fn run_action(state: &AdminState, grant_id: &str, action: &str) -> Result<
         .map_err(|e| AdminError::NotFound(format!("no job for grant {grant_id}: {e}")))?;
     let ids = std::slice::from_ref(&grant_id);
     let results = match action {
-        "retry" => jobs::retry_jobs(&state.pool, ids, Actor::Admin).await?,
-        "cancel" => jobs::cancel_jobs(&state.pool, ids, Actor::Admin).await?,
+        "retry" => jobs::retry_jobs(&state.db, ids, Actor::Admin).await?,
+        "cancel" => jobs::cancel_jobs(&state.db, ids, Actor::Admin).await?,
         other => return Err(AdminError::BadRequest(format!("unknown action `{other}`"))),
     };
     match &results[0].1 {
@@ -281,7 +281,7 @@ fn url_encode(s: &str) -> String {
 }
 
 async fn api_stats(_: Bearer, state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
-    Ok(HttpResponse::Ok().json(crate::ops::stats::read(&state.pool).await?))
+    Ok(HttpResponse::Ok().json(crate::ops::stats::read(&state.db).await?))
 }
 
 #[derive(Deserialize)]
@@ -307,7 +307,7 @@ async fn api_jobs(
         ..Default::default()
     };
     Ok(HttpResponse::Ok()
-        .json(crate::store::search::find_jobs(&state.pool, &filter, None, limit).await?))
+        .json(crate::store::search::find_jobs(&state.db, &filter, None, limit).await?))
 }
 
 async fn api_job(
@@ -317,7 +317,7 @@ async fn api_job(
 ) -> Result<HttpResponse, AdminError> {
     let no_such_job = || AdminError::NotFound("no such job".into());
     let grant_id = GrantId::parse(&path).map_err(|_| no_such_job())?;
-    let detail = jobs::show_job(&state.pool, Some(&state.vault), &grant_id, false).await?;
+    let detail = jobs::show_job(&state.db, Some(&state.vault), &grant_id, false).await?;
     Ok(HttpResponse::Ok().json(detail.ok_or_else(no_such_job)?))
 }
 

@@ -44,7 +44,7 @@ pub enum EventsCommand {
     },
 }
 
-pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
+pub async fn run(db: &Db, settings: &Settings, command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::List {
             event_type,
@@ -52,8 +52,8 @@ pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyh
             limit,
             json: as_json,
         } => {
-            let list = events::list_events(pool, event_type.as_deref(), grant_id.as_deref(), limit)
-                .await?;
+            let list =
+                events::list_events(db, event_type.as_deref(), grant_id.as_deref(), limit).await?;
             if as_json {
                 return json(&list);
             }
@@ -80,7 +80,7 @@ pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyh
         EventsCommand::Show {
             webhook_id,
             show_key,
-        } => match events::show_event(pool, &webhook_id).await? {
+        } => match events::show_event(db, &webhook_id).await? {
             Some(mut detail) => {
                 if show_key {
                     let vault = settings.keys.vault()?;
@@ -103,7 +103,7 @@ pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyh
         EventsCommand::Replay { webhook_ids } => {
             let vault = settings.keys.vault()?;
             for id in webhook_ids {
-                let outcome = events::replay(pool, &vault, &id, Actor::Cli).await?;
+                let outcome = events::replay(db, &vault, &id, Actor::Cli).await?;
                 println!(
                     "{id}: {}",
                     match outcome {
@@ -119,9 +119,9 @@ pub async fn run(pool: &Db, settings: &Settings, command: EventsCommand) -> anyh
 }
 
 pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
-    let pool = crate::db::connect(settings).await?;
-    let dodo = crate::startup::dodo_client(settings, &pool)?;
-    match crate::ops::reconcile::reconcile(&pool, &dodo, &CancellationToken::new()).await? {
+    let db = crate::db::connect(settings).await?;
+    let dodo = crate::startup::dodo_client(settings, &db)?;
+    match crate::ops::reconcile::reconcile(&db, &dodo, &CancellationToken::new()).await? {
         Some(r) => println!(
             "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen",
             r.entitlements, r.pending_seen, r.enqueued

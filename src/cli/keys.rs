@@ -70,13 +70,13 @@ fn verify(key: &str, public_key: &str) -> anyhow::Result<bool> {
 /// `keys rotate`: every value resealed under the first key, with a progress bar.
 pub async fn rotate(settings: &Settings) -> anyhow::Result<bool> {
     let vault = settings.keys.vault()?;
-    let pool = crate::db::connect(settings).await?;
-    let (keys, events) = crate::store::sealed::count_to_reseal(&pool, &vault).await?;
+    let db = crate::db::connect(settings).await?;
+    let (keys, events) = crate::store::sealed::count_to_reseal(&db, &vault).await?;
     let bar = ProgressBar::new((keys + events) as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} rows resealed {per_sec}",
     )?);
-    let rotated = crate::ops::sealing::rotate(&pool, &vault, |n| bar.inc(n)).await?;
+    let rotated = crate::ops::sealing::rotate(&db, &vault, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     println!(
         "resealed {} keys and {} events under the first encryption key",

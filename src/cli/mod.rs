@@ -171,9 +171,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
-            let pool = crate::db::migrate(&settings).await?;
+            let db = crate::db::migrate(&settings).await?;
             let vault = settings.keys.vault().ok();
-            let sealed = crate::ops::sealing::seal_plaintext(&pool, vault.as_ref()).await?;
+            let sealed = crate::ops::sealing::seal_plaintext(&db, vault.as_ref()).await?;
             if sealed > 0 {
                 println!("sealed {sealed} rows that held key values in plaintext");
             }

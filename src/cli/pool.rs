@@ -99,7 +99,7 @@ fn parse_entitlement(raw: &str) -> Result<String, String> {
         .map_err(|e| format!("{e}; copy the entitlement id from Dodo's dashboard"))
 }
 
-pub async fn run(pool: &Db, settings: &Settings, command: PoolCommand) -> anyhow::Result<()> {
+pub async fn run(db: &Db, settings: &Settings, command: PoolCommand) -> anyhow::Result<()> {
     match command {
         PoolCommand::Add {
             name,
@@ -127,20 +127,20 @@ pub async fn run(pool: &Db, settings: &Settings, command: PoolCommand) -> anyhow
                 endpoint,
                 keys_with_spaces,
             };
-            add(pool, settings, new).await
+            add(db, settings, new).await
         }
         PoolCommand::Import {
             name,
             file,
             dry_run,
-        } => import(pool, &settings.keys.vault()?, &name, file, dry_run).await,
-        PoolCommand::History { name, limit, json } => history(pool, &name, limit, json).await,
-        PoolCommand::List { json } => list(pool, json).await,
+        } => import(db, &settings.keys.vault()?, &name, file, dry_run).await,
+        PoolCommand::History { name, limit, json } => history(db, &name, limit, json).await,
+        PoolCommand::List { json } => list(db, json).await,
     }
 }
 
 /// `pool add`: creates the pool (its key source checked first) and says what comes next.
-async fn add(pool: &Db, settings: &Settings, new: NewPool) -> anyhow::Result<()> {
+async fn add(db: &Db, settings: &Settings, new: NewPool) -> anyhow::Result<()> {
     let source = new.source.unwrap_or(Source::List);
     if let Some(name) = new.endpoint.as_deref()
         && !settings.key_sources.contains_key(name)
@@ -150,7 +150,7 @@ async fn add(pool: &Db, settings: &Settings, new: NewPool) -> anyhow::Result<()>
             crate::configuration::how_to_add_key_source(name)
         );
     }
-    let resumed = pool::add_pool(pool, &new).await?;
+    let resumed = pool::add_pool(db, &new).await?;
     let next = match source {
         Source::List => format!("load keys with `keyrelay pool import {} FILE`", new.name),
         Source::Generate => "keys are made from its template as grants arrive".into(),
@@ -168,8 +168,8 @@ async fn add(pool: &Db, settings: &Settings, new: NewPool) -> anyhow::Result<()>
 }
 
 /// `pool history`: the pool's audit trail, newest first.
-async fn history(pool: &Db, name: &str, limit: i64, as_json: bool) -> anyhow::Result<()> {
-    let Some(entries) = crate::store::audit::for_pool(pool, name, limit).await? else {
+async fn history(db: &Db, name: &str, limit: i64, as_json: bool) -> anyhow::Result<()> {
+    let Some(entries) = crate::store::audit::for_pool(db, name, limit).await? else {
         anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
     };
     if as_json {
@@ -202,8 +202,8 @@ async fn history(pool: &Db, name: &str, limit: i64, as_json: bool) -> anyhow::Re
 }
 
 /// `pool list`: every pool, its stock, sales and forecast, and what is broken.
-async fn list(pool: &Db, as_json: bool) -> anyhow::Result<()> {
-    let pools = pool::list_pools(pool).await?;
+async fn list(db: &Db, as_json: bool) -> anyhow::Result<()> {
+    let pools = pool::list_pools(db).await?;
     if as_json {
         return json(&pools);
     }
@@ -274,13 +274,13 @@ async fn list(pool: &Db, as_json: bool) -> anyhow::Result<()> {
 }
 
 async fn import(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     name: &str,
     file: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let Some(spaces_inside) = crate::store::pools::keys_with_spaces(pool, name).await? else {
+    let Some(spaces_inside) = crate::store::pools::keys_with_spaces(db, name).await? else {
         anyhow::bail!("no pool named `{name}`; see `keyrelay pool list`");
     };
     let bytes = match file.as_deref() {
@@ -325,7 +325,7 @@ async fn import(
     if parsed.keys.len() < 20_000 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let report = pool::import_keys(pool, vault, name, &parsed, dry_run, |n| bar.inc(n)).await?;
+    let report = pool::import_keys(db, vault, name, &parsed, dry_run, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     println!(
         "{}imported {}, duplicates {}, invalid {}",

@@ -101,9 +101,9 @@ impl RateBudget {
     }
 
     /// `limits` for every process on the database behind `pool`.
-    pub fn shared(pool: Db, limits: RateLimits) -> RateBudget {
+    pub fn shared(db: Db, limits: RateLimits) -> RateBudget {
         RateBudget {
-            shared: Some((pool, limits)),
+            shared: Some((db, limits)),
             ..RateBudget::unlimited()
         }
     }
@@ -159,7 +159,7 @@ impl RateBudget {
 /// Takes the next turn as if asked at `asked_at` and returns its time: the schedule itself,
 /// for checking it without waiting for real seconds to pass.
 pub async fn take_turn_at(
-    pool: &Db,
+    db: &Db,
     limits: RateLimits,
     asked_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
@@ -168,7 +168,7 @@ pub async fn take_turn_at(
         .bind(limits.burst_per_sec as i32)
         .bind(limits.requests_per_min as i32)
         .bind(asked_at)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 

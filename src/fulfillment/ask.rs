@@ -20,7 +20,7 @@ const RECORD_MARGIN: Duration = Duration::from_secs(5);
 /// Asks endpoints for the keys of up to `limit` jobs, all at once, and waits for every one;
 /// how many jobs were claimed. For tests and tools that drive the queue step by step.
 pub async fn fetch_keys(ctx: &WorkerContext, limit: usize) -> Result<usize, sqlx::Error> {
-    let jobs = asking::claim_keyless(&ctx.pool, limit, ctx.lease).await?;
+    let jobs = asking::claim_keyless(&ctx.db, limit, ctx.lease).await?;
     let claimed = jobs.len();
     let runs = jobs.into_iter().map(|job| fetch_key(ctx, job));
     for done in futures_util::future::join_all(runs).await {
@@ -41,16 +41,14 @@ pub async fn fetch_key(ctx: &WorkerContext, job: KeylessJob) -> Result<(), sqlx:
             job.endpoint()
         );
         tracing::error!(grant_id = %job.grant_id, pool = %job.pool(), error = %error, "no key from the endpoint; job failed");
-        asking::settle_keyless(&ctx.pool, &job, JobState::Failed, Utc::now(), false, &error)
-            .await?;
+        asking::settle_keyless(&ctx.db, &job, JobState::Failed, Utc::now(), false, &error).await?;
         return Ok(());
     }
     if let Some(timeout) = ctx.sources.endpoint_timeout(job.endpoint()) {
         let needed = timeout + RECORD_MARGIN;
         if needed > ctx.lease / 2 {
             let lease = needed + ctx.lease;
-            if !crate::store::extend_lease(&ctx.pool, &job.grant_id, job.lease_token, lease).await?
-            {
+            if !crate::store::extend_lease(&ctx.db, &job.grant_id, job.lease_token, lease).await? {
                 // Another worker owns the job now.
                 return Ok(());
             }
@@ -77,7 +75,7 @@ async fn settle(
     let grant_id = job.grant_id.as_str();
     let failed = |error: String| async move {
         tracing::error!(grant_id, pool = %job.pool(), error = %error, "no key from the endpoint; job failed");
-        asking::settle_keyless(&ctx.pool, job, JobState::Failed, Utc::now(), false, &error).await
+        asking::settle_keyless(&ctx.db, job, JobState::Failed, Utc::now(), false, &error).await
     };
     match answer {
         Ok(key) => {
@@ -85,7 +83,7 @@ async fn settle(
                 Ok(vault) => vault,
                 Err(why) => return failed(why).await.map(drop),
             };
-            match asking::record_received(&ctx.pool, vault, job, idempotency, &key).await? {
+            match asking::record_received(&ctx.db, vault, job, idempotency, &key).await? {
                 Received::Bound => {
                     tracing::info!(grant_id, pool = %job.pool(), "key received from the endpoint")
                 }
@@ -122,15 +120,8 @@ async fn settle(
             let delay = ctx.retry.delay(attempt, retry_after, &mut rand::rng());
             let run_at = super::run::later(Utc::now(), delay);
             tracing::warn!(grant_id, pool = %job.pool(), error = %error, "the endpoint gave no key; will retry with the same idempotency key");
-            asking::settle_keyless(
-                &ctx.pool,
-                job,
-                JobState::Retrying,
-                run_at,
-                slow_down,
-                &error,
-            )
-            .await?;
+            asking::settle_keyless(&ctx.db, job, JobState::Retrying, run_at, slow_down, &error)
+                .await?;
         }
     }
     Ok(())

@@ -23,7 +23,7 @@ use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, Reserve
 /// Everything a job needs to run.
 #[derive(Clone)]
 pub struct WorkerContext {
-    pub pool: Db,
+    pub db: Db,
     pub dodo: DodoClient,
     pub alerter: Alerter,
     pub retry: RetryPolicy,
@@ -36,9 +36,9 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    pub fn new(pool: Db, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
+    pub fn new(db: Db, dodo: DodoClient, settings: &WorkerSettings) -> WorkerContext {
         WorkerContext {
-            pool,
+            db,
             dodo,
             alerter: Alerter::new(None),
             retry: RetryPolicy {
@@ -141,7 +141,7 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
         if decision.next == Next::NextKey {
             report(&job, &decision);
             match store::reject_key_and_reserve_next(
-                &ctx.pool,
+                &ctx.db,
                 &job,
                 &attempt(&decision),
                 &ctx.sources,
@@ -189,13 +189,7 @@ async fn wait_for_turn(ctx: &WorkerContext, job: &ClaimedJob) -> Option<Result<T
     };
     let needed = turn.wait() + ctx.dodo.timeout();
     if needed > ctx.lease / 2 {
-        match store::extend_lease(
-            &ctx.pool,
-            &job.grant_id,
-            job.lease_token,
-            needed + ctx.lease,
-        )
-        .await
+        match store::extend_lease(&ctx.db, &job.grant_id, job.lease_token, needed + ctx.lease).await
         {
             Ok(true) => {}
             Ok(false) => return None,

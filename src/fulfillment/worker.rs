@@ -30,7 +30,7 @@ const RECORD_RETRY: RetryPolicy = RetryPolicy {
 /// Alerts for pools of `entitlements` that reservations just took below their threshold.
 async fn check_stock(ctx: &WorkerContext, entitlements: &[String]) -> Result<(), sqlx::Error> {
     if !entitlements.is_empty() {
-        ctx.alerter.check_low_stock(&ctx.pool, entitlements).await?;
+        ctx.alerter.check_low_stock(&ctx.db, entitlements).await?;
     }
     Ok(())
 }
@@ -66,7 +66,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
-        let (completions, completer) = spawn_completer(self.ctx.pool.clone());
+        let (completions, completer) = spawn_completer(self.ctx.db.clone());
         tracing::info!(concurrency = self.concurrency, "worker pool started");
         let asking = tokio::spawn(ask_loop(
             self.ctx.clone(),
@@ -81,7 +81,7 @@ impl Worker {
             };
             let wanted = batch.len();
             let jobs = match store::claim_batch(
-                &self.ctx.pool,
+                &self.ctx.db,
                 wanted,
                 self.ctx.lease,
                 &self.ctx.sources,
@@ -192,7 +192,7 @@ type CompletionMsg = (Completion, oneshot::Sender<()>);
 /// Records outcomes in batches: waits for one, takes whatever else is queued, writes them in
 /// one statement, retrying while the database is unavailable. Acknowledges each when written.
 fn spawn_completer(
-    pool: Db,
+    db: Db,
 ) -> (
     mpsc::UnboundedSender<CompletionMsg>,
     tokio::task::JoinHandle<()>,
@@ -205,7 +205,7 @@ fn spawn_completer(
                 buffer.drain(..).unzip();
             let mut failures = 0;
             loop {
-                match store::complete_batch(&pool, &batch).await {
+                match store::complete_batch(&db, &batch).await {
                     Ok(applied) => {
                         if applied.len() < batch.len() {
                             for c in batch.iter().filter(|c| !applied.contains(&c.grant_id)) {
@@ -261,7 +261,7 @@ async fn ask_loop(
             break;
         };
         let wanted = slots.len();
-        let jobs = match store::asking::claim_keyless(&ctx.pool, wanted, ctx.lease).await {
+        let jobs = match store::asking::claim_keyless(&ctx.db, wanted, ctx.lease).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming jobs of http pools failed; retrying after the poll interval");
@@ -304,7 +304,7 @@ async fn ask_loop(
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
     super::ask::fetch_keys(ctx, limit).await?;
     let jobs = store::claim_batch(
-        &ctx.pool,
+        &ctx.db,
         limit,
         ctx.lease,
         &ctx.sources,
@@ -321,7 +321,7 @@ pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<
         .flatten()
         .collect();
     if !completions.is_empty() {
-        store::complete_batch(&ctx.pool, &completions).await?;
+        store::complete_batch(&ctx.db, &completions).await?;
     }
     Ok(completions)
 }

@@ -23,7 +23,7 @@ use signature::{VerifyError, WebhookVerifier};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub struct IntakeState {
-    pub pool: Db,
+    pub db: Db,
     pub verifier: WebhookVerifier,
     pub signal: JobSignal,
     /// How long a request body may take to arrive in full.
@@ -170,14 +170,14 @@ pub async fn receive_webhook(
     };
     let label = type_label(&event.event_type);
     let stored = within_deadline(record::record(
-        &state.pool,
+        &state.db,
         &state.vault,
         &event,
         Recording::Received,
     ))
     .await
     .map_err(|e| {
-        state.pool.observe(&e);
+        state.db.observe(&e);
             tracing::error!(webhook_id = event.webhook_id, error = %e, "could not store webhook; answering 503 so Dodo retries");
             count(label, "unavailable");
             IntakeError::DatabaseUnavailable(e)
@@ -224,7 +224,7 @@ async fn refuse(state: &IntakeState, e: ParseError) -> IntakeError {
         payload: &payload,
         key_sealed_with,
     };
-    let kept = crate::store::enqueue::insert_event(&state.pool, row, Some(&unprocessable.reason));
+    let kept = crate::store::enqueue::insert_event(&state.db, row, Some(&unprocessable.reason));
     match within_deadline(kept).await {
         Ok(_) => e.into(),
         Err(db) => {

@@ -83,7 +83,7 @@ impl Outcome {
 /// Stores the event and does what it asks, atomically. Never answer a webhook 2xx unless this
 /// returned `Ok`.
 pub async fn record(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     event: &IncomingEvent<'_>,
     how: Recording,
@@ -98,7 +98,7 @@ pub async fn record(
     };
     let lifecycle_event = GrantEvent::from_type(&event.event_type);
     if let (Some(grant), Some(kind)) = (&event.grant, lifecycle_event) {
-        let mut tx = pool.begin().await?;
+        let mut tx = db.begin().await?;
         let new_event = enqueue::insert_event(&mut *tx, row, None).await?;
         let settled = match how {
             Recording::Received if !new_event => false,
@@ -115,10 +115,10 @@ pub async fn record(
     }
     if how == Recording::Received {
         // One statement, one round trip: the fast path of every `created` webhook.
-        let recorded = enqueue::record_event(pool, row, event.new_job(), false).await?;
+        let recorded = enqueue::record_event(db, row, event.new_job(), false).await?;
         return Ok(Outcome::from(recorded));
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let recorded = enqueue::record_event(&mut *tx, row, event.new_job(), true).await?;
     if recorded.job_created {
         crate::store::notify_jobs_ready(&mut *tx).await?;

@@ -46,10 +46,10 @@ impl Alerter {
     /// here is cleared by the next import that restocks the pool, so each restock alerts once.
     pub async fn check_low_stock(
         &self,
-        pool: &Db,
+        db: &Db,
         entitlements: &[String],
     ) -> Result<Vec<LowStock>, sqlx::Error> {
-        let low = crate::store::stock::flag_low_stock(pool, entitlements).await?;
+        let low = crate::store::stock::flag_low_stock(db, entitlements).await?;
         for alert in &low {
             tracing::warn!(pool = %alert.pool, available = alert.available, threshold = alert.threshold, "pool is low on keys");
             metrics::counter!("keyrelay_low_stock_alerts_total", "pool" => alert.pool.clone())

@@ -26,25 +26,25 @@ pub enum ReplayError {
 }
 
 /// One stored event with its payload.
-pub async fn show_event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
-    read::event(pool, webhook_id).await
+pub async fn show_event(db: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
+    read::event(db, webhook_id).await
 }
 
 /// Re-runs intake on a stored event. Idempotent: a job that exists is not touched, and a
 /// lifecycle event already applied is stale.
 pub async fn replay(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     webhook_id: &str,
     actor: Actor,
 ) -> Result<ReplayOutcome, ReplayError> {
-    let stored = read::event_payload(pool, webhook_id)
+    let stored = read::event_payload(db, webhook_id)
         .await?
         .ok_or_else(|| ReplayError::NotFound(webhook_id.to_string()))?;
     let payload = payload_keys::open(&stored, vault, webhook_id)
         .map_err(|e| ReplayError::Unreadable(webhook_id.to_string(), e))?;
     let event = IncomingEvent::from_parts(webhook_id, payload.as_bytes())
         .map_err(|e| ReplayError::Unparsable(webhook_id.to_string(), e.to_string()))?;
-    let outcome = record::record(pool, vault, &event, Recording::Replayed(actor)).await?;
+    let outcome = record::record(db, vault, &event, Recording::Replayed(actor)).await?;
     Ok(outcome.replayed())
 }

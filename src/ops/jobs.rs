@@ -42,12 +42,12 @@ pub struct JobDetail {
 /// One job with its key (masked unless `reveal_key`; `(sealed)` without `vault`), every
 /// attempt and its audit trail.
 pub async fn show_job(
-    pool: &Db,
+    db: &Db,
     vault: Option<&Vault>,
     grant_id: &GrantId,
     reveal_key: bool,
 ) -> Result<Option<JobDetail>, sqlx::Error> {
-    let Some(job) = read::job(pool, grant_id).await? else {
+    let Some(job) = read::job(db, grant_id).await? else {
         return Ok(None);
     };
     let show = |key_id: i64, sealed: &[u8]| {
@@ -60,8 +60,8 @@ pub async fn show_job(
             Err(e) => format!("(unreadable: {e})"),
         }
     };
-    let key = read::live_key(pool, grant_id).await?;
-    let attempt_history = read::attempts(pool, grant_id)
+    let key = read::live_key(db, grant_id).await?;
+    let attempt_history = read::attempts(db, grant_id)
         .await?
         .into_iter()
         .map(|a| AttemptView {
@@ -77,8 +77,8 @@ pub async fn show_job(
         })
         .collect();
     Ok(Some(JobDetail {
-        audit: audit::for_grant(pool, grant_id).await?,
-        received_keys: asking::received_keys(pool, grant_id).await?,
+        audit: audit::for_grant(db, grant_id).await?,
+        received_keys: asking::received_keys(db, grant_id).await?,
         job,
         key_state: key.as_ref().map(|k| k.2),
         key: key.map(|(id, sealed, _)| show(id, &sealed)),
@@ -88,28 +88,28 @@ pub async fn show_job(
 
 /// Replays failed or cancelled jobs: back to `queued` with a fresh attempt budget.
 pub async fn retry_jobs(
-    pool: &Db,
+    db: &Db,
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
     let results = each(grant_ids, async |id| {
-        operator::requeue_job(pool, id, actor).await
+        operator::requeue_job(db, id, actor).await
     })
     .await?;
     if results.iter().any(|(_, r)| *r == ActionResult::Done) {
-        store::notify_jobs_ready(pool).await?;
+        store::notify_jobs_ready(db).await?;
     }
     Ok(results)
 }
 
 /// Stops trying jobs; see `store::operator::cancel_job` for what happens to their keys.
 pub async fn cancel_jobs(
-    pool: &Db,
+    db: &Db,
     grant_ids: &[GrantId],
     actor: Actor,
 ) -> Result<Vec<(GrantId, ActionResult)>, sqlx::Error> {
     each(grant_ids, async |id| {
-        operator::cancel_job(pool, id, actor).await
+        operator::cancel_job(db, id, actor).await
     })
     .await
 }
@@ -178,11 +178,11 @@ impl BulkAction {
 
 /// How many jobs `action` would change.
 pub async fn bulk_count(
-    pool: &Db,
+    db: &Db,
     action: BulkAction,
     filter: &JobFilter,
 ) -> Result<i64, sqlx::Error> {
-    search::count_jobs(pool, filter, action.states()).await
+    search::count_jobs(db, filter, action.states()).await
 }
 
 /// What a bulk run did.
@@ -200,13 +200,13 @@ pub enum BulkRun {
 /// Each job's audit trail records it, and the action itself is one `bulk_retry`/`bulk_cancel`
 /// entry with the filter.
 pub async fn bulk(
-    pool: &Db,
+    db: &Db,
     action: BulkAction,
     filter: &JobFilter,
     confirmed: i64,
     actor: Actor,
 ) -> Result<BulkRun, sqlx::Error> {
-    let matching = bulk_count(pool, action, filter).await?;
+    let matching = bulk_count(db, action, filter).await?;
     if matching > confirmed {
         tracing::warn!(action = action.as_str(), matching, confirmed, filter = %filter.describe(), "bulk action refused: more jobs match than were confirmed");
         return Ok(BulkRun::MoreThanConfirmed {
@@ -215,12 +215,12 @@ pub async fn bulk(
         });
     }
     let limit = confirmed.clamp(0, BULK_MAX);
-    let grants = search::matching_grants(pool, filter, action.states(), limit).await?;
+    let grants = search::matching_grants(db, filter, action.states(), limit).await?;
     let mut done = 0;
     for chunk in grants.chunks(500) {
         let results = match action {
-            BulkAction::Retry => retry_jobs(pool, chunk, actor).await?,
-            BulkAction::Cancel => cancel_jobs(pool, chunk, actor).await?,
+            BulkAction::Retry => retry_jobs(db, chunk, actor).await?,
+            BulkAction::Cancel => cancel_jobs(db, chunk, actor).await?,
         };
         done += results
             .iter()
@@ -229,7 +229,7 @@ pub async fn bulk(
     }
     let detail = format!("{done} jobs matching {}", filter.describe());
     audit::record(
-        pool,
+        db,
         actor,
         &format!("bulk_{}", action.as_str()),
         audit::Subject {

@@ -31,27 +31,27 @@ pub struct ReconcileReport {
 
 /// Reconciles once. `Ok(None)`: another process holds the lock.
 pub async fn reconcile(
-    pool: &Db,
+    db: &Db,
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReconcileReport>> {
     let Some(lock) =
-        crate::db::HeldLock::try_take(pool, RECONCILE_LOCK.0, RECONCILE_LOCK.1, RECONCILE_LEASE)
+        crate::db::HeldLock::try_take(db, RECONCILE_LOCK.0, RECONCILE_LOCK.1, RECONCILE_LEASE)
             .await?
     else {
         return Ok(None);
     };
-    let result = reconcile_locked(pool, dodo, shutdown).await;
+    let result = reconcile_locked(db, dodo, shutdown).await;
     lock.release().await;
     result.map(Some)
 }
 
 async fn reconcile_locked(
-    pool: &Db,
+    db: &Db,
     dodo: &DodoClient,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ReconcileReport> {
-    let entitlements = pools::pooled_entitlements(pool).await?;
+    let entitlements = pools::pooled_entitlements(db).await?;
     let mut report = ReconcileReport {
         entitlements: entitlements.len(),
         ..Default::default()
@@ -84,7 +84,7 @@ async fn reconcile_locked(
                 .collect();
             report.pending_seen += pending.len();
             let enqueued = enqueue::enqueue_grants(
-                pool,
+                db,
                 entitlement,
                 &pending,
                 "reconciler",
@@ -93,7 +93,7 @@ async fn reconcile_locked(
             .await?;
             if !enqueued.is_empty() {
                 tracing::warn!(entitlement = %entitlement, grants = ?enqueued, "queued grants whose webhook never arrived");
-                store::notify_jobs_ready(pool).await?;
+                store::notify_jobs_ready(db).await?;
                 report.enqueued += enqueued.len();
             }
         }
@@ -104,14 +104,14 @@ async fn reconcile_locked(
 
 /// Reconciles and prunes every `interval` until shutdown.
 pub async fn run_maintenance(
-    pool: Db,
+    db: Db,
     dodo: DodoClient,
     interval: Duration,
     retention: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        match reconcile(&pool, &dodo, &shutdown).await {
+        match reconcile(&db, &dodo, &shutdown).await {
             Ok(Some(report)) => {
                 tracing::info!(
                     "reconciled with Dodo: {} entitlement(s) checked, {} pending grant(s) seen, {} queued that keyrelay had never seen",
@@ -119,7 +119,7 @@ pub async fn run_maintenance(
                     report.pending_seen,
                     report.enqueued
                 );
-                match prune(&pool, retention).await {
+                match prune(&db, retention).await {
                     Ok(p) if p.events + p.jobs > 0 => {
                         tracing::info!(events = p.events, jobs = p.jobs, "pruned old rows")
                     }
@@ -139,12 +139,12 @@ pub async fn run_maintenance(
 
 /// Deletes events and finished jobs older than `older_than`, in small batches; keys, pools and
 /// the audit trail are kept.
-pub async fn prune(pool: &Db, older_than: Duration) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(db: &Db, older_than: Duration) -> Result<Pruned, sqlx::Error> {
     let age = chrono::TimeDelta::from_std(older_than).unwrap_or(chrono::TimeDelta::MAX);
     let cutoff = chrono::Utc::now()
         .checked_sub_signed(age)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     // The dashboard charts a day; samples are kept a week.
-    store::history::prune_samples(pool, chrono::Utc::now() - chrono::TimeDelta::days(7)).await?;
-    store::prune::prune(pool, cutoff).await
+    store::history::prune_samples(db, chrono::Utc::now() - chrono::TimeDelta::days(7)).await?;
+    store::prune::prune(db, cutoff).await
 }

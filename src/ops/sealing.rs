@@ -15,11 +15,11 @@ const BATCH: i64 = 1_000;
 
 /// Seals every plaintext key value; the number of rows sealed. Without a vault, an error that
 /// says how to make one if there is anything to seal.
-pub async fn seal_plaintext(pool: &Db, vault: Option<&Vault>) -> anyhow::Result<u64> {
-    let (keys, events) = sealed::count_plaintext(pool).await?;
+pub async fn seal_plaintext(db: &Db, vault: Option<&Vault>) -> anyhow::Result<u64> {
+    let (keys, events) = sealed::count_plaintext(db).await?;
     if keys + events == 0 {
         if let Some(vault) = vault {
-            fill_key_tails(pool, vault).await?;
+            fill_key_tails(db, vault).await?;
         }
         return Ok(0);
     }
@@ -30,14 +30,14 @@ pub async fn seal_plaintext(pool: &Db, vault: Option<&Vault>) -> anyhow::Result<
     };
     let mut done = 0;
     loop {
-        let sealed_now = sealed::seal_plaintext_keys(pool, vault, BATCH).await?;
+        let sealed_now = sealed::seal_plaintext_keys(db, vault, BATCH).await?;
         done += sealed_now;
         if sealed_now == 0 {
             break;
         }
     }
-    done += reseal_events(pool, vault, true, |_| {}).await?;
-    fill_key_tails(pool, vault).await?;
+    done += reseal_events(db, vault, true, |_| {}).await?;
+    fill_key_tails(db, vault).await?;
     tracing::info!(
         rows = done,
         "sealed key values an earlier keyrelay stored in plaintext"
@@ -46,10 +46,10 @@ pub async fn seal_plaintext(pool: &Db, vault: Option<&Vault>) -> anyhow::Result<
 }
 
 /// Gives keys stored before keyrelay kept their searchable tail one (`keys.tail`).
-async fn fill_key_tails(pool: &Db, vault: &Vault) -> anyhow::Result<()> {
+async fn fill_key_tails(db: &Db, vault: &Vault) -> anyhow::Result<()> {
     let mut filled = 0;
     loop {
-        let now = sealed::fill_key_tails(pool, vault, BATCH).await?;
+        let now = sealed::fill_key_tails(db, vault, BATCH).await?;
         filled += now;
         if now == 0 {
             break;
@@ -76,7 +76,7 @@ pub struct Rotated {
 /// Reseals every key value not sealed under the vault's first key; `progress` hears how many
 /// rows each batch did.
 pub async fn rotate(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<Rotated> {
@@ -87,7 +87,7 @@ pub async fn rotate(
         let mut after = 0;
         rotated.unreadable.clear();
         loop {
-            let (done, unreadable, last) = sealed::reseal_keys(pool, vault, after, BATCH).await?;
+            let (done, unreadable, last) = sealed::reseal_keys(db, vault, after, BATCH).await?;
             rotated.keys += done;
             progress(done);
             rotated.unreadable.extend(unreadable);
@@ -96,25 +96,25 @@ pub async fn rotate(
                 None => break,
             }
         }
-        let (left, _) = sealed::count_to_reseal(pool, vault).await?;
+        let (left, _) = sealed::count_to_reseal(db, vault).await?;
         if left as usize <= rotated.unreadable.len() || rotated.keys == before {
             break;
         }
     }
-    rotated.events = reseal_events(pool, vault, false, progress).await?;
+    rotated.events = reseal_events(db, vault, false, progress).await?;
     Ok(rotated)
 }
 
 /// Seals (plaintext) or reseals (under an older key) the keys in stored payloads.
 async fn reseal_events(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     plaintext: bool,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
     let mut done = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = db.begin().await?;
         let rows = sealed::events_to_seal(&mut tx, vault, plaintext, BATCH).await?;
         if rows.is_empty() {
             return Ok(done);

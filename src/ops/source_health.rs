@@ -61,16 +61,13 @@ impl SourceCheck {
     }
 
     /// Checks every pool, records the findings, and returns them: (pool, problem).
-    pub async fn check_pools(
-        &self,
-        pool: &Db,
-    ) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
-        let sources = pools::pool_sources(pool).await?;
+    pub async fn check_pools(&self, db: &Db) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+        let sources = pools::pool_sources(db).await?;
         let checks = sources
             .iter()
             .map(|p| async move { (p.name.clone(), self.problem(p).await) });
         let found = futures_util::future::join_all(checks).await;
-        pools::record_source_problems(pool, &found).await?;
+        pools::record_source_problems(db, &found).await?;
         Ok(found)
     }
 }
@@ -116,10 +113,10 @@ fn report(found: &[(String, Option<String>)], before: &mut HashMap<String, Strin
 }
 
 /// Checks once now (what `serve` says at start), then every minute until `shutdown`.
-pub async fn watch(pool: Db, check: SourceCheck, shutdown: CancellationToken) {
+pub async fn watch(db: Db, check: SourceCheck, shutdown: CancellationToken) {
     let mut logged = HashMap::new();
     loop {
-        match check.check_pools(&pool).await {
+        match check.check_pools(&db).await {
             Ok(found) => report(&found, &mut logged),
             Err(e) => {
                 tracing::warn!(error = %e, "checking the pools' key sources failed; will try again")

@@ -23,20 +23,20 @@ pub struct QueueStats {
     pub dead_tuples: Vec<(String, i64)>,
 }
 
-pub async fn read(pool: &Db) -> Result<QueueStats, sqlx::Error> {
+pub async fn read(db: &Db) -> Result<QueueStats, sqlx::Error> {
     Ok(QueueStats {
-        jobs_by_state: stock::count_jobs_by_state(pool).await?,
-        oldest_queued_age_secs: stock::oldest_queued_age_secs(pool).await?,
-        oldest_unfinished_age_secs: stock::oldest_unfinished_age_secs(pool).await?,
-        keys_available: stock::stock_per_pool(pool).await?,
-        source_broken: crate::store::pools::source_status(pool).await?,
-        dead_tuples: stock::dead_tuples(pool).await?,
+        jobs_by_state: stock::count_jobs_by_state(db).await?,
+        oldest_queued_age_secs: stock::oldest_queued_age_secs(db).await?,
+        oldest_unfinished_age_secs: stock::oldest_unfinished_age_secs(db).await?,
+        keys_available: stock::stock_per_pool(db).await?,
+        source_broken: crate::store::pools::source_status(db).await?,
+        dead_tuples: stock::dead_tuples(db).await?,
     })
 }
 
 /// Samples queue depth by state once a minute until shutdown, for the dashboard's chart. Every
 /// process does it; the first one each minute writes the sample.
-pub async fn sample_queue_depth(pool: Db, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn sample_queue_depth(db: Db, shutdown: tokio_util::sync::CancellationToken) {
     let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
     every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -44,7 +44,7 @@ pub async fn sample_queue_depth(pool: Db, shutdown: tokio_util::sync::Cancellati
             _ = every_minute.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if let Err(e) = crate::store::history::record_queue_sample(&pool).await {
+        if let Err(e) = crate::store::history::record_queue_sample(&db).await {
             tracing::debug!(error = %e, "could not sample queue depth; will try next minute");
         }
     }

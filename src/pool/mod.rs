@@ -108,7 +108,7 @@ fn positive(value: Option<u32>) -> Result<Option<i32>, PoolError> {
 }
 
 /// Creates a pool and wakes any jobs that were waiting for one; returns how many.
-pub async fn add_pool(pool: &Db, new: &NewPool) -> Result<u64, PoolError> {
+pub async fn add_pool(db: &Db, new: &NewPool) -> Result<u64, PoolError> {
     let name = new.name.trim();
     if name.is_empty() || new.entitlement_id.trim().is_empty() {
         return Err(PoolError::Empty);
@@ -164,7 +164,7 @@ pub async fn add_pool(pool: &Db, new: &NewPool) -> Result<u64, PoolError> {
         expires_in_days: positive(new.expires_in_days)?,
         keys_with_spaces: new.keys_with_spaces,
     };
-    Ok(create_pool(pool, &row).await?)
+    Ok(create_pool(db, &row).await?)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,14 +188,14 @@ const PROGRESS_STEP: usize = 5_000;
 /// With `dry_run` the transaction is rolled back, so the counts are exact but nothing changes.
 /// Values are stored sealed under `vault`'s first key.
 pub async fn import_keys(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     name: &str,
     parsed: &keyfile::ParsedKeys,
     dry_run: bool,
     mut progress: impl FnMut(u64),
 ) -> Result<ImportReport, PoolError> {
-    let mut import = Import::begin(pool, name)
+    let mut import = Import::begin(db, name)
         .await?
         .ok_or_else(|| PoolError::NotFound(name.to_string()))?;
     if import.source().makes_keys() {

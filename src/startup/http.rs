@@ -35,7 +35,7 @@ pub(super) fn serve_until(
 pub(super) fn web_server(
     listener: TcpListener,
     state: IntakeState,
-    pool: Db,
+    db: Db,
     settings: &Settings,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
@@ -49,7 +49,7 @@ pub(super) fn web_server(
     let metrics_here = settings.http.metrics_bind.is_none();
     let admin = settings.admin.token.clone().map(|token| {
         web::Data::new(crate::admin::AdminState {
-            pool: pool.clone(),
+            db: db.clone(),
             auth: crate::admin::AdminAuth::new(token, !settings.admin.insecure_http),
             wrong_tokens: Default::default(),
             clients: clients.clone(),
@@ -59,7 +59,7 @@ pub(super) fn web_server(
     });
     let api = settings.api.token.as_ref().map(|token| {
         web::Data::new(crate::api::ApiState {
-            pool: pool.clone(),
+            db: db.clone(),
             // Spaces around a configured token (an `.env` slip) are not part of it.
             token: token.expose_secret().trim().into(),
             vault: Arc::clone(&state.vault),
@@ -67,14 +67,14 @@ pub(super) fn web_server(
             clients: clients.clone(),
         })
     });
-    let pool = web::Data::new(pool);
+    let db = web::Data::new(db);
     let metrics = web::Data::new(metrics_handle());
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::guard::guard_request))
             .app_data(body_policy.clone())
             .app_data(state.clone())
-            .app_data(pool.clone())
+            .app_data(db.clone())
             .app_data(metrics.clone())
             .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
             .route("/healthz", web::get().to(healthz))
@@ -106,8 +106,8 @@ pub(super) fn web_server(
 }
 
 /// `/metrics` alone, on `http.metrics_bind`.
-pub(super) fn metrics_server(listener: TcpListener, pool: Db) -> anyhow::Result<Server> {
-    let pool = web::Data::new(pool);
+pub(super) fn metrics_server(listener: TcpListener, db: Db) -> anyhow::Result<Server> {
+    let db = web::Data::new(db);
     let metrics = web::Data::new(metrics_handle());
     let policy = web::Data::new(crate::guard::BodyPolicy {
         timeout: Duration::from_secs(5),
@@ -117,7 +117,7 @@ pub(super) fn metrics_server(listener: TcpListener, pool: Db) -> anyhow::Result<
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::guard::guard_request))
             .app_data(policy.clone())
-            .app_data(pool.clone())
+            .app_data(db.clone())
             .app_data(metrics.clone())
             .route("/metrics", web::get().to(prometheus))
     })

@@ -1,5 +1,5 @@
 //! Building and running keyrelay: the HTTP server (web role), the worker pool (worker role), or
-//! both, sharing one database pool and one cancellation token.
+//! both, sharing one database handle (`db::Db`) and one cancellation token.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub struct Application {
     maintenance: Option<Maintenance>,
     /// What this worker process can make keys with (worker roles).
     source_check: Option<crate::ops::source_health::SourceCheck>,
-    pool: Db,
+    db: Db,
     signal: JobSignal,
     shutdown: CancellationToken,
     /// How long stopping may take before what is left is abandoned.
@@ -84,15 +84,15 @@ impl Application {
         Self::check(settings, role)?;
         let verifier = webhook_verifier(settings, role)?;
         let vault = Arc::new(settings.keys.vault()?);
-        let pool = if settings.database.migrate_on_start {
-            let pool = crate::db::migrate(settings).await?;
-            crate::ops::sealing::seal_plaintext(&pool, Some(&vault)).await?;
-            pool
+        let db = if settings.database.migrate_on_start {
+            let db = crate::db::migrate(settings).await?;
+            crate::ops::sealing::seal_plaintext(&db, Some(&vault)).await?;
+            db
         } else {
             crate::db::lazy_pool(settings)?
         };
         let dodo = match role.worker() {
-            true => Some(dodo_client(settings, &pool)?),
+            true => Some(dodo_client(settings, &db)?),
             false => None,
         };
         let signal = JobSignal::new();
@@ -101,13 +101,13 @@ impl Application {
                 let listener = listen("http.bind", &settings.http.bind)?;
                 let address = listener.local_addr()?;
                 let state = IntakeState {
-                    pool: pool.clone(),
+                    db: db.clone(),
                     verifier,
                     signal: signal.clone(),
                     body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
                     vault: Arc::clone(&vault),
                 };
-                let server = web_server(listener, state, pool.clone(), settings)?;
+                let server = web_server(listener, state, db.clone(), settings)?;
                 (Some(server), Some(address))
             }
             None => (None, None),
@@ -116,7 +116,7 @@ impl Application {
             Some(bind) => {
                 let listener = listen("http.metrics_bind", bind)?;
                 let address = listener.local_addr()?;
-                (Some(metrics_server(listener, pool.clone())?), Some(address))
+                (Some(metrics_server(listener, db.clone())?), Some(address))
             }
             None => (None, None),
         };
@@ -130,7 +130,7 @@ impl Application {
                 retention: Duration::from_secs(u64::from(settings.retention.days) * 86_400),
             });
         let worker = dodo.map(|dodo| {
-            let ctx = WorkerContext::new(pool.clone(), dodo, &settings.worker)
+            let ctx = WorkerContext::new(db.clone(), dodo, &settings.worker)
                 .with_alert_webhook(settings.alerts.webhook_url.clone())
                 .with_sources(sources.clone())
                 .with_vault(Some(Arc::clone(&vault)));
@@ -147,7 +147,7 @@ impl Application {
                 .then(|| crate::ops::source_health::SourceCheck::from_settings(settings)),
             worker,
             maintenance,
-            pool,
+            db,
             signal,
             shutdown: CancellationToken::new(),
             // In-flight jobs get the grace period; the HTTP server's own drain is bounded too.
@@ -165,8 +165,8 @@ impl Application {
         self.metrics_port
     }
 
-    pub fn pool(&self) -> &Db {
-        &self.pool
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Cancel it to stop gracefully (what SIGTERM does).
@@ -192,18 +192,18 @@ impl Application {
         if let Some(server) = self.server {
             tasks.push(
                 self.signal
-                    .spawn_notifier(self.pool.clone(), shutdown.clone()),
+                    .spawn_notifier(self.db.clone(), shutdown.clone()),
             );
             tasks.push(serve_until(server, shutdown.clone()));
         }
         tasks.push(tokio::spawn(crate::ops::stats::sample_queue_depth(
-            self.pool.clone(),
+            self.db.clone(),
             shutdown.clone(),
         )));
         if let Some(m) = self.maintenance {
-            let pool = self.pool.clone();
+            let db = self.db.clone();
             tasks.push(tokio::spawn(crate::ops::reconcile::run_maintenance(
-                pool,
+                db,
                 m.dodo,
                 m.interval,
                 m.retention,
@@ -212,7 +212,7 @@ impl Application {
         }
         if let Some(check) = self.source_check {
             tasks.push(tokio::spawn(crate::ops::source_health::watch(
-                self.pool.clone(),
+                self.db.clone(),
                 check,
                 shutdown.clone(),
             )));
@@ -220,7 +220,7 @@ impl Application {
         if let Some(worker) = self.worker {
             tasks.push(
                 self.signal
-                    .spawn_listener(self.pool.clone(), shutdown.clone()),
+                    .spawn_listener(self.db.clone(), shutdown.clone()),
             );
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
@@ -239,7 +239,7 @@ impl Application {
                 }
             }
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.pool.close())
+        if tokio::time::timeout(Duration::from_secs(5), self.db.close())
             .await
             .is_err()
         {
@@ -306,7 +306,7 @@ fn webhook_verifier(settings: &Settings, role: Role) -> anyhow::Result<Option<We
 }
 
 /// The Dodo client, drawing its calls from the rate budget shared through `pool`'s database.
-pub fn dodo_client(settings: &Settings, pool: &Db) -> anyhow::Result<DodoClient> {
+pub fn dodo_client(settings: &Settings, db: &Db) -> anyhow::Result<DodoClient> {
     let api_key = settings.dodo.api_key.clone().context(
         "dodo.api_key (DODO_PAYMENTS_API_KEY) is not set; create an API key with write access in Dodo's dashboard",
     )?;
@@ -315,7 +315,7 @@ pub fn dodo_client(settings: &Settings, pool: &Db) -> anyhow::Result<DodoClient>
         api_key,
         Duration::from_secs(settings.dodo.timeout_secs),
         Arc::new(match settings.dodo.rate_limits() {
-            Some(limits) => RateBudget::shared(pool.clone(), limits),
+            Some(limits) => RateBudget::shared(db.clone(), limits),
             None => RateBudget::unlimited(),
         }),
     )

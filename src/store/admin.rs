@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 /// Records that the session with this MAC was signed out (and forgets sessions that have
 /// expired anyway).
 pub async fn sign_out(
-    pool: &Db,
+    db: &Db,
     session_mac: &str,
     expires_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -19,15 +19,15 @@ pub async fn sign_out(
     )
     .bind(session_mac)
     .bind(expires_at)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Whether the session with this MAC was signed out.
-pub async fn is_signed_out(pool: &Db, session_mac: &str) -> Result<bool, sqlx::Error> {
+pub async fn is_signed_out(db: &Db, session_mac: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM admin_signed_out WHERE session_mac = $1)")
         .bind(session_mac)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }

@@ -61,7 +61,7 @@ impl KeylessJob {
 /// Claims up to `limit` due jobs of http pools that have no key yet, counting the attempt and
 /// setting a lease.
 pub async fn claim_keyless(
-    pool: &Db,
+    db: &Db,
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<KeylessJob>, sqlx::Error> {
@@ -96,7 +96,7 @@ pub async fn claim_keyless(
     ))
     .bind(limit as i64)
     .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -116,13 +116,13 @@ pub enum Received {
 /// grant (reserved, audited, sealed) if the job is still this worker's and the value is new;
 /// the job then goes back to the queue without using an attempt.
 pub async fn record_received(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     job: &KeylessJob,
     idempotency_key: &str,
     key: &LicenseKey,
 ) -> Result<Received, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let owned = sqlx::query(&format!(
         "SELECT 1 FROM jobs WHERE {LEASE_FENCE} AND key_id IS NULL FOR UPDATE"
     ))
@@ -235,30 +235,30 @@ pub struct ReceivedKey {
 }
 
 /// Grants with a key an endpoint issued that no grant uses, newest first.
-pub async fn grants_with_orphan_keys(pool: &Db, limit: i64) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn grants_with_orphan_keys(db: &Db, limit: i64) -> Result<Vec<GrantId>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT grant_id FROM received_keys WHERE orphan \
          GROUP BY grant_id ORDER BY max(received_at) DESC LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// How many grants have a key an endpoint issued that no grant uses.
-pub async fn count_grants_with_orphan_keys(pool: &Db) -> Result<i64, sqlx::Error> {
+pub async fn count_grants_with_orphan_keys(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(DISTINCT grant_id) FROM received_keys WHERE orphan")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
 /// Every key endpoints answered for the grant, oldest first.
-pub async fn received_keys(pool: &Db, grant_id: &GrantId) -> Result<Vec<ReceivedKey>, sqlx::Error> {
+pub async fn received_keys(db: &Db, grant_id: &GrantId) -> Result<Vec<ReceivedKey>, sqlx::Error> {
     sqlx::query_as(
         "SELECT masked, idempotency_key, received_at, bound, orphan FROM received_keys \
          WHERE grant_id = $1 ORDER BY id",
     )
     .bind(grant_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }

@@ -55,24 +55,24 @@ const COLUMNS: &str = "audit_log.at, audit_log.actor, audit_log.action, audit_lo
      audit_log.key_id, audit_log.batch_id, audit_log.detail";
 
 /// A grant's entries, oldest first.
-pub async fn for_grant(pool: &Db, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
+pub async fn for_grant(db: &Db, grant_id: &GrantId) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM audit_log WHERE audit_log.grant_id = $1 ORDER BY audit_log.id"
     ))
     .bind(grant_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// A pool's entries (its imports and what happened to its keys), newest first.
 pub async fn for_pool(
-    pool: &Db,
+    db: &Db,
     pool_name: &str,
     limit: i64,
 ) -> Result<Option<Vec<AuditEntry>>, sqlx::Error> {
     let id: Option<i64> = sqlx::query_scalar("SELECT id FROM pools WHERE name = $1")
         .bind(pool_name)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     let Some(id) = id else { return Ok(None) };
     let entries = sqlx::query_as(&format!(
@@ -85,7 +85,7 @@ pub async fn for_pool(
     ))
     .bind(id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(Some(entries))
 }

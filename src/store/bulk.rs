@@ -8,7 +8,7 @@ use crate::db::Db;
 /// Fills the tables with `n` finished jobs of the pool `pool_name` over the last 7 days: one in 1,000 failed, one in
 /// 5,000 cancelled, the rest delivered with a key, one attempt and one event each.
 pub async fn seed_finished_jobs(
-    pool: &Db,
+    db: &Db,
     n: i64,
     entitlement_id: &str,
     pool_name: &str,
@@ -47,11 +47,11 @@ pub async fn seed_finished_jobs(
         if sql.contains("$3") {
             query = query.bind(pool_name);
         }
-        query.execute(pool).await?;
+        query.execute(db).await?;
     }
-    super::prune::vacuum_analyze(pool).await?;
+    super::prune::vacuum_analyze(db).await?;
     for table in ["attempts", "events"] {
-        pool.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
+        db.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
     Ok(())

@@ -47,13 +47,13 @@ struct ClaimedRow {
 /// short transaction, committed before any call to Dodo. Jobs for which no key exists are
 /// parked in `waiting_for_keys` without using an attempt and are not returned.
 pub async fn claim_batch(
-    pool: &Db,
+    db: &Db,
     limit: usize,
     lease: Duration,
     sources: &Sources,
     vault: Option<&Vault>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     // The claim also takes the shared key lock of every entitlement that needs a key, so the
     // reservation below (a new statement, a new snapshot) sees any import that committed first.
     let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
@@ -218,7 +218,7 @@ async fn ask_anew(tx: &mut Transaction<'_, Postgres>, job: &ClaimedJob) -> Resul
 
 /// Moves the end of a running job's lease to `lease` from now; false if the lease was lost.
 pub async fn extend_lease(
-    pool: &Db,
+    db: &Db,
     grant_id: &GrantId,
     lease_token: i64,
     lease: Duration,
@@ -230,7 +230,7 @@ pub async fn extend_lease(
     .bind(grant_id)
     .bind(lease_token)
     .bind(lease.as_secs_f64())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(extended.rows_affected() == 1)
 }
@@ -239,13 +239,13 @@ pub async fn extend_lease(
 /// next key for the same grant (made anew for `generate` and `sign` pools) — or parks the job
 /// if the pool is empty. Fenced by the lease.
 pub async fn reject_key_and_reserve_next(
-    pool: &Db,
+    db: &Db,
     job: &ClaimedJob,
     attempt: &AttemptRecord,
     sources: &Sources,
     vault: Option<&Vault>,
 ) -> Result<NextKey, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let owned = sqlx::query(&format!(
         "SELECT 1 FROM jobs WHERE {LEASE_FENCE} AND key_id = $3 FOR UPDATE"
     ))

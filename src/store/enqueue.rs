@@ -171,7 +171,7 @@ pub async fn record_unseen_grant(
 /// Queues grants of one entitlement that keyrelay has no job for (source `reconciler` or
 /// `bench`), audited with `detail`; returns the grants queued. Known grants are untouched.
 pub async fn enqueue_grants(
-    pool: &Db,
+    db: &Db,
     entitlement_id: &EntitlementId,
     grants: &[(GrantId, CustomerId, Option<PaymentId>)],
     source: &str,
@@ -202,14 +202,14 @@ pub async fn enqueue_grants(
     .bind(source)
     .bind(detail)
     .bind(&payments)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Adds `count` delivered jobs of `entitlement_id` as history, for measuring claims over a
 /// large table (benchmark only: these grants never existed).
 pub async fn insert_history_for_benchmark(
-    pool: &Db,
+    db: &Db,
     entitlement_id: &EntitlementId,
     count: u64,
 ) -> Result<(), sqlx::Error> {
@@ -220,7 +220,7 @@ pub async fn insert_history_for_benchmark(
     )
     .bind(entitlement_id)
     .bind(count as i64)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -33,7 +33,7 @@ fn bucket(column: &str) -> String {
 
 /// Grants delivered per bucket since `from`.
 pub async fn delivered(
-    pool: &Db,
+    db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -45,13 +45,13 @@ pub async fn delivered(
     ))
     .bind(from)
     .bind(bucket_secs as f64)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Dodo's answers per bucket since `from`, by status class (as the metrics name them).
 pub async fn dodo_answers(
-    pool: &Db,
+    db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -68,14 +68,14 @@ pub async fn dodo_answers(
     ))
     .bind(from)
     .bind(bucket_secs as f64)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Webhooks stored per bucket since `from` (refused ones are not stored; the metrics count
 /// those).
 pub async fn webhooks(
-    pool: &Db,
+    db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -86,13 +86,13 @@ pub async fn webhooks(
     ))
     .bind(from)
     .bind(bucket_secs as f64)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Queue depth by state since `from`: the largest sample in each bucket.
 pub async fn queue_depth(
-    pool: &Db,
+    db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
@@ -103,13 +103,13 @@ pub async fn queue_depth(
     ))
     .bind(from)
     .bind(bucket_secs as f64)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Samples queue depth for the current minute (once, however many processes do it). Each
 /// state is counted on its partial index, so finished history does not slow it down.
-pub async fn record_queue_sample(pool: &Db) -> Result<(), sqlx::Error> {
+pub async fn record_queue_sample(db: &Db) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         r#"
         WITH counts AS ({OPEN_JOBS_BY_STATE})
@@ -121,16 +121,16 @@ pub async fn record_queue_sample(pool: &Db) -> Result<(), sqlx::Error> {
         "#
     ))
     .bind(SAMPLED_STATES.to_vec())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Deletes samples taken before `cutoff`.
-pub async fn prune_samples(pool: &Db, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn prune_samples(db: &Db, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query("DELETE FROM queue_samples WHERE at < $1")
         .bind(cutoff)
-        .execute(pool)
+        .execute(db)
         .await?
         .rows_affected())
 }

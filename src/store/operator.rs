@@ -24,11 +24,11 @@ pub enum ActionResult {
 /// Puts a failed or cancelled job back in the queue with a fresh attempt budget, audited. Any
 /// other state is left alone and reported. The caller wakes the workers (`notify_jobs_ready`).
 pub async fn requeue_job(
-    pool: &Db,
+    db: &Db,
     grant_id: &GrantId,
     actor: Actor,
 ) -> Result<ActionResult, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let state: Option<JobState> =
         sqlx::query_scalar("SELECT state FROM jobs WHERE grant_id = $1 FOR UPDATE")
             .bind(grant_id)
@@ -65,11 +65,11 @@ pub async fn requeue_job(
 /// it: no attempt with that key ended without a clear answer (timeout, 5xx). A running job
 /// cannot be cancelled until its current attempt ends.
 pub async fn cancel_job(
-    pool: &Db,
+    db: &Db,
     grant_id: &GrantId,
     actor: Actor,
 ) -> Result<ActionResult, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let row: Option<(JobState, Option<i64>, bool)> = sqlx::query_as(
         r#"
         SELECT state, key_id,

@@ -40,8 +40,8 @@ pub enum CreatePoolError {
 }
 
 /// Creates a pool (audited) and queues the jobs that were waiting for one; returns how many.
-pub async fn create_pool(pool: &Db, new: &NewPoolRow<'_>) -> Result<u64, CreatePoolError> {
-    let mut tx = pool.begin().await?;
+pub async fn create_pool(db: &Db, new: &NewPoolRow<'_>) -> Result<u64, CreatePoolError> {
+    let mut tx = db.begin().await?;
     lock_entitlement_keys(&mut tx, new.entitlement_id).await?;
     let inserted = sqlx::query_scalar(
         r#"
@@ -109,8 +109,8 @@ pub struct Imported {
 
 impl Import<'_> {
     /// Starts importing into the named pool; `None` if there is no such pool.
-    pub async fn begin(pool: &Db, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
+    pub async fn begin(db: &Db, name: &str) -> Result<Option<Import<'static>>, sqlx::Error> {
+        let mut tx = db.begin().await?;
         let row: Option<(i64, EntitlementId, Source)> =
             sqlx::query_as("SELECT id, entitlement_id, source FROM pools WHERE name = $1")
                 .bind(name)
@@ -262,9 +262,9 @@ pub async fn lock_entitlement_keys(
 }
 
 /// The entitlements that have a pool, by pool name.
-pub async fn pooled_entitlements(pool: &Db) -> Result<Vec<EntitlementId>, sqlx::Error> {
+pub async fn pooled_entitlements(db: &Db) -> Result<Vec<EntitlementId>, sqlx::Error> {
     sqlx::query_scalar("SELECT entitlement_id FROM pools ORDER BY name")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
@@ -277,15 +277,15 @@ pub struct PoolSource {
 }
 
 /// Every pool's source, by name.
-pub async fn pool_sources(pool: &Db) -> Result<Vec<PoolSource>, sqlx::Error> {
+pub async fn pool_sources(db: &Db) -> Result<Vec<PoolSource>, sqlx::Error> {
     sqlx::query_as("SELECT name, source, endpoint FROM pools ORDER BY name")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
 /// Records what a worker found of each pool's source (`None`: usable) and when.
 pub async fn record_source_problems(
-    pool: &Db,
+    db: &Db,
     found: &[(String, Option<String>)],
 ) -> Result<(), sqlx::Error> {
     let (names, problems): (Vec<&str>, Vec<Option<&str>>) = found
@@ -298,31 +298,31 @@ pub async fn record_source_problems(
     )
     .bind(&names)
     .bind(&problems)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Pools whose source a worker found unusable: (name, problem), by name.
-pub async fn source_problems(pool: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn source_problems(db: &Db) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT name, source_problem FROM pools WHERE source_problem IS NOT NULL ORDER BY name",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Every pool's name and whether a worker found its source unusable, by name.
-pub async fn source_status(pool: &Db) -> Result<Vec<(String, bool)>, sqlx::Error> {
+pub async fn source_status(db: &Db) -> Result<Vec<(String, bool)>, sqlx::Error> {
     sqlx::query_as("SELECT name, source_problem IS NOT NULL FROM pools ORDER BY name")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
 /// Whether the named pool takes keys with spaces inside; None when there is no such pool.
-pub async fn keys_with_spaces(pool: &Db, name: &str) -> Result<Option<bool>, sqlx::Error> {
+pub async fn keys_with_spaces(db: &Db, name: &str) -> Result<Option<bool>, sqlx::Error> {
     sqlx::query_scalar("SELECT keys_with_spaces FROM pools WHERE name = $1")
         .bind(name)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }

@@ -15,7 +15,7 @@ pub struct Pruned {
 }
 
 /// Deletes events received and finished jobs (with their attempts) settled before `cutoff`.
-pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error> {
     let mut pruned = Pruned::default();
     loop {
         let n = sqlx::query(
@@ -24,7 +24,7 @@ pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Err
         )
         .bind(cutoff)
         .bind(PRUNE_BATCH)
-        .execute(pool)
+        .execute(db)
         .await?
         .rows_affected();
         pruned.events += n;
@@ -40,7 +40,7 @@ pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Err
         )
         .bind(cutoff)
         .bind(PRUNE_BATCH)
-        .execute(pool)
+        .execute(db)
         .await?
         .rows_affected();
         pruned.jobs += n;
@@ -52,9 +52,9 @@ pub async fn prune(pool: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Err
 }
 
 /// Vacuums and analyzes the queue's tables, so a measurement starts from fresh statistics.
-pub async fn vacuum_analyze(pool: &Db) -> Result<(), sqlx::Error> {
+pub async fn vacuum_analyze(db: &Db) -> Result<(), sqlx::Error> {
     for table in ["jobs", "keys"] {
-        pool.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
+        db.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
     Ok(())

@@ -27,19 +27,19 @@ pub(crate) const SUMMARY_COLUMNS: &str = "grant_id, state, attempts, entitlement
      last_http_status, source, created_at, updated_at, run_at";
 
 /// One job.
-pub async fn job(pool: &Db, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
+pub async fn job(db: &Db, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE grant_id = $1"
     ))
     .bind(grant_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
 /// The grant's live key (reserved, delivered or revoked), if it has one: id, sealed value,
 /// state.
 pub async fn live_key(
-    pool: &Db,
+    db: &Db,
     grant_id: &GrantId,
 ) -> Result<Option<(i64, Vec<u8>, KeyState)>, sqlx::Error> {
     sqlx::query_as(
@@ -47,7 +47,7 @@ pub async fn live_key(
          WHERE grant_id = $1 AND state IN ('reserved', 'delivered', 'revoked')",
     )
     .bind(grant_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -65,7 +65,7 @@ pub struct AttemptRow {
 }
 
 /// The grant's attempts, oldest first.
-pub async fn attempts(pool: &Db, grant_id: &GrantId) -> Result<Vec<AttemptRow>, sqlx::Error> {
+pub async fn attempts(db: &Db, grant_id: &GrantId) -> Result<Vec<AttemptRow>, sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT attempts.started_at, attempts.http_status, attempts.outcome, attempts.error,
@@ -75,14 +75,14 @@ pub async fn attempts(pool: &Db, grant_id: &GrantId) -> Result<Vec<AttemptRow>, 
         "#,
     )
     .bind(grant_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Every failed job's grant id, oldest failure first.
-pub async fn failed_grant_ids(pool: &Db) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn failed_grant_ids(db: &Db) -> Result<Vec<GrantId>, sqlx::Error> {
     sqlx::query_scalar("SELECT grant_id FROM jobs WHERE state = 'failed' ORDER BY updated_at")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
@@ -108,16 +108,16 @@ const SHOP_GRANT: &str = "SELECT jobs.grant_id, jobs.customer_id, jobs.entitleme
      FROM jobs LEFT JOIN keys ON keys.grant_id = jobs.grant_id AND keys.state = 'delivered'";
 
 /// One grant for the shop.
-pub async fn shop_grant(pool: &Db, grant_id: &GrantId) -> Result<Option<ShopGrant>, sqlx::Error> {
+pub async fn shop_grant(db: &Db, grant_id: &GrantId) -> Result<Option<ShopGrant>, sqlx::Error> {
     sqlx::query_as(&format!("{SHOP_GRANT} WHERE jobs.grant_id = $1"))
         .bind(grant_id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
 /// A customer's grants, newest first, after `after` (created time and grant id).
 pub async fn customer_grants(
-    pool: &Db,
+    db: &Db,
     customer_id: &CustomerId,
     after: Option<(DateTime<Utc>, &GrantId)>,
     limit: i64,
@@ -135,7 +135,7 @@ pub async fn customer_grants(
     .bind(limit)
     .bind(at)
     .bind(grant)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -151,7 +151,7 @@ pub struct EventSummary {
 
 /// Stored events, newest first, optionally of one type or for one grant.
 pub async fn list_events(
-    pool: &Db,
+    db: &Db,
     event_type: Option<&str>,
     grant_id: Option<&str>,
     limit: i64,
@@ -164,14 +164,14 @@ pub async fn list_events(
     .bind(event_type)
     .bind(grant_id)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Stored events received before `before` (a received time and webhook-id; all when None), newest first: the events page,
 /// a page at a time on the `received_at` index.
 pub async fn events_before(
-    pool: &Db,
+    db: &Db,
     before: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<EventSummary>, sqlx::Error> {
@@ -187,25 +187,25 @@ pub async fn events_before(
     .bind(limit)
     .bind(at)
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// How many events keyrelay set aside (on the partial index `events_with_problem`).
-pub async fn count_events_with_problem(pool: &Db) -> Result<i64, sqlx::Error> {
+pub async fn count_events_with_problem(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE problem IS NOT NULL")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
 /// Events keyrelay set aside (it could not process them), newest first.
-pub async fn events_with_problem(pool: &Db, limit: i64) -> Result<Vec<EventSummary>, sqlx::Error> {
+pub async fn events_with_problem(db: &Db, limit: i64) -> Result<Vec<EventSummary>, sqlx::Error> {
     sqlx::query_as(
         "SELECT webhook_id, event_type, grant_id, received_at, problem FROM events \
          WHERE problem IS NOT NULL ORDER BY received_at DESC LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -217,7 +217,7 @@ pub struct EventDetail {
 }
 
 /// One stored event with its payload.
-pub async fn event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
+pub async fn event(db: &Db, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -229,7 +229,7 @@ pub async fn event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, s
          WHERE webhook_id = $1",
     )
     .bind(webhook_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     Ok(row.map(|r| EventDetail {
         summary: r.summary,
@@ -238,16 +238,16 @@ pub async fn event(pool: &Db, webhook_id: &str) -> Result<Option<EventDetail>, s
 }
 
 /// A stored event's body, as text.
-pub async fn event_payload(pool: &Db, webhook_id: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn event_payload(db: &Db, webhook_id: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT payload::text FROM events WHERE webhook_id = $1")
         .bind(webhook_id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
 /// How the demo's grants went: jobs that needed more than one attempt, and delivered jobs
 /// whose own key is delivered.
-pub async fn demo_figures(pool: &Db) -> Result<(i64, i64), sqlx::Error> {
+pub async fn demo_figures(db: &Db) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT (SELECT count(*) FROM jobs WHERE attempts > 1),
@@ -255,13 +255,13 @@ pub async fn demo_figures(pool: &Db) -> Result<(i64, i64), sqlx::Error> {
                 WHERE jobs.state = 'delivered' AND keys.state = 'delivered')
         "#,
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 
 /// Delivered jobs that are not benchmark history, and the p50 and p99 of recorded
 /// fulfill-call durations in ms.
-pub async fn bench_figures(pool: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
+pub async fn bench_figures(db: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
     sqlx::query_as(
         r#"
         SELECT (SELECT count(*) FROM jobs WHERE state = 'delivered' AND source <> 'bench_history'),
@@ -270,6 +270,6 @@ pub async fn bench_figures(pool: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
         FROM attempts
         "#,
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }

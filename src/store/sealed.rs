@@ -81,12 +81,12 @@ pub async fn new_key_ids(
 }
 
 /// Rows an earlier keyrelay stored in plaintext: keys, and events whose payload holds a key.
-pub async fn count_plaintext(pool: &Db) -> Result<(i64, i64), sqlx::Error> {
+pub async fn count_plaintext(db: &Db) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM keys WHERE value IS NOT NULL), \
                 (SELECT count(*) FROM events WHERE {EVENT_HOLDS_PLAINTEXT_KEY})"
     ))
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 
@@ -95,8 +95,8 @@ const EVENT_HOLDS_PLAINTEXT_KEY: &str =
 
 /// Seals up to `batch` plaintext key values in place (same row, same id) and clears the
 /// plaintext; returns how many. Rows other transactions hold are left for the next batch.
-pub async fn seal_plaintext_keys(pool: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn seal_plaintext_keys(db: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
     let rows: Vec<(i64, String)> = sqlx::query_as(
         "SELECT id, value FROM keys WHERE value IS NOT NULL ORDER BY id LIMIT $1 \
          FOR UPDATE SKIP LOCKED",
@@ -116,8 +116,8 @@ pub async fn seal_plaintext_keys(pool: &Db, vault: &Vault, batch: i64) -> Result
 
 /// Sets `keys.tail` on up to `batch` keys stored before keyrelay kept it (opening each);
 /// returns how many.
-pub async fn fill_key_tails(pool: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn fill_key_tails(db: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT id, value_sealed FROM keys WHERE tail IS NULL AND value_sealed IS NOT NULL \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -182,12 +182,12 @@ async fn rewrite_keys(
 /// transactions hold are left for the next batch, and a row fulfilled meanwhile is simply
 /// resealed: only the sealed columns change.
 pub async fn reseal_keys(
-    pool: &Db,
+    db: &Db,
     vault: &Vault,
     after_id: i64,
     batch: i64,
 ) -> Result<(u64, Vec<i64>, Option<i64>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT id, value_sealed FROM keys WHERE id > $1 AND sealed_with <> $2 \
          ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -216,13 +216,13 @@ pub async fn reseal_keys(
 }
 
 /// Keys sealed under another key than the vault's first.
-pub async fn count_to_reseal(pool: &Db, vault: &Vault) -> Result<(i64, i64), sqlx::Error> {
+pub async fn count_to_reseal(db: &Db, vault: &Vault) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
         "SELECT (SELECT count(*) FROM keys WHERE sealed_with <> $1), \
                 (SELECT count(*) FROM events WHERE key_sealed_with <> $1)",
     )
     .bind(vault.sealing_key_id())
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 

@@ -246,7 +246,7 @@ fn bind_all<'q, O>(
 
 /// A page of jobs matching `filter`, newest first, starting after `after`.
 pub async fn find_jobs(
-    pool: &Db,
+    db: &Db,
     filter: &JobFilter,
     after: Option<&Cursor>,
     limit: i64,
@@ -271,24 +271,24 @@ pub async fn find_jobs(
         where_.sql
     );
     let query = sqlx::query_as(&sql).bind(limit);
-    bind_all(query, &where_.binds).fetch_all(pool).await
+    bind_all(query, &where_.binds).fetch_all(db).await
 }
 
 /// How many jobs match `filter` and are in one of `states` (all states when empty).
 pub async fn count_jobs(
-    pool: &Db,
+    db: &Db,
     filter: &JobFilter,
     states: &[JobState],
 ) -> Result<i64, sqlx::Error> {
     let where_ = clause(filter, states, 1);
     let sql = format!("SELECT count(*) FROM jobs WHERE {}", where_.sql);
     let query = sqlx::query_as::<_, (i64,)>(&sql);
-    Ok(bind_all(query, &where_.binds).fetch_one(pool).await?.0)
+    Ok(bind_all(query, &where_.binds).fetch_one(db).await?.0)
 }
 
 /// Up to `limit` grants matching `filter` in one of `states`, oldest first.
 pub async fn matching_grants(
-    pool: &Db,
+    db: &Db,
     filter: &JobFilter,
     states: &[JobState],
     limit: i64,
@@ -300,7 +300,7 @@ pub async fn matching_grants(
     );
     let query = sqlx::query_as::<_, (GrantId,)>(&sql).bind(limit);
     Ok(bind_all(query, &where_.binds)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?
         .into_iter()
         .map(|(g,)| g)

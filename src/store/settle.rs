@@ -139,7 +139,7 @@ pub(super) async fn insert_attempts(
 /// Records many outcomes in one transaction. An outcome whose lease token no longer matches
 /// (the lease expired and another worker took the job) changes nothing but its attempt record.
 /// Returns the grant ids whose outcome was applied.
-pub async fn complete_batch(pool: &Db, batch: &[Completion]) -> Result<Vec<GrantId>, sqlx::Error> {
+pub async fn complete_batch(db: &Db, batch: &[Completion]) -> Result<Vec<GrantId>, sqlx::Error> {
     // One lock order for every batch, so two completers cannot deadlock.
     let mut batch: Vec<&Completion> = batch.iter().collect();
     batch.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
@@ -150,7 +150,7 @@ pub async fn complete_batch(pool: &Db, batch: &[Completion]) -> Result<Vec<Grant
     let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
     let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.http_status).collect();
     let refunds: Vec<bool> = batch.iter().map(|c| c.refund_attempt).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let applied: Vec<GrantId> = sqlx::query_scalar(
         r#"
         WITH outcome AS (

@@ -62,7 +62,7 @@ impl PoolStock {
 }
 
 /// Every pool with its keys counted by state, by name.
-pub async fn list_pools(pool: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
+pub async fn list_pools(db: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
         SELECT pools.name, pools.entitlement_id, pools.source,
@@ -85,15 +85,15 @@ pub async fn list_pools(pool: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
         GROUP BY pools.id ORDER BY pools.name
         "#
     ))
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .map(|pools: Vec<PoolStock>| pools.into_iter().map(PoolStock::with_forecast).collect())
 }
 
 /// Every pool's name, in order.
-pub async fn pool_names(pool: &Db) -> Result<Vec<String>, sqlx::Error> {
+pub async fn pool_names(db: &Db) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT name FROM pools ORDER BY name")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
@@ -107,12 +107,12 @@ pub struct Stock {
 
 /// Available keys and the low-stock threshold of every `list` pool, by pool name (cheap: read
 /// at every metrics scrape).
-pub async fn stock_per_pool(pool: &Db) -> Result<Vec<Stock>, sqlx::Error> {
+pub async fn stock_per_pool(db: &Db) -> Result<Vec<Stock>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT pools.name AS pool, {AVAILABLE_IN_POOL} AS available, pools.low_stock AS low_stock_threshold \
          FROM pools WHERE pools.source = 'list' ORDER BY pools.name"
     ))
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -127,7 +127,7 @@ pub struct LowStock {
 /// Flags the pools of `entitlements` that are below their threshold and not yet flagged, and
 /// returns them: each restock alerts once.
 pub async fn flag_low_stock(
-    pool: &Db,
+    db: &Db,
     entitlements: &[String],
 ) -> Result<Vec<LowStock>, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -147,7 +147,7 @@ pub async fn flag_low_stock(
         "#
     ))
     .bind(entitlements)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -167,10 +167,10 @@ pub async fn rearm_low_stock_alert(
 }
 
 /// Job counts by state (every state present, zero when empty).
-pub async fn count_jobs_by_state(pool: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+pub async fn count_jobs_by_state(db: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
     let rows: Vec<(JobState, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
-            .fetch_all(pool)
+            .fetch_all(db)
             .await?;
     Ok(JobState::ALL
         .into_iter()
@@ -180,8 +180,8 @@ pub async fn count_jobs_by_state(pool: &Db) -> Result<Vec<(JobState, i64)>, sqlx
 
 /// Jobs in the states that need work or a human (queued, running, retrying, waiting for keys,
 /// failed), each counted on its partial index: fast however much history there is.
-pub async fn count_open_jobs_by_state(pool: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
-    sqlx::query_as(OPEN_JOBS_BY_STATE).fetch_all(pool).await
+pub async fn count_open_jobs_by_state(db: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+    sqlx::query_as(OPEN_JOBS_BY_STATE).fetch_all(db).await
 }
 
 /// `(state, count)` of the open states, each counted on its partial index (`jobs_due`,
@@ -192,41 +192,41 @@ pub(crate) const OPEN_JOBS_BY_STATE: &str = "SELECT state, count(*) AS n FROM jo
      UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'";
 
 /// Jobs still to be settled (queued, running or retrying).
-pub async fn count_unsettled_jobs(pool: &Db) -> Result<i64, sqlx::Error> {
+pub async fn count_unsettled_jobs(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
 /// Seconds since the oldest queued job was created (0 when none waits).
-pub async fn oldest_queued_age_secs(pool: &Db) -> Result<f64, sqlx::Error> {
+pub async fn oldest_queued_age_secs(db: &Db) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
          FROM jobs WHERE state = 'queued'",
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 
 /// Seconds since the oldest grant that still has no key was paid for: every job that is not
 /// delivered, failed or cancelled. Each half is read on its own partial index (`jobs_due`,
 /// `jobs_waiting`), so finished history does not slow it down.
-pub async fn oldest_unfinished_age_secs(pool: &Db) -> Result<f64, sqlx::Error> {
+pub async fn oldest_unfinished_age_secs(db: &Db) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT coalesce(extract(epoch FROM now() - least( \
              (SELECT min(created_at) FROM jobs WHERE state IN ('queued', 'retrying', 'running')), \
              (SELECT min(created_at) FROM jobs WHERE state = 'waiting_for_keys')))::float8, 0)",
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 
 /// Dead tuples of keyrelay's tables, by table name.
-pub async fn dead_tuples(pool: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn dead_tuples(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
          WHERE relname IN ('events', 'jobs', 'attempts', 'keys', 'pools', 'audit_log') ORDER BY relname",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }

@@ -146,7 +146,7 @@ async fn the_admin_api_is_off_without_a_token_and_needs_the_right_one() {
     let actors: Vec<String> =
         sqlx::query_scalar("SELECT actor FROM audit_log WHERE grant_id = $1 AND action = 'retry'")
             .bind(&grant.id)
-            .fetch_all(&app.pool)
+            .fetch_all(&app.db)
             .await
             .unwrap();
     assert_eq!(actors, ["admin"]);
@@ -240,7 +240,7 @@ async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() 
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     app.add_pool("pro", ENT, &keys).await;
     sqlx::query("UPDATE pools SET low_stock = 5")
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     // Activity for the charts: delivered grants, and two Dodo refuses.
@@ -248,7 +248,7 @@ async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() 
     app.wait_delivered(6).await;
     let grant = failed_grant(&app).await;
     let second = failed_grant(&app).await;
-    keyrelay::store::history::record_queue_sample(&app.pool)
+    keyrelay::store::history::record_queue_sample(&app.db)
         .await
         .unwrap();
 
@@ -420,7 +420,7 @@ async fn an_on_call_engineer_finds_and_fixes_failed_grants_from_the_dashboard() 
     let webhook_id: String =
         sqlx::query_scalar("SELECT webhook_id FROM events WHERE grant_id = $1")
             .bind(&grant.id)
-            .fetch_one(&app.pool)
+            .fetch_one(&app.db)
             .await
             .unwrap();
     click(&browser, &format!("replay-{webhook_id}")).await;

@@ -204,8 +204,8 @@ async fn a_wrong_api_key_is_retried_not_failed() {
     let mut settings = app.settings().clone();
     settings.dodo.api_key = Some("sk_wrong".to_string().into());
     let ctx = keyrelay::fulfillment::WorkerContext::new(
-        app.pool.clone(),
-        keyrelay::startup::dodo_client(&settings, &app.pool).unwrap(),
+        app.db.clone(),
+        keyrelay::startup::dodo_client(&settings, &app.db).unwrap(),
         &settings.worker,
     )
     .with_sources(settings.sources().unwrap())
@@ -291,7 +291,7 @@ async fn giving_up_after_max_attempts_keeps_the_key_reserved() {
     );
     // A human retries it: fresh budget, same key, delivered.
     keyrelay::ops::jobs::retry_jobs(
-        &app.pool,
+        &app.db,
         &[crate::helpers::grant_id(&grant)],
         keyrelay::domain::Actor::Cli,
     )

@@ -151,7 +151,7 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     // Replaying every failed job asks first; a script without --yes changes nothing.
     sqlx::query("UPDATE jobs SET state = 'failed', finished_at = now() WHERE grant_id = $1")
         .bind(&grant)
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     let o = keyrelay_async(&env, &["jobs", "retry", "--all-failed", "--dry-run"]).await;
@@ -170,7 +170,7 @@ async fn operators_import_list_and_inspect_with_keys_masked() {
     assert!(text(&o.stdout).contains("queued again"));
     sqlx::query("UPDATE jobs SET state = 'delivered', finished_at = now() WHERE grant_id = $1")
         .bind(&grant)
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
 

@@ -68,10 +68,10 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
 
     // Crashes: one worker claims jobs and dies; another dies after Dodo applied its keys.
     let lease = Duration::from_secs(2);
-    let died_after_claim = claim_batch(&app.pool, 20, lease, &Default::default(), None)
+    let died_after_claim = claim_batch(&app.db, 20, lease, &Default::default(), None)
         .await
         .unwrap();
-    let died_after_apply = claim_batch(&app.pool, 10, lease, &Default::default(), None)
+    let died_after_apply = claim_batch(&app.db, 10, lease, &Default::default(), None)
         .await
         .unwrap();
     let ctx = app.worker();
@@ -142,7 +142,7 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
     let grants: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT grant_id FROM jobs WHERE key_id IN ({delivered}) ORDER BY key_id"
     ))
-    .fetch_all(&app.pool)
+    .fetch_all(&app.db)
     .await
     .unwrap();
     let values = app.key_values(&format!("id IN ({delivered})")).await;

@@ -15,7 +15,7 @@ async fn a_worker_that_dies_after_claiming_is_replaced_when_its_lease_expires() 
     app.add_pool("pro", ENT, &["PRO-1", "PRO-2"]).await;
     let grant = app.sell().await;
     // The doomed worker claims with an already expired lease, then vanishes.
-    let claimed = claim_batch(&app.pool, 10, Duration::ZERO, &Default::default(), None)
+    let claimed = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -43,7 +43,7 @@ async fn a_worker_that_dies_after_dodo_applied_the_key_is_settled_by_the_next_on
     app.add_pool("pro", ENT, &["PRO-1", "PRO-2"]).await;
     let grant = app.sell().await;
     let ctx = app.worker();
-    let mut claimed = claim_batch(&app.pool, 10, Duration::ZERO, &Default::default(), None)
+    let mut claimed = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
         .await
         .unwrap();
     // Dodo applies the key; the worker dies before recording it.
@@ -66,7 +66,7 @@ async fn a_worker_that_dies_after_dodo_applied_the_key_is_settled_by_the_next_on
         vec![("PRO-1", 200), ("PRO-1", 409)]
     );
     // The dead worker's outcome, arriving late, is fenced out by the lease token.
-    let applied = complete_batch(&app.pool, &[lost]).await.unwrap();
+    let applied = complete_batch(&app.db, &[lost]).await.unwrap();
     assert!(applied.is_empty());
     assert_eq!(
         app.count("SELECT count(*) FROM attempts").await,
@@ -82,7 +82,7 @@ async fn a_stale_worker_cannot_overwrite_the_outcome_of_the_worker_that_took_ove
     app.add_pool("pro", ENT, &["PRO-1"]).await;
     let grant = app.sell().await;
     let ctx = app.worker();
-    let mut stale = claim_batch(&app.pool, 10, Duration::ZERO, &Default::default(), None)
+    let mut stale = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
         .await
         .unwrap();
     app.sandbox
@@ -93,7 +93,7 @@ async fn a_stale_worker_cannot_overwrite_the_outcome_of_the_worker_that_took_ove
     assert_eq!(app.job_state(&grant).await, JobState::Delivered);
     stale_outcome.state = JobState::Failed;
     assert!(
-        complete_batch(&app.pool, &[stale_outcome])
+        complete_batch(&app.db, &[stale_outcome])
             .await
             .unwrap()
             .is_empty()

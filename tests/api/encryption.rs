@@ -84,7 +84,7 @@ async fn a_sealed_value_moved_to_another_row_fails_its_job_and_nothing_is_sent()
         "UPDATE keys SET value_sealed = (SELECT value_sealed FROM keys ORDER BY id LIMIT 1) \
          WHERE id = (SELECT max(id) FROM keys)",
     )
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     let first = app.sell().await;
@@ -117,7 +117,7 @@ async fn rotation_beside_a_running_keyrelay_loses_nothing() {
     // Keys imported before the rotation began: sealed under the old key only.
     let before = Vault::from_config(&old).unwrap();
     let values = keys("ROT", 3_000);
-    import_keys(&app.pool, &before, "pro", &parsed(&values), false, |_| {})
+    import_keys(&app.db, &before, "pro", &parsed(&values), false, |_| {})
         .await
         .unwrap();
     let rotating = Vault::from_config(&both).unwrap();
@@ -130,20 +130,20 @@ async fn rotation_beside_a_running_keyrelay_loses_nothing() {
     };
     let (grants, rotated) = tokio::join!(
         selling,
-        keyrelay::ops::sealing::rotate(&app.pool, &rotating, |_| {})
+        keyrelay::ops::sealing::rotate(&app.db, &rotating, |_| {})
     );
     let rotated = rotated.unwrap();
     assert!(rotated.unreadable.is_empty());
     assert!(rotated.keys >= 2_900, "resealed {}", rotated.keys);
     app.wait_delivered(60).await;
     // Nothing is left under the old key: the new key alone opens every value.
-    let (left, _) = keyrelay::store::sealed::count_to_reseal(&app.pool, &rotating)
+    let (left, _) = keyrelay::store::sealed::count_to_reseal(&app.db, &rotating)
         .await
         .unwrap();
     assert_eq!(left, 0);
     let only_new = Vault::from_config(&new).unwrap();
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, value_sealed FROM keys")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     let mut opened: Vec<String> = rows
@@ -176,7 +176,7 @@ async fn migrate_seals_a_database_from_before_encryption() {
         "INSERT INTO keys (pool_id, value, batch_id) \
          SELECT pools.id, v, 'imp_old' FROM pools, unnest(ARRAY['OLD-KEY-0001', 'OLD-KEY-0002']) v",
     )
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     sqlx::query(
@@ -184,7 +184,7 @@ async fn migrate_seals_a_database_from_before_encryption() {
            VALUES ('msg_old', 'entitlement_grant.delivered', 'grant_old',
                    '{"data": {"id": "grant_old", "license_key": {"key": "OLD-KEY-9999"}}}')"#,
     )
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     let env = app.cli_env();
@@ -239,7 +239,7 @@ async fn keys_rotate_reseals_under_the_first_key_and_can_run_again() {
     // The new key alone opens every value now.
     let only_new = Vault::from_config(&new).unwrap();
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, value_sealed FROM keys ORDER BY id")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     let opened: Vec<String> = rows
@@ -266,7 +266,7 @@ async fn a_dodo_message_that_quotes_the_key_is_stored_masked() {
     let error = job.last_error.unwrap();
     assert!(error.contains("ECHO-****-****-4242"), "{error}");
     let attempt_errors: Vec<Option<String>> = sqlx::query_scalar("SELECT error FROM attempts")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     assert_eq!(attempt_errors.len(), 1);

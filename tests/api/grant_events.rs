@@ -48,7 +48,7 @@ async fn job_in_state(app: &TestApp, state: JobState) -> Grant {
         JobState::Queued => {}
         JobState::Running => {
             claim_batch(
-                &app.pool,
+                &app.db,
                 1,
                 std::time::Duration::from_secs(60),
                 &Default::default(),

@@ -98,7 +98,7 @@ fn sweep_old_databases(settings: &Settings) {
 
 pub struct TestApp {
     pub stack: LocalStack,
-    pub pool: Db,
+    pub db: Db,
     pub sandbox: Sandbox,
     pub url: String,
     pub http: reqwest::Client,
@@ -137,7 +137,7 @@ impl TestApp {
             .await
             .expect("start keyrelay");
         TestApp {
-            pool: stack.pool.clone(),
+            db: stack.db.clone(),
             sandbox: stack.sandbox.sandbox.clone(),
             url: stack.webhook_url.clone().unwrap_or_default(),
             http: reqwest::Client::builder()
@@ -156,8 +156,8 @@ impl TestApp {
     pub fn worker(&self) -> WorkerContext {
         let s = self.settings();
         WorkerContext::new(
-            self.pool.clone(),
-            dodo_client(s, &self.pool).unwrap(),
+            self.db.clone(),
+            dodo_client(s, &self.db).unwrap(),
             &s.worker,
         )
         .with_sources(s.sources().unwrap())
@@ -166,7 +166,7 @@ impl TestApp {
 
     pub async fn add_pool(&self, name: &str, entitlement: &str, keys: &[&str]) {
         add_pool(
-            &self.pool,
+            &self.db,
             &NewPool {
                 name: name.into(),
                 entitlement_id: entitlement.into(),
@@ -185,7 +185,7 @@ impl TestApp {
             keys: keys.iter().map(|k| LicenseKey::parse(k).unwrap()).collect(),
             ..Default::default()
         };
-        import_keys(&self.pool, &self.vault(), name, &parsed, false, |_| {})
+        import_keys(&self.db, &self.vault(), name, &parsed, false, |_| {})
             .await
             .unwrap();
     }
@@ -278,7 +278,7 @@ impl TestApp {
     pub async fn job(&self, grant_id: &str) -> JobRow {
         sqlx::query_as("SELECT state, attempts, key_id, last_error, last_http_status, run_at FROM jobs WHERE grant_id = $1")
             .bind(grant_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db)
             .await
             .expect("job exists")
     }
@@ -348,7 +348,7 @@ impl TestApp {
         let mut env = self.cli_env();
         match &settings.database.direct_url {
             Some(url) => env.push(("DATABASE_DIRECT_URL", url.expose_secret().to_string())),
-            None if self.pool.is_pooled() => env.push((
+            None if self.db.is_pooled() => env.push((
                 "KEYRELAY_DATABASE__POOLER",
                 settings.database.pooler.as_str().into(),
             )),
@@ -377,7 +377,7 @@ impl TestApp {
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(&format!(
             "SELECT id, value_sealed FROM keys WHERE {condition} ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await
         .unwrap();
         let vault = self.vault();
@@ -389,27 +389,27 @@ impl TestApp {
     pub async fn key_state(&self, value: &str) -> (KeyState, Option<String>) {
         sqlx::query_as("SELECT state, grant_id FROM keys WHERE value_hash = $1")
             .bind(self.vault().hash(value))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db)
             .await
             .expect("key exists")
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
     /// Makes a retrying job due now instead of after its backoff.
     pub async fn make_due(&self, grant_id: &str) {
         sqlx::query("UPDATE jobs SET run_at = now() WHERE grant_id = $1")
             .bind(grant_id)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .unwrap();
     }
 
     pub async fn stop(self) {
         let settings = self.stack.settings.clone();
-        self.pool.close().await;
+        self.db.close().await;
         self.stack.stop().await.expect("clean shutdown");
         keyrelay::db::drop_database(&settings)
             .await

@@ -35,7 +35,7 @@ async fn a_grant_with_an_oversized_id_is_refused_with_its_reason_and_others_flow
     // An operator can see it.
     let problem: Option<String> =
         sqlx::query_scalar("SELECT problem FROM events WHERE webhook_id = 'msg_huge_ent'")
-            .fetch_one(&app.pool)
+            .fetch_one(&app.db)
             .await
             .unwrap();
     assert!(problem.unwrap().contains("entitlement id"));
@@ -57,7 +57,7 @@ async fn a_nul_character_in_metadata_is_stored_and_the_grant_fulfilled() {
     let note: String = sqlx::query_scalar(
         "SELECT payload #>> '{data,metadata,note}' FROM events WHERE webhook_id = 'msg_nul'",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(&app.db)
     .await
     .unwrap();
     assert_eq!(note, "gift\u{FFFD}card");
@@ -199,7 +199,7 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
     app.add_pool("pro", ENT, &["PANIC-1", "PANIC-2"]).await;
     let doomed = app.sell().await;
     let job = claim_batch(
-        &app.pool,
+        &app.db,
         1,
         Duration::from_secs(30),
         &Default::default(),
@@ -213,7 +213,7 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
     })
     .await
     .expect("a panic still records an outcome");
-    complete_batch(&app.pool, &[outcome]).await.unwrap();
+    complete_batch(&app.db, &[outcome]).await.unwrap();
     let failed = app.job(&doomed).await;
     assert_eq!(failed.state, JobState::Failed);
     let error = failed.last_error.unwrap();
@@ -232,7 +232,7 @@ async fn an_unreachable_alert_webhook_is_logged_by_host_never_by_its_secret_path
     use keyrelay::pool::{NewPool, add_pool};
     let app = TestApp::spawn_web().await;
     add_pool(
-        &app.pool,
+        &app.db,
         &NewPool {
             name: "alerting".into(),
             entitlement_id: ENT.into(),
@@ -333,7 +333,7 @@ async fn random_hostile_payloads_get_2xx_only_when_stored_and_nothing_half_store
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT problem FROM events WHERE webhook_id = $1")
                 .bind(&id)
-                .fetch_optional(&app.pool)
+                .fetch_optional(&app.db)
                 .await
                 .unwrap();
         match status {

@@ -23,7 +23,7 @@ async fn add_vendor_pool(app: &TestApp) {
         endpoint: Some(SANDBOX_VENDOR.into()),
         ..Default::default()
     };
-    add_pool(&app.pool, &new).await.unwrap();
+    add_pool(&app.db, &new).await.unwrap();
 }
 
 /// Runs the queue step by step until `grant` is finished, skipping backoff waits.
@@ -205,7 +205,7 @@ async fn an_endpoint_that_ignores_idempotency_keys_has_its_second_license_flagge
     )
     .await;
     sqlx::query("UPDATE jobs SET run_at = now() - interval '1 second' WHERE state = 'running'")
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     assert_eq!(fetch_keys(&app.worker(), 10).await.unwrap(), 1);

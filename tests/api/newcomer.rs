@@ -125,7 +125,7 @@ async fn jobs_show_prints_the_whole_error_the_payment_and_an_attempt_that_never_
     let app =
         TestApp::spawn_with(keyrelay::startup::Role::Web, |s| s.keys.signing_key = None).await;
     add_pool(
-        &app.pool,
+        &app.db,
         &NewPool {
             name: "signed".into(),
             entitlement_id: ENT.into(),

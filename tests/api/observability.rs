@@ -124,7 +124,7 @@ async fn the_alert_rules_and_grafana_dashboard_use_only_series_keyrelay_exports(
     let app = TestApp::spawn().await;
     app.add_pool("pro", ENT, &["DEP-1", "DEP-2"]).await;
     sqlx::query("UPDATE pools SET low_stock = 5")
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     app.sell().await;
@@ -198,7 +198,7 @@ async fn low_stock_alerts_fire_once_per_restock() {
     let (url, received) = alert_receiver().await;
     let ctx = app.worker().with_alert_webhook(Some(url));
     add_pool(
-        &app.pool,
+        &app.db,
         &NewPool {
             name: "pro".into(),
             entitlement_id: ENT.into(),
@@ -233,7 +233,7 @@ async fn low_stock_alerts_fire_once_per_restock() {
     run_batch(&ctx, 10).await.unwrap();
     assert!(
         ctx.alerter
-            .check_low_stock(&app.pool, &[ENT.to_string()])
+            .check_low_stock(&app.db, &[ENT.to_string()])
             .await
             .unwrap()
             .is_empty()
@@ -242,7 +242,7 @@ async fn low_stock_alerts_fire_once_per_restock() {
     app.import("pro", &["LOW-6", "LOW-7", "LOW-8"]).await;
     assert!(
         ctx.alerter
-            .check_low_stock(&app.pool, &[ENT.to_string()])
+            .check_low_stock(&app.db, &[ENT.to_string()])
             .await
             .unwrap()
             .is_empty(),

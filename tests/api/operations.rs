@@ -19,11 +19,11 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
     run_batch(&app.worker(), 10).await.unwrap();
     let created: String = sqlx::query_scalar("SELECT webhook_id FROM events WHERE grant_id = $1")
         .bind(&grant)
-        .fetch_one(&app.pool)
+        .fetch_one(&app.db)
         .await
         .unwrap();
     assert_eq!(
-        replay(&app.pool, &app.vault(), &created, Actor::Cli)
+        replay(&app.db, &app.vault(), &created, Actor::Cli)
             .await
             .unwrap(),
         ReplayOutcome::Unchanged
@@ -32,7 +32,7 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
     let delivered = app.sandbox.webhook_for(&g, "entitlement_grant.delivered");
     assert_eq!(app.post(&delivered).await.status(), 200);
     assert_eq!(
-        replay(&app.pool, &app.vault(), &delivered.id, Actor::Cli)
+        replay(&app.db, &app.vault(), &delivered.id, Actor::Cli)
             .await
             .unwrap(),
         ReplayOutcome::Unchanged
@@ -41,7 +41,7 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
     assert_eq!(app.key_state("REP-1").await.0, KeyState::Delivered);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     assert!(
-        replay(&app.pool, &app.vault(), "msg_unknown", Actor::Cli)
+        replay(&app.db, &app.vault(), "msg_unknown", Actor::Cli)
             .await
             .unwrap_err()
             .to_string()
@@ -63,13 +63,13 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
     );
     app.add_pool("later", "ent_later", &["LATER-1"]).await;
     assert_eq!(
-        replay(&app.pool, &app.vault(), &hook.id, Actor::Cli)
+        replay(&app.db, &app.vault(), &hook.id, Actor::Cli)
             .await
             .unwrap(),
         ReplayOutcome::Queued
     );
     assert_eq!(
-        replay(&app.pool, &app.vault(), &hook.id, Actor::Cli)
+        replay(&app.db, &app.vault(), &hook.id, Actor::Cli)
             .await
             .unwrap(),
         ReplayOutcome::Unchanged
@@ -85,7 +85,7 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
         .script_faults(&failing, [keyrelay::sandbox::Fault::Status { status: 422 }]);
     run_batch(&app.worker(), 10).await.unwrap();
     assert_eq!(app.job_state(&failing).await, JobState::Failed);
-    keyrelay::ops::jobs::retry_jobs(&app.pool, &[crate::helpers::grant_id(&failing)], Actor::Cli)
+    keyrelay::ops::jobs::retry_jobs(&app.db, &[crate::helpers::grant_id(&failing)], Actor::Cli)
         .await
         .unwrap();
     run_batch(&app.worker(), 10).await.unwrap();
@@ -94,7 +94,7 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
         "SELECT actor || ':' || action FROM audit_log WHERE grant_id = $1 ORDER BY id",
     )
     .bind(&failing)
-    .fetch_all(&app.pool)
+    .fetch_all(&app.db)
     .await
     .unwrap();
     assert_eq!(
@@ -122,27 +122,27 @@ async fn pruning_removes_only_old_finished_rows_and_keeps_keys() {
     run_batch(&app.worker(), 10).await.unwrap();
     sqlx::query("UPDATE jobs SET state = 'retrying', finished_at = NULL, lease_token = NULL WHERE grant_id = $1")
         .bind(&old_open)
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     sqlx::query("UPDATE jobs SET finished_at = now() - interval '40 days', created_at = now() - interval '40 days' WHERE grant_id = ANY($1)")
         .bind(vec![old_done.clone(), old_open.clone()])
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     sqlx::query(
         "UPDATE events SET received_at = now() - interval '40 days' WHERE grant_id = ANY($1)",
     )
     .bind(vec![old_done.clone(), old_open.clone()])
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
-    let pruned = prune(&app.pool, Duration::from_secs(30 * 86_400))
+    let pruned = prune(&app.db, Duration::from_secs(30 * 86_400))
         .await
         .unwrap();
     assert_eq!((pruned.events, pruned.jobs), (2, 1));
     let left: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM jobs ORDER BY grant_id")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     let mut expected = vec![old_open.clone(), recent_done.clone()];
@@ -156,7 +156,7 @@ async fn pruning_removes_only_old_finished_rows_and_keeps_keys() {
     let kept: Option<String> =
         sqlx::query_scalar("SELECT grant_id FROM keys WHERE state = 'delivered' AND grant_id = $1")
             .bind(&old_done)
-            .fetch_optional(&app.pool)
+            .fetch_optional(&app.db)
             .await
             .unwrap();
     assert_eq!(
@@ -169,7 +169,7 @@ async fn pruning_removes_only_old_finished_rows_and_keeps_keys() {
         "the audit trail is kept"
     );
     assert_eq!(
-        prune(&app.pool, Duration::from_secs(30 * 86_400))
+        prune(&app.db, Duration::from_secs(30 * 86_400))
             .await
             .unwrap()
             .jobs,
@@ -185,12 +185,12 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
     let known = app.sell().await;
     let lost = app.sandbox.create_grant(ENT, None); // sold, but its webhook never arrives
     let _other_entitlement = app.sandbox.create_grant("ent_not_ours", None);
-    let dodo = keyrelay::startup::dodo_client(app.settings(), &app.pool).unwrap();
+    let dodo = keyrelay::startup::dodo_client(app.settings(), &app.db).unwrap();
     let never = CancellationToken::new();
     // Two processes reconcile at once: each has its own connections.
     let other_pool = keyrelay::db::connect(app.settings()).await.unwrap();
     let (a, b) = tokio::join!(
-        reconcile(&app.pool, &dodo, &never),
+        reconcile(&app.db, &dodo, &never),
         reconcile(&other_pool, &dodo, &never)
     );
     let enqueued: usize = [a.unwrap(), b.unwrap()]
@@ -199,11 +199,11 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
         .map(|r| r.enqueued)
         .sum();
     assert_eq!(enqueued, 1);
-    let again = reconcile(&app.pool, &dodo, &never).await.unwrap().unwrap();
+    let again = reconcile(&app.db, &dodo, &never).await.unwrap().unwrap();
     assert_eq!((again.pending_seen, again.enqueued), (2, 0));
     let source: String = sqlx::query_scalar("SELECT source FROM jobs WHERE grant_id = $1")
         .bind(&lost.id)
-        .fetch_one(&app.pool)
+        .fetch_one(&app.db)
         .await
         .unwrap();
     assert_eq!(source, "reconciler");

@@ -135,14 +135,14 @@ async fn hostile_values_in_the_database_print_escaped_and_shortened_never_panic(
         "INSERT INTO jobs (grant_id, entitlement_id, customer_id) VALUES \
          (repeat('g', 100000), 'ent', 'cus'), (E'grant_\\x1b[2J_clear', 'ent', E'cus\\x1b[31m')",
     )
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO events (webhook_id, event_type, grant_id, payload) VALUES \
          (repeat('w', 100000), E'type\\x1b[2J', repeat('g', 100000), '{}')",
     )
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     let env = app.cli_env();

@@ -171,7 +171,7 @@ async fn add_http_pool(app: &TestApp, name: &str, entitlement: &str, endpoint: &
         endpoint: Some(endpoint.into()),
         ..Default::default()
     };
-    add_pool(&app.pool, &new).await.unwrap();
+    add_pool(&app.db, &new).await.unwrap();
 }
 
 /// Sells one grant of `entitlement` and delivers its webhook.
@@ -277,7 +277,7 @@ async fn an_oversized_error_body_from_dodo_is_dropped_and_the_job_retried() {
         Arc::new(RateBudget::unlimited()),
     )
     .unwrap();
-    let ctx = WorkerContext::new(app.pool.clone(), dodo, &s.worker)
+    let ctx = WorkerContext::new(app.db.clone(), dodo, &s.worker)
         .with_sources(s.sources().unwrap())
         .with_vault(s.keys.sealing_vault().unwrap());
     run_batch(&ctx, 10).await.unwrap();
@@ -365,7 +365,7 @@ async fn a_call_longer_than_the_lease_keeps_its_lease_and_is_made_once() {
         "SELECT extract(epoch FROM run_at - now())::float8 FROM jobs WHERE grant_id = $1",
     )
     .bind(&grant)
-    .fetch_one(&app.pool)
+    .fetch_one(&app.db)
     .await
     .unwrap();
     assert!(left > 5.0, "lease left: {left} s");
@@ -405,7 +405,7 @@ async fn a_job_whose_workers_keep_dying_mid_call_fails_past_its_attempts() {
          run_at = now() - interval '1 second' WHERE grant_id = $1",
     )
     .bind(&grant)
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     assert_eq!(fetch_keys(&app.worker(), 10).await.unwrap(), 1);

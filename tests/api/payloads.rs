@@ -40,7 +40,7 @@ async fn every_example_payload_is_accepted_and_only_pending_license_grants_queue
     assert_eq!(posted, 7);
     assert_eq!(app.count("SELECT count(*) FROM events").await, 7);
     let mut queued: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM jobs ORDER BY grant_id")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     queued.sort();
@@ -72,7 +72,7 @@ async fn a_grant_without_integration_type_queues_only_when_its_entitlement_has_a
         200
     );
     let queued: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM jobs")
-        .fetch_all(&app.pool)
+        .fetch_all(&app.db)
         .await
         .unwrap();
     assert_eq!(queued, vec!["grant_pooled"]);

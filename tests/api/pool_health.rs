@@ -18,7 +18,7 @@ const TOKEN: &str = "admin-token-for-pool-health-tests-0123456";
 
 async fn add(app: &TestApp, name: &str, entitlement: &str, source: Source, endpoint: Option<&str>) {
     add_pool(
-        &app.pool,
+        &app.db,
         &NewPool {
             name: name.into(),
             entitlement_id: entitlement.into(),
@@ -69,7 +69,7 @@ async fn pools_that_cannot_get_keys_are_shown_broken_with_the_reason() {
 
     // What a worker process with these settings finds (and records).
     let found = SourceCheck::from_settings(app.settings())
-        .check_pools(&app.pool)
+        .check_pools(&app.db)
         .await
         .unwrap();
     let problem = |name: &str| found.iter().find(|(n, _)| n == name).unwrap().1.clone();
@@ -125,7 +125,7 @@ async fn pools_that_cannot_get_keys_are_shown_broken_with_the_reason() {
 
     // A worker started on this database says so at once, and records it.
     sqlx::query("UPDATE pools SET source_problem = NULL, source_checked_at = NULL")
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
     let mut settings = app.settings().clone();

@@ -151,8 +151,8 @@ impl PooledRun {
             }
         })
         .await;
-        assert!(app.pool.is_pooled());
-        assert_eq!(app.pool.session().is_some(), direct);
+        assert!(app.db.is_pooled());
+        assert_eq!(app.db.session().is_some(), direct);
         let env = app.worker_env(POLL_MS);
         let worker_logs = Arc::new(Mutex::new(String::new()));
         let workers = vec![

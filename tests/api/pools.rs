@@ -67,7 +67,7 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
         "# batch\nSHARED-1\nNEW-1\nNEW-1\n\nNEW-2\nBAD\u{1}KEY\n",
         KeyRules::default(),
     );
-    let dry = import_keys(&app.pool, &app.vault(), "basic", &parsed, true, |_| {})
+    let dry = import_keys(&app.db, &app.vault(), "basic", &parsed, true, |_| {})
         .await
         .unwrap();
     assert_eq!((dry.imported, dry.duplicates, dry.invalid), (2, 2, 1));
@@ -76,14 +76,14 @@ async fn import_skips_duplicates_anywhere_and_reports_bad_lines() {
         1,
         "a dry run stores nothing"
     );
-    let report = import_keys(&app.pool, &app.vault(), "basic", &parsed, false, |_| {})
+    let report = import_keys(&app.db, &app.vault(), "basic", &parsed, false, |_| {})
         .await
         .unwrap();
     assert_eq!(
         (report.imported, report.duplicates, report.invalid),
         (2, 2, 1)
     );
-    let again = import_keys(&app.pool, &app.vault(), "basic", &parsed, false, |_| {})
+    let again = import_keys(&app.db, &app.vault(), "basic", &parsed, false, |_| {})
         .await
         .unwrap();
     assert_eq!((again.imported, again.duplicates), (0, 4));
@@ -101,7 +101,7 @@ async fn a_failing_import_stores_nothing() {
     app.add_pool("pro", ENT, &[]).await;
     let parsed = parse_keys("GOOD-1\nGOOD-2\n", KeyRules::default());
     // The pool name is wrong: nothing is imported anywhere.
-    let err = import_keys(&app.pool, &app.vault(), "nope", &parsed, false, |_| {})
+    let err = import_keys(&app.db, &app.vault(), "nope", &parsed, false, |_| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("keyrelay pool add nope"), "{err}");
@@ -113,10 +113,10 @@ async fn a_failing_import_stores_nothing() {
     let mut chunks = 0;
     // The 11,001st key (ids count from 1 in a new database) cannot be stored.
     sqlx::query("ALTER TABLE keys ADD CONSTRAINT no_key_11001 CHECK (id <> 11001)")
-        .execute(&app.pool)
+        .execute(&app.db)
         .await
         .unwrap();
-    let failed = import_keys(&app.pool, &app.vault(), "pro", &big, false, |_| chunks += 1).await;
+    let failed = import_keys(&app.db, &app.vault(), "pro", &big, false, |_| chunks += 1).await;
     assert!(failed.is_err());
     assert!(
         chunks >= 2,
@@ -133,23 +133,16 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
     app.add_pool("pro", ENT, &[]).await;
     let grant = app.sell().await;
     // An import is half-way: it holds the entitlement's key lock and has inserted a key.
-    let mut import = Import::begin(&app.pool, "pro").await.unwrap().unwrap();
+    let mut import = Import::begin(&app.db, "pro").await.unwrap().unwrap();
     let race = keyrelay::domain::LicenseKey::parse("RACE-1").unwrap();
     let vault = app.vault();
     let id = import.take_ids(1).await.unwrap()[0];
     let row = keyrelay::store::sealed::NewKey::new(&vault, &race, id);
     import.add(&[row], vault.sealing_key_id()).await.unwrap();
     // A worker claims meanwhile; it must wait for the import rather than park the job.
-    let pool = app.pool.clone();
+    let db = app.db.clone();
     let claim = tokio::spawn(async move {
-        claim_batch(
-            &pool,
-            10,
-            Duration::from_secs(30),
-            &Default::default(),
-            None,
-        )
-        .await
+        claim_batch(&db, 10, Duration::from_secs(30), &Default::default(), None).await
     });
     wait_until(
         "the claim waits on the key lock",

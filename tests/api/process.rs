@@ -66,15 +66,15 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     let TestApp { stack, .. } = app;
     stack.stop().await.expect("keyrelay stops cleanly");
 
-    let pool = keyrelay::db::connect(&settings).await.unwrap();
+    let db = keyrelay::db::connect(&settings).await.unwrap();
     let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'delivered'")
-        .fetch_one(&pool)
+        .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(
         delivered, 4,
         "in-flight calls finished and their outcomes were recorded"
     );
-    pool.close().await;
+    db.close().await;
     keyrelay::db::drop_database(&settings).await.unwrap();
 }

@@ -36,18 +36,18 @@ fn assert_inside(limits: RateLimits, times: &mut [DateTime<Utc>]) {
 /// `count` turns taken by `tasks` concurrent callers on their own connections, all asking at
 /// `asked_at`.
 async fn concurrent_turns(
-    pool: &Db,
+    db: &Db,
     limits: RateLimits,
     tasks: usize,
     count: usize,
     asked_at: DateTime<Utc>,
 ) -> Vec<DateTime<Utc>> {
     let callers = (0..tasks).map(|_| {
-        let pool = pool.clone();
+        let db = db.clone();
         tokio::spawn(async move {
             let mut times = Vec::new();
             for _ in 0..count / tasks {
-                times.push(take_turn_at(&pool, limits, asked_at).await.unwrap());
+                times.push(take_turn_at(&db, limits, asked_at).await.unwrap());
             }
             times
         })
@@ -64,7 +64,7 @@ async fn concurrent_callers_share_one_schedule_inside_both_limits() {
     let app = TestApp::spawn_web().await;
     let limits = RateLimits::TIER0;
     let start = Utc::now();
-    let mut times = concurrent_turns(&app.pool, limits, 4, 1_000, start).await;
+    let mut times = concurrent_turns(&app.db, limits, 4, 1_000, start).await;
     assert_eq!(times.len(), 1_000);
     assert_inside(limits, &mut times);
     // Close to the least time 1,000 calls can take at 40/s and 240/min.
@@ -90,7 +90,7 @@ async fn turns_asked_over_time_stay_inside_the_limits_and_never_come_early() {
             0 => 20_000,
             _ => i64::from(rand::random::<u32>() % 300),
         });
-        let at = take_turn_at(&app.pool, limits, asked).await.unwrap();
+        let at = take_turn_at(&app.db, limits, asked).await.unwrap();
         assert!(at >= asked, "turn {i} came before it was asked for");
         times.push(at);
     }
@@ -101,8 +101,8 @@ async fn turns_asked_over_time_stay_inside_the_limits_and_never_come_early() {
 #[tokio::test]
 async fn a_429_in_one_process_pauses_the_others() {
     let app = TestApp::spawn_web().await;
-    let one = RateBudget::shared(app.pool.clone(), RateLimits::TIER0);
-    let other = RateBudget::shared(app.pool.clone(), RateLimits::TIER0);
+    let one = RateBudget::shared(app.db.clone(), RateLimits::TIER0);
+    let other = RateBudget::shared(app.db.clone(), RateLimits::TIER0);
     assert!(other.take_turn().await.unwrap().wait() < Duration::from_secs(1));
     one.pause_for(Duration::from_secs(30)).await;
     let wait = other.take_turn().await.unwrap().wait();
@@ -120,7 +120,7 @@ async fn a_job_waiting_for_its_turn_keeps_its_lease() {
     app.add_pool("pro", ENT, &["KEY-WAITING-0001"]).await;
     let grant = app.sell().await;
     // Dodo asked every process to hold back for longer than a lease lasts.
-    RateBudget::shared(app.pool.clone(), RateLimits::TIER0)
+    RateBudget::shared(app.db.clone(), RateLimits::TIER0)
         .pause_for(Duration::from_secs(4))
         .await;
     let first = app.worker();

@@ -125,7 +125,7 @@ async fn pages_cover_every_job_once_newest_first_even_with_equal_creation_times(
                 now() - make_interval(secs => i / 10) FROM generate_series(1, 130) i",
     )
     .bind(ENT)
-    .execute(&app.pool)
+    .execute(&app.db)
     .await
     .unwrap();
     let filter = JobFilter {
@@ -135,7 +135,7 @@ async fn pages_cover_every_job_once_newest_first_even_with_equal_creation_times(
     let mut seen = Vec::new();
     let mut after: Option<Cursor> = None;
     loop {
-        let page = find_jobs(&app.pool, &filter, after.as_ref(), 50)
+        let page = find_jobs(&app.db, &filter, after.as_ref(), 50)
             .await
             .unwrap();
         if page.is_empty() {
@@ -266,7 +266,7 @@ async fn a_bulk_retry_changes_only_what_the_filter_matches_and_is_audited() {
     );
     let audit: Vec<(String, String)> =
         sqlx::query_as("SELECT actor, detail FROM audit_log WHERE action = 'bulk_retry'")
-            .fetch_all(&app.pool)
+            .fetch_all(&app.db)
             .await
             .unwrap();
     assert_eq!(audit.len(), 1);

@@ -39,7 +39,7 @@ async fn delivered_keys(app: &TestApp) -> Vec<(String, String)> {
         "SELECT jobs.grant_id FROM jobs JOIN keys ON keys.id = jobs.key_id \
          WHERE jobs.state = 'delivered' ORDER BY keys.id",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(&app.db)
     .await
     .unwrap();
     let values = app
@@ -56,7 +56,7 @@ async fn sell_from_a_list_pool(app: &TestApp) -> String {
         entitlement_id: "ent_other".into(),
         ..Default::default()
     };
-    add_pool(&app.pool, &other).await.unwrap();
+    add_pool(&app.db, &other).await.unwrap();
     app.import("other", &["OTHER-KEY-0001"]).await;
     let grant = app.sandbox.create_grant("ent_other", None);
     let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
@@ -69,7 +69,7 @@ async fn generated_keys_follow_the_template_one_per_grant_and_audited() {
     let app = TestApp::spawn().await;
     let template = "PRO-XXXXX-XXXXX-XXXXX-XXXXX";
     add_pool(
-        &app.pool,
+        &app.db,
         &made_pool("gen", ENT, Source::Generate, Some(template)),
     )
     .await
@@ -120,7 +120,7 @@ async fn a_generated_key_dodo_already_holds_is_rejected_and_a_new_one_made() {
         );
         new.alphabet = Some("AB".into());
         new.allow_weak_template = true;
-        add_pool(&app.pool, &new).await.unwrap();
+        add_pool(&app.db, &new).await.unwrap();
         app.sandbox.add_existing_key(&format!("DUP{i}-A"));
         let grant = app.sandbox.create_grant(&format!("ent_dup_{i}"), None);
         let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
@@ -148,7 +148,7 @@ async fn a_template_with_no_value_left_fails_its_job_and_others_flow() {
     let mut new = made_pool("one", ENT, Source::Generate, Some("ONLY-X"));
     new.alphabet = Some("A1".into());
     new.allow_weak_template = true;
-    add_pool(&app.pool, &new).await.unwrap();
+    add_pool(&app.db, &new).await.unwrap();
     app.sandbox.add_existing_key("ONLY-A");
     app.sandbox.add_existing_key("ONLY-1");
     let stuck = app.sell().await;
@@ -180,7 +180,7 @@ async fn signed_keys_verify_independently_and_carry_their_grant() {
     let mut new = made_pool("signed", ENT, Source::Sign, None);
     new.activations_limit = Some(3);
     new.expires_in_days = Some(365);
-    add_pool(&app.pool, &new).await.unwrap();
+    add_pool(&app.db, &new).await.unwrap();
     for _ in 0..5 {
         app.sell().await;
     }
@@ -231,7 +231,7 @@ async fn signed_keys_verify_independently_and_carry_their_grant() {
 #[tokio::test]
 async fn a_sign_pool_without_a_signing_key_fails_its_jobs_with_the_reason_and_others_flow() {
     let app = TestApp::spawn().await;
-    add_pool(&app.pool, &made_pool("signed", ENT, Source::Sign, None))
+    add_pool(&app.db, &made_pool("signed", ENT, Source::Sign, None))
         .await
         .unwrap();
     let signed = app.sell().await;

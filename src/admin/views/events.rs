@@ -32,7 +32,7 @@ pub async fn events_page(
         .and_then(decode_position)
         .filter(|(_, id)| !id.chars().any(crate::domain::unsafe_in_id))
         .map(|(at, id)| (at, id.to_string()));
-    let events = read::events_before(&state.pool, before, PAGE).await?;
+    let events = read::events_before(&state.db, before, PAGE).await?;
     let next = (events.len() as i64 == PAGE)
         .then(|| events.last())
         .flatten()
@@ -67,13 +67,8 @@ pub async fn replay_event(
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&state, &who, &form.csrf)?;
     let webhook_id = path.into_inner();
-    let code = match crate::ops::events::replay(
-        &state.pool,
-        &state.vault,
-        &webhook_id,
-        Actor::Admin,
-    )
-    .await
+    let code = match crate::ops::events::replay(&state.db, &state.vault, &webhook_id, Actor::Admin)
+        .await
     {
         Ok(outcome) => {
             tracing::info!(webhook_id = %webhook_id.escape_debug(), ?outcome, "event replayed from the dashboard");

@@ -105,14 +105,14 @@ pub async fn jobs_page(
     let started = Instant::now();
     let fields = query.filter.fields();
     let query_string = query.filter.query_string();
-    let pools: Vec<String> = crate::pool::pool_names(&state.pool).await?;
+    let pools: Vec<String> = crate::pool::pool_names(&state.db).await?;
     let (filter, error) = match query.filter.parse() {
         Ok(f) => (Some(f), None),
         Err(e) => (None, Some(e)),
     };
     let after = query.after.as_deref().and_then(Cursor::decode);
     let found = match &filter {
-        Some(f) => search::find_jobs(&state.pool, f, after.as_ref(), PAGE).await?,
+        Some(f) => search::find_jobs(&state.db, f, after.as_ref(), PAGE).await?,
         None => Vec::new(),
     };
     let next = (found.len() as i64 == PAGE)
@@ -174,7 +174,7 @@ pub async fn bulk_confirm(
 ) -> Result<HttpResponse, AdminError> {
     let action = bulk_action(&query.action)?;
     let filter = query.filter.parse().map_err(AdminError::BadRequest)?;
-    let count = jobs::bulk_count(&state.pool, action, &filter).await?;
+    let count = jobs::bulk_count(&state.db, action, &filter).await?;
     let fields = query.filter.fields();
     let page = pages::bulk_confirm(
         &pages::BulkConfirm {
@@ -222,7 +222,7 @@ pub async fn bulk_run(
     })?;
     let query = form.filter.query_string();
     let sep = if query.is_empty() { "" } else { "&" };
-    match jobs::bulk(&state.pool, action, &filter, confirmed, Actor::Admin).await? {
+    match jobs::bulk(&state.db, action, &filter, confirmed, Actor::Admin).await? {
         jobs::BulkRun::Changed(done) => Ok(redirect(&format!(
             "/admin/jobs?{query}{sep}done=bulk_{}&n={done}",
             action.as_str()

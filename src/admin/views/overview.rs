@@ -26,8 +26,8 @@ pub async fn overview(
     let now = chrono::Utc::now();
     let from = range.start(now);
     let secs = range.bucket_secs();
-    let pool = &state.pool;
-    let owned = state.pool.clone();
+    let db = &state.db;
+    let owned = state.db.clone();
     let slow = state
         .figures
         .slow
@@ -43,7 +43,7 @@ pub async fn overview(
             })
         })
         .await?;
-    let owned = state.pool.clone();
+    let owned = state.db.clone();
     let charts_from_rows = move || async move {
         futures_util::try_join!(
             history::delivered(&owned, from, secs),
@@ -59,9 +59,9 @@ pub async fn overview(
                 Range::Day => state.figures.day.get(charts_from_rows).await,
             }
         },
-        history::queue_depth(pool, from, secs),
-        crate::store::stock::count_open_jobs_by_state(pool),
-        crate::store::stock::oldest_unfinished_age_secs(pool),
+        history::queue_depth(db, from, secs),
+        crate::store::stock::count_open_jobs_by_state(db),
+        crate::store::stock::oldest_unfinished_age_secs(db),
     )?;
     // What needs a human is always current; history totals may be up to 30 s old.
     let mut stats = slow.stats.clone();
@@ -72,7 +72,7 @@ pub async fn overview(
     }
     stats.oldest_unfinished_age_secs = oldest;
     // A pool that cannot get keys needs a human: read fresh, like the open jobs.
-    let broken = crate::store::pools::source_problems(pool).await?;
+    let broken = crate::store::pools::source_problems(db).await?;
     let mut pools = slow.pools;
     for p in pools.iter_mut() {
         p.source_problem = broken
@@ -155,8 +155,8 @@ async fn needs_attention(
             .map_or(0, |(_, n)| *n)
     };
     let (problems, orphans) = futures_util::try_join!(
-        read::count_events_with_problem(&state.pool),
-        crate::store::asking::count_grants_with_orphan_keys(&state.pool),
+        read::count_events_with_problem(&state.db),
+        crate::store::asking::count_grants_with_orphan_keys(&state.db),
     )?;
     Ok(in_state(JobState::Failed) + in_state(JobState::WaitingForKeys) + problems + orphans)
 }
@@ -166,7 +166,7 @@ pub async fn attention(
     state: web::Data<AdminState>,
     flash: web::Query<Flash>,
 ) -> Result<HttpResponse, AdminError> {
-    let pool = &state.pool;
+    let db = &state.db;
     let in_state = |s| JobFilter {
         state: Some(s),
         ..JobFilter::default()
@@ -174,20 +174,20 @@ pub async fn attention(
     let failed_filter = in_state(JobState::Failed);
     let waiting_filter = in_state(JobState::WaitingForKeys);
     let (failed, failed_total, waiting, waiting_total, problems, problems_total) = futures_util::try_join!(
-        search::find_jobs(pool, &failed_filter, None, 100),
-        search::count_jobs(pool, &failed_filter, &[]),
-        search::find_jobs(pool, &waiting_filter, None, 100),
-        search::count_jobs(pool, &waiting_filter, &[]),
-        read::events_with_problem(pool, 100),
-        read::count_events_with_problem(pool),
+        search::find_jobs(db, &failed_filter, None, 100),
+        search::count_jobs(db, &failed_filter, &[]),
+        search::find_jobs(db, &waiting_filter, None, 100),
+        search::count_jobs(db, &waiting_filter, &[]),
+        read::events_with_problem(db, 100),
+        read::count_events_with_problem(db),
     )?;
     let (orphan_ids, orphans_total) = futures_util::try_join!(
-        crate::store::asking::grants_with_orphan_keys(pool, 100),
-        crate::store::asking::count_grants_with_orphan_keys(pool),
+        crate::store::asking::grants_with_orphan_keys(db, 100),
+        crate::store::asking::count_grants_with_orphan_keys(db),
     )?;
     let mut orphans = Vec::new();
     for grant_id in orphan_ids {
-        if let Some(job) = read::job(pool, &grant_id).await? {
+        if let Some(job) = read::job(db, &grant_id).await? {
             orphans.push(job);
         }
     }

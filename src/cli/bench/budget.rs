@@ -22,9 +22,9 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     settings.database.migrate_on_start = false;
     let sandbox = start_sandbox(&mut settings)?;
     sandbox.sandbox.enforce_rate_limits(Some(limits));
-    let pool = crate::db::connect(&settings).await?;
+    let db = crate::db::connect(&settings).await?;
     queue_backlog(
-        &pool,
+        &db,
         &settings.keys.vault()?,
         &sandbox.sandbox,
         args.budget_jobs,
@@ -36,7 +36,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         let app = Application::build(&settings, Role::Worker).await?;
         workers.push((app.shutdown_token(), tokio::spawn(app.run_until_stopped())));
     }
-    while stock::count_unsettled_jobs(&pool).await? > 0 {
+    while stock::count_unsettled_jobs(&db).await? > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (token, running) in workers {
@@ -65,7 +65,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         fastest.as_secs_f64() / span.as_secs_f64().max(f64::EPSILON) * 100.0
     );
     println!("  answered 429        {over}");
-    pool.close().await;
+    db.close().await;
     sandbox.stop().await;
     if over > 0 {
         bail!("{over} calls went over Dodo's limits");

@@ -17,9 +17,9 @@ const API_TOKEN: &str = "bench-shop-token-0123456789abcdefghijk";
 pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     let n = args.finished as i64;
     println!("\nlists: the dashboard and the shop API with {n} finished jobs (over 7 days)");
-    let pool = crate::db::connect(&settings).await?;
+    let db = crate::db::connect(&settings).await?;
     let started = Instant::now();
-    crate::store::bulk::seed_finished_jobs(&pool, n, ENTITLEMENT, "bench").await?;
+    crate::store::bulk::seed_finished_jobs(&db, n, ENTITLEMENT, "bench").await?;
     println!("  seeded in {:.1} s", started.elapsed().as_secs_f64());
     settings.admin.token = Some(SecretString::from(TOKEN));
     settings.api.token = Some(SecretString::from(API_TOKEN));
@@ -98,7 +98,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         );
     }
     stack.stop().await?;
-    pool.close().await;
+    db.close().await;
     Ok(())
 }
 

@@ -206,9 +206,9 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut settings = settings.clone();
-    let pool = crate::db::create_scratch_database(&mut settings.database, "keyrelay_bench").await?;
+    let db = crate::db::create_scratch_database(&mut settings.database, "keyrelay_bench").await?;
     add_pool(
-        &pool,
+        &db,
         &NewPool {
             name: "bench".into(),
             entitlement_id: ENTITLEMENT.into(),
@@ -216,7 +216,7 @@ where
         },
     )
     .await?;
-    pool.close().await;
+    db.close().await;
     let result = f(settings.clone()).await;
     crate::db::drop_database(&settings).await?;
     result
@@ -224,7 +224,7 @@ where
 
 /// Imports `count` generated keys into the bench pool.
 async fn import_generated_keys(
-    pool: &crate::db::Db,
+    db: &crate::db::Db,
     vault: &crate::crypto::Vault,
     prefix: &str,
     count: usize,
@@ -236,18 +236,18 @@ async fn import_generated_keys(
         keys,
         ..Default::default()
     };
-    import_keys(pool, vault, "bench", &parsed, false, |_| {}).await?;
+    import_keys(db, vault, "bench", &parsed, false, |_| {}).await?;
     Ok(())
 }
 
 /// Sells `jobs` grants in the sandbox and queues a job for each, with a key for each in the pool.
 async fn queue_backlog(
-    pool: &crate::db::Db,
+    db: &crate::db::Db,
     vault: &crate::crypto::Vault,
     sandbox: &crate::sandbox::Sandbox,
     jobs: usize,
 ) -> anyhow::Result<()> {
-    import_generated_keys(pool, vault, "BENCH", jobs).await?;
+    import_generated_keys(db, vault, "BENCH", jobs).await?;
     let grants: Vec<_> = (0..jobs)
         .map(|_| {
             let g = sandbox.create_grant(ENTITLEMENT, None);
@@ -255,8 +255,8 @@ async fn queue_backlog(
             anyhow::Ok((facts.id, facts.customer_id, facts.payment_id))
         })
         .collect::<Result<_, _>>()?;
-    enqueue::enqueue_grants(pool, &entitlement(), &grants, "bench", "benchmark").await?;
-    prune::vacuum_analyze(pool).await?;
+    enqueue::enqueue_grants(db, &entitlement(), &grants, "bench", "benchmark").await?;
+    prune::vacuum_analyze(db).await?;
     Ok(())
 }
 
@@ -271,24 +271,24 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
         latency_ms,
         ..Default::default()
     });
-    let pool = crate::db::connect(&settings).await?;
+    let db = crate::db::connect(&settings).await?;
     if args.history > 0 {
         let t = Instant::now();
-        enqueue::insert_history_for_benchmark(&pool, &entitlement(), args.history).await?;
+        enqueue::insert_history_for_benchmark(&db, &entitlement(), args.history).await?;
         println!(
             "\n(inserted {} finished jobs in {:.1} s)",
             args.history,
             t.elapsed().as_secs_f64()
         );
     }
-    queue_backlog(&pool, &settings.keys.vault()?, &sandbox.sandbox, args.jobs).await?;
+    queue_backlog(&db, &settings.keys.vault()?, &sandbox.sandbox, args.jobs).await?;
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();
     let started = Instant::now();
     let running = tokio::spawn(app.run_until_stopped());
     loop {
-        let left = stock::count_unsettled_jobs(&pool).await?;
+        let left = stock::count_unsettled_jobs(&db).await?;
         if left == 0 {
             break;
         }
@@ -297,7 +297,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     let elapsed = started.elapsed();
     token.cancel();
     running.await??;
-    let (delivered, call_p50, call_p99) = read::bench_figures(&pool).await?;
+    let (delivered, call_p50, call_p99) = read::bench_figures(&db).await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
     println!(
         "\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}",
@@ -323,7 +323,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
             rate / ideal * 100.0
         );
     }
-    pool.close().await;
+    db.close().await;
     sandbox.stop().await;
     if delivered as usize != args.jobs {
         bail!("only {delivered} of {} jobs were delivered", args.jobs);
@@ -337,7 +337,7 @@ async fn latency(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     let url = stack.webhook_url.clone().expect("web role");
     let sandbox = stack.sandbox.sandbox.clone();
     import_generated_keys(
-        &stack.pool,
+        &stack.db,
         &stack.settings.keys.vault()?,
         "LAT",
         args.samples,

@@ -22,9 +22,9 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
         latency_ms: 5,
         ..FaultRates::default()
     });
-    let pool = crate::db::connect(&settings).await?;
+    let db = crate::db::connect(&settings).await?;
     add_pool(
-        &pool,
+        &db,
         &NewPool {
             name: "soak".into(),
             entitlement_id: format!("{ENTITLEMENT}_soak"),
@@ -49,7 +49,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     );
     let delivered = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE state = 'delivered'")
-            .fetch_one(&pool)
+            .fetch_one(&db)
             .await
             .unwrap_or(-1)
     };
@@ -94,7 +94,7 @@ pub async fn run(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()>
     line(started.elapsed().as_secs_f64(), total, done);
     server.stop().await;
     sandbox.stop().await;
-    pool.close().await;
+    db.close().await;
     // Growth per grant between the first loaded sample and the last (warm-up excluded).
     if let (Some(first), Some(last)) = (samples.get(1), samples.last())
         && last.0 > first.0

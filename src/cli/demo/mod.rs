@@ -175,7 +175,7 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     setup::inject_faults(sandbox);
     let started = Instant::now();
     let sold = sale::sell(sandbox, &url, options.grants).await?;
-    let counts = sale::wait_until_settled(&stack.pool, options.grants).await?;
+    let counts = sale::wait_until_settled(&stack.db, options.grants).await?;
     let elapsed = started.elapsed();
     let ok = summary::report(&stack, options, &sold, &counts, elapsed).await?;
     stack.stop().await?;

@@ -59,7 +59,7 @@ pub(super) async fn sell(sandbox: &Sandbox, url: &str, grants: usize) -> anyhow:
 
 /// Shows progress until `grants` jobs are settled (or two minutes pass): the jobs per state.
 pub(super) async fn wait_until_settled(
-    pool: &Db,
+    db: &Db,
     grants: usize,
 ) -> anyhow::Result<HashMap<JobState, i64>> {
     let bar = ProgressBar::new(grants as u64);
@@ -69,10 +69,8 @@ pub(super) async fn wait_until_settled(
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     let counts = loop {
-        let counts: HashMap<JobState, i64> = stock::count_jobs_by_state(pool)
-            .await?
-            .into_iter()
-            .collect();
+        let counts: HashMap<JobState, i64> =
+            stock::count_jobs_by_state(db).await?.into_iter().collect();
         let settled =
             counts[&JobState::Delivered] + counts[&JobState::Failed] + counts[&JobState::Cancelled];
         bar.set_position(settled as u64);

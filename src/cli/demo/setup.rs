@@ -31,7 +31,7 @@ pub(super) async fn add_pools(
     // Dodo already holds the first key: keyrelay must reject it and use the next.
     sandbox.add_existing_key(keys[0].reveal());
     add_pool(
-        &stack.pool,
+        &stack.db,
         &NewPool {
             name: "demo-pro".into(),
             entitlement_id: ENTITLEMENT.into(),
@@ -45,7 +45,7 @@ pub(super) async fn add_pools(
         ..Default::default()
     };
     let report = import_keys(
-        &stack.pool,
+        &stack.db,
         &settings.keys.vault()?,
         "demo-pro",
         &parsed,
@@ -75,7 +75,7 @@ pub(super) async fn add_pools(
             endpoint: (source == Source::Http).then(|| crate::harness::SANDBOX_VENDOR.into()),
             ..Default::default()
         };
-        add_pool(&stack.pool, &new).await?;
+        add_pool(&stack.db, &new).await?;
     }
     println!("  pool       demo-gen (generate): keys made from GEN-XXXXX-XXXXX-XXXXX-XXXXX");
     println!("  pool       demo-signed (sign): Ed25519-signed keys an app checks offline");

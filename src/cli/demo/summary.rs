@@ -88,8 +88,8 @@ pub(super) async fn report(
     let sandbox = &stack.sandbox.sandbox;
     let log = sandbox.fulfill_log();
     let pickup = pickup_latencies(&log, &sold.answered);
-    let (retried, ours_match) = read::demo_figures(&stack.pool).await?;
-    let pools = crate::pool::list_pools(&stack.pool).await?;
+    let (retried, ours_match) = read::demo_figures(&stack.db).await?;
+    let pools = crate::pool::list_pools(&stack.db).await?;
     let demo_pool = pools
         .iter()
         .find(|p| p.name == "demo-pro")

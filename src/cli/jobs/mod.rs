@@ -142,33 +142,33 @@ fn parse_grant_id(s: &str) -> Result<GrantId, String> {
     GrantId::parse(s).map_err(|e| e.to_string())
 }
 
-pub async fn run(pool: &Db, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
+pub async fn run(db: &Db, settings: &Settings, command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::List {
             filter,
             limit,
             after,
             json,
-        } => list(pool, filter, limit, after, json).await,
+        } => list(db, filter, limit, after, json).await,
         JobsCommand::Show {
             grant_id,
             json,
             show_key,
-        } => show(pool, settings, grant_id, json, show_key).await,
+        } => show(db, settings, grant_id, json, show_key).await,
         JobsCommand::Retry {
             grant_ids,
             all_failed,
             yes,
             dry_run,
-        } => retry(pool, grant_ids, all_failed, yes, dry_run).await,
+        } => retry(db, grant_ids, all_failed, yes, dry_run).await,
         JobsCommand::Bulk {
             action,
             filter,
             yes,
             dry_run,
-        } => bulk(pool, action, filter, yes, dry_run).await,
+        } => bulk(db, action, filter, yes, dry_run).await,
         JobsCommand::Cancel { grant_ids } => report(
-            jobs::cancel_jobs(pool, &grant_ids, Actor::Cli).await?,
+            jobs::cancel_jobs(db, &grant_ids, Actor::Cli).await?,
             "cancelled",
         ),
     }
@@ -176,15 +176,15 @@ pub async fn run(pool: &Db, settings: &Settings, command: JobsCommand) -> anyhow
 
 /// `jobs list`: a page of jobs as a table or JSON, and how to see the next.
 async fn list(
-    pool: &Db,
+    db: &Db,
     filter: FilterArgs,
     limit: i64,
     after: Option<Cursor>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let filter = JobFilter::from(filter);
-    check_pool_exists(pool, &filter).await?;
-    let list = search::find_jobs(pool, &filter, after.as_ref(), limit).await?;
+    check_pool_exists(db, &filter).await?;
+    let list = search::find_jobs(db, &filter, after.as_ref(), limit).await?;
     if as_json {
         return json(&list);
     }
@@ -231,14 +231,14 @@ async fn list(
 
 /// `jobs retry`: the named jobs, or every failed one (asked first), queued again.
 async fn retry(
-    pool: &Db,
+    db: &Db,
     grant_ids: Vec<GrantId>,
     all_failed: bool,
     yes: bool,
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let ids = if all_failed {
-        jobs::failed_grant_ids(pool).await?
+        jobs::failed_grant_ids(db).await?
     } else {
         grant_ids
     };
@@ -257,7 +257,7 @@ async fn retry(
         bail!("nothing retried; pass --yes to skip the question, or --dry-run to list them");
     }
     report(
-        jobs::retry_jobs(pool, &ids, Actor::Cli).await?,
+        jobs::retry_jobs(db, &ids, Actor::Cli).await?,
         "queued again",
     )?;
     Ok(())
@@ -265,15 +265,15 @@ async fn retry(
 
 /// `jobs bulk`: retry or cancel what a filter matches, counted and confirmed first.
 async fn bulk(
-    pool: &Db,
+    db: &Db,
     action: BulkAction,
     filter: FilterArgs,
     yes: bool,
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let filter = JobFilter::from(filter);
-    check_pool_exists(pool, &filter).await?;
-    let count = jobs::bulk_count(pool, action, &filter).await?;
+    check_pool_exists(db, &filter).await?;
+    let count = jobs::bulk_count(db, action, &filter).await?;
     let described = shown(&filter.describe());
     let what = format!("{count} {} job(s) match {described}", action.applies_to());
     if count == 0 || dry_run {
@@ -284,7 +284,7 @@ async fn bulk(
     if !yes && !confirm(&format!("{what}. {} {capped} of them?", action.as_str()))? {
         bail!("nothing changed; pass --yes to skip the question, or --dry-run to count");
     }
-    let done = match jobs::bulk(pool, action, &filter, count, Actor::Cli).await? {
+    let done = match jobs::bulk(db, action, &filter, count, Actor::Cli).await? {
         jobs::BulkRun::Changed(done) => done,
         jobs::BulkRun::MoreThanConfirmed {
             matching,
@@ -301,9 +301,9 @@ async fn bulk(
 }
 
 /// A filter naming a pool that does not exist is a typo, not "no jobs".
-async fn check_pool_exists(pool: &Db, filter: &JobFilter) -> anyhow::Result<()> {
+async fn check_pool_exists(db: &Db, filter: &JobFilter) -> anyhow::Result<()> {
     if let Some(name) = &filter.pool
-        && !crate::pool::pool_names(pool).await?.contains(name)
+        && !crate::pool::pool_names(db).await?.contains(name)
     {
         bail!(
             "there is no pool named `{}`; `keyrelay pool list` shows the pools",

@@ -11,7 +11,7 @@ use crate::ops::jobs::{self, JobDetail};
 
 /// `jobs show`: one job, its key, attempts, keys from an endpoint and audit trail.
 pub(super) async fn show(
-    pool: &Db,
+    db: &Db,
     settings: &Settings,
     grant_id: GrantId,
     as_json: bool,
@@ -22,7 +22,7 @@ pub(super) async fn show(
         true => Some(settings.keys.vault()?),
         false => settings.keys.vault().ok(),
     };
-    let Some(detail) = jobs::show_job(pool, vault.as_ref(), &grant_id, show_key).await? else {
+    let Some(detail) = jobs::show_job(db, vault.as_ref(), &grant_id, show_key).await? else {
         bail!("no job for grant {grant_id}; see `keyrelay jobs list`");
     };
     if as_json {
