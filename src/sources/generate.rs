@@ -20,6 +20,10 @@ impl KeySource for FromTemplate<'_> {
             .map(Yield::Key)
             .map_err(SourceError::Fail)
     }
+
+    async fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Crockford's base32: digits and capitals without I, L, O and U.

@@ -14,6 +14,9 @@ use super::{GrantFacts, KeySource, PoolRecipe, SourceError, Yield};
 use crate::crypto::parse_webhook_secrets;
 use crate::domain::{LicenseKey, printable};
 
+/// How long an endpoint may take to accept a connection when its health is checked.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// An endpoint of the merchant's or a vendor's that issues a key for a grant
 /// (`[key_sources.NAME]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +141,17 @@ impl KeySource for Endpoint<'_> {
         let idempotency = idempotency_key(grant.grant_id.as_str(), grant.rejected);
         self.request(grant, &idempotency).await.map(Yield::Key)
     }
+
+    async fn problem(&self) -> Option<String> {
+        let name = self.name();
+        match self.endpoints.sources.get(name) {
+            None => Some(format!(
+                "its key source `{name}` is not configured in the workers; {}, restart, then `keyrelay jobs retry --all-failed`",
+                how_to_add_key_source(name)
+            )),
+            Some(source) => unreachable(name, &source.url).await,
+        }
+    }
 }
 
 impl Endpoint<'_> {
@@ -228,6 +242,27 @@ impl Endpoint<'_> {
             ))),
         }
     }
+}
+
+/// Whether the key source's server accepts a connection (the URL itself is not shown: it
+/// may hold a credential).
+async fn unreachable(name: &str, url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port_or_known_default()?;
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    let why = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+    };
+    Some(format!(
+        "its key source `{name}` is unreachable at {host}:{port} ({why}); its grants retry until it answers"
+    ))
 }
 
 /// A request that got no (whole) answer: retried, naming the server but not the URL.

@@ -120,6 +120,10 @@ pub trait KeySource {
         &self,
         grant: &GrantFacts<'_>,
     ) -> impl Future<Output = Result<Yield, SourceError>> + Send;
+
+    /// Why this source cannot yield keys in this process (a setting is missing, its server
+    /// does not answer), if it cannot; what workers record on the pool.
+    fn problem(&self) -> impl Future<Output = Option<String>> + Send;
 }
 
 /// The sources this process can use: a signing key for `sign` pools, and the configured
@@ -187,6 +191,15 @@ impl KeySource for PoolSource<'_> {
             PoolSource::Generate(source) => source.key_for(grant).await,
             PoolSource::Sign(source) => source.key_for(grant).await,
             PoolSource::Http(source) => source.key_for(grant).await,
+        }
+    }
+
+    async fn problem(&self) -> Option<String> {
+        match self {
+            PoolSource::List => None,
+            PoolSource::Generate(source) => source.problem().await,
+            PoolSource::Sign(source) => source.problem().await,
+            PoolSource::Http(source) => source.problem().await,
         }
     }
 }

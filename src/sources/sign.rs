@@ -50,6 +50,12 @@ impl KeySource for KeySigner<'_> {
             .map(Yield::Key)
             .map_err(SourceError::Fail)
     }
+
+    async fn problem(&self) -> Option<String> {
+        self.signing.is_none().then(|| {
+            "signs its keys, but keys.signing_key (KEYRELAY_SIGNING_KEY) is not set in the workers; set it, restart, then `keyrelay jobs retry --all-failed`".into()
+        })
+    }
 }
 
 const VERSION: u8 = 1;

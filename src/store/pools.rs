@@ -11,7 +11,7 @@ use super::sealed::{NewKey, new_key_ids};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
 use crate::domain::{Actor, EntitlementId, JobState};
 use crate::jobs::JobEvent;
-use crate::sources::Source;
+use crate::sources::{PoolRecipe, Source};
 
 #[derive(Debug, Clone)]
 pub struct NewPoolRow<'a> {
@@ -268,19 +268,15 @@ pub async fn pooled_entitlements(db: &Db) -> Result<Vec<EntitlementId>, sqlx::Er
         .await
 }
 
-/// A pool and where its keys come from, for checking the source.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PoolSource {
-    pub name: String,
-    pub source: crate::sources::Source,
-    pub endpoint: Option<String>,
-}
-
-/// Every pool's source, by name.
-pub async fn pool_sources(db: &Db) -> Result<Vec<PoolSource>, sqlx::Error> {
-    sqlx::query_as("SELECT name, source, endpoint FROM pools ORDER BY name")
-        .fetch_all(db)
-        .await
+/// Every pool as its source needs it, by name.
+pub async fn recipes(db: &Db) -> Result<Vec<PoolRecipe>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id AS pool_id, name AS pool, entitlement_id, source, template, alphabet, \
+                activations_limit, expires_in_days, endpoint \
+         FROM pools ORDER BY name",
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Records what a worker found of each pool's source (`None`: usable) and when.
