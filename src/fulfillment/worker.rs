@@ -62,6 +62,34 @@ impl Worker {
         }
     }
 
+    /// Claims up to `wanted` due jobs (none when the database fails: the loop tries again
+    /// after the poll interval), and checks the stock of their pools in the background.
+    async fn claim(&self, wanted: usize) -> Vec<ClaimedJob> {
+        let ctx = &self.ctx;
+        let jobs = store::claim_batch(
+            &ctx.db,
+            wanted,
+            ctx.lease,
+            &ctx.sources,
+            ctx.vault.as_deref(),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "claiming jobs failed; retrying after the poll interval");
+            Vec::new()
+        });
+        let entitlements = claimed_entitlements(&jobs);
+        if !entitlements.is_empty() {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = check_stock(&ctx, &entitlements).await {
+                    tracing::warn!(error = %e, "low-stock check failed");
+                }
+            });
+        }
+        jobs
+    }
+
     /// Runs until `shutdown` is cancelled, then drains in-flight work and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
@@ -80,48 +108,12 @@ impl Worker {
                 break;
             };
             let wanted = batch.len();
-            let jobs = match store::claim_batch(
-                &self.ctx.db,
-                wanted,
-                self.ctx.lease,
-                &self.ctx.sources,
-                self.ctx.vault.as_deref(),
-            )
-            .await
-            {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming jobs failed; retrying after the poll interval");
-                    Vec::new()
-                }
-            };
+            let jobs = self.claim(wanted).await;
             let claimed = jobs.len();
-            let entitlements = claimed_entitlements(&jobs);
-            if !entitlements.is_empty() {
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = check_stock(&ctx, &entitlements).await {
-                        tracing::warn!(error = %e, "low-stock check failed");
-                    }
-                });
-            }
             for job in jobs {
                 record_pickup(&job);
                 let permit = batch.pop().expect("one permit per claimed job");
-                let ctx = self.ctx.clone();
-                let completions = completions.clone();
-                tracker.spawn(async move {
-                    let completion = guarded(&ctx, &job, run_job(&ctx, job.clone())).await;
-                    // The call is over: free the slot now. The job keeps its lease until its
-                    // outcome is recorded, and shutdown waits for that record.
-                    drop(permit);
-                    if let Some(completion) = completion {
-                        let (ack, acked) = oneshot::channel();
-                        if completions.send((completion, ack)).is_ok() {
-                            let _ = acked.await;
-                        }
-                    }
-                });
+                spawn_run(&tracker, &self.ctx, job, permit, &completions);
             }
             drop(batch);
             if claimed < wanted {
@@ -157,6 +149,31 @@ impl Worker {
         }
         tracing::info!("worker pool stopped");
     }
+}
+
+/// Runs one claimed job on its own task, holding `permit` for its call, and hands its outcome
+/// to the completer (the task ends once the outcome is recorded).
+fn spawn_run(
+    tracker: &TaskTracker,
+    ctx: &WorkerContext,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    completions: &mpsc::UnboundedSender<CompletionMsg>,
+) {
+    let ctx = ctx.clone();
+    let completions = completions.clone();
+    tracker.spawn(async move {
+        let completion = guarded(&ctx, &job, run_job(&ctx, job.clone())).await;
+        // The call is over: free the slot now. The job keeps its lease until its outcome is
+        // recorded, and shutdown waits for that record.
+        drop(permit);
+        if let Some(completion) = completion {
+            let (ack, acked) = oneshot::channel();
+            if completions.send((completion, ack)).is_ok() {
+                let _ = acked.await;
+            }
+        }
+    });
 }
 
 fn record_pickup(job: &ClaimedJob) {

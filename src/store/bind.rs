@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::sealed::{SealedValue, new_key_ids};
@@ -104,26 +104,7 @@ pub(super) async fn supply_keys(
         if pending.is_empty() {
             break;
         }
-        let mut stock = Vec::new();
-        let mut made = Vec::new();
-        for (grant, recipe) in pending {
-            let facts = GrantFacts {
-                grant_id: &grant.grant_id,
-                customer_id: &grant.customer_id,
-                entitlement_id: &grant.entitlement_id,
-                payment_id: None,
-                subscription_id: None,
-                rejected: 0,
-                now,
-            };
-            match sources.of(recipe).key_for(&facts).await {
-                Ok(Yield::Stock) => stock.push((grant, recipe)),
-                Ok(Yield::Key(key)) => made.push(NewBinding::made(&grant.grant_id, recipe, key)),
-                Err(SourceError::Fail(why) | SourceError::Retry { error: why, .. }) => {
-                    supplied.failed.push((grant.grant_id.clone(), why))
-                }
-            }
-        }
+        let (stock, made) = ask_sources(&pending, sources, now, &mut supplied.failed).await;
         let reserved = reserve_from_stock(tx, &stock).await?;
         supplied.no_key.extend(
             stock
@@ -166,6 +147,37 @@ pub(super) async fn supply_keys(
         ));
     }
     Ok(supplied)
+}
+
+/// What each pending grant's source yields: the grants to serve from stock, and the new keys
+/// to bind; a source that yields nothing adds the grant to `failed` with the reason.
+async fn ask_sources<'a>(
+    pending: &[(&'a Keyless, &'a PoolRecipe)],
+    sources: &Sources,
+    now: DateTime<Utc>,
+    failed: &mut Vec<(GrantId, String)>,
+) -> (Vec<(&'a Keyless, &'a PoolRecipe)>, Vec<NewBinding<'a>>) {
+    let mut stock = Vec::new();
+    let mut made = Vec::new();
+    for &(grant, recipe) in pending {
+        let facts = GrantFacts {
+            grant_id: &grant.grant_id,
+            customer_id: &grant.customer_id,
+            entitlement_id: &grant.entitlement_id,
+            payment_id: None,
+            subscription_id: None,
+            rejected: 0,
+            now,
+        };
+        match sources.of(recipe).key_for(&facts).await {
+            Ok(Yield::Stock) => stock.push((grant, recipe)),
+            Ok(Yield::Key(key)) => made.push(NewBinding::made(&grant.grant_id, recipe, key)),
+            Err(SourceError::Fail(why) | SourceError::Retry { error: why, .. }) => {
+                failed.push((grant.grant_id.clone(), why))
+            }
+        }
+    }
+    (stock, made)
 }
 
 /// A new key to store for a grant, and where it came from.
