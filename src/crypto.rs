@@ -27,6 +27,11 @@ const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 /// How to make an encryption key, for messages that ask for one.
 pub const MAKE_ONE: &str = "make one with `keyrelay keys new-encryption-key` and set it as KEYRELAY_ENCRYPTION_KEY (keep it secret, and keep a copy: without it the stored keys cannot be read)";
 
+/// Why a key cannot be sealed or opened in a process that has no encryption key.
+pub fn no_encryption_key() -> String {
+    format!("keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {MAKE_ONE}")
+}
+
 /// Which row a sealed value belongs to: its table and primary key.
 #[derive(Debug, Clone, Copy)]
 pub enum Row<'a> {

@@ -68,11 +68,6 @@ pub fn from_states(event: JobEvent) -> Vec<JobState> {
         .collect()
 }
 
-/// Whether a job in `state` is finished: nothing moves it but an operator or Dodo's events.
-pub fn is_finished(state: JobState) -> bool {
-    matches!(state, Delivered | Failed | Cancelled)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +188,7 @@ mod tests {
 
     #[test]
     fn finished_jobs_move_only_by_an_operator() {
-        for state in JobState::ALL.into_iter().filter(|s| is_finished(*s)) {
+        for state in JobState::ALL.into_iter().filter(|s| s.is_finished()) {
             for event in JobEvent::ALL {
                 if next(state, event).is_some() {
                     assert!(

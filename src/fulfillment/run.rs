@@ -66,12 +66,21 @@ impl WorkerContext {
 
     /// The vault, or why keys cannot be sealed or opened.
     pub fn vault(&self) -> Result<&Vault, String> {
-        self.vault.as_deref().ok_or_else(|| {
-            format!(
-                "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {}",
-                crate::crypto::MAKE_ONE
-            )
-        })
+        self.vault
+            .as_deref()
+            .ok_or_else(crate::crypto::no_encryption_key)
+    }
+
+    /// Claims up to `limit` due jobs with their keys, from this context's sources.
+    pub async fn claim(&self, limit: usize) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        store::claim_batch(
+            &self.db,
+            limit,
+            self.lease,
+            &self.sources,
+            self.vault.as_deref(),
+        )
+        .await
     }
 
     /// Sends low-stock alerts to `url` as well as to the log and metrics.

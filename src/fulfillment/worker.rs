@@ -66,15 +66,7 @@ impl Worker {
     /// after the poll interval), and checks the stock of their pools in the background.
     async fn claim(&self, wanted: usize) -> Vec<ClaimedJob> {
         let ctx = &self.ctx;
-        let jobs = store::claim_batch(
-            &ctx.db,
-            wanted,
-            ctx.lease,
-            &ctx.sources,
-            ctx.vault.as_deref(),
-        )
-        .await
-        .unwrap_or_else(|e| {
+        let jobs = ctx.claim(wanted).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "claiming jobs failed; retrying after the poll interval");
             Vec::new()
         });
@@ -320,14 +312,7 @@ async fn ask_loop(
 /// outcomes recorded. Lets tests and tools drive the queue step by step without sleeping.
 pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<Completion>> {
     super::ask::fetch_keys(ctx, limit).await?;
-    let jobs = store::claim_batch(
-        &ctx.db,
-        limit,
-        ctx.lease,
-        &ctx.sources,
-        ctx.vault.as_deref(),
-    )
-    .await?;
+    let jobs = ctx.claim(limit).await?;
     check_stock(ctx, &claimed_entitlements(&jobs)).await?;
     let runs = jobs
         .iter()

@@ -24,11 +24,13 @@ pub struct SourceCheck {
 }
 
 impl SourceCheck {
+    pub fn new(sources: Sources) -> SourceCheck {
+        SourceCheck { sources }
+    }
+
     pub fn from_settings(settings: &Settings) -> SourceCheck {
-        SourceCheck {
-            // Settings are checked when they load, so the signing key parses.
-            sources: settings.sources().unwrap_or_default(),
-        }
+        // Settings are checked when they load, so the signing key parses.
+        SourceCheck::new(settings.sources().unwrap_or_default())
     }
 
     /// Checks every pool, records the findings, and returns them: (pool, problem).

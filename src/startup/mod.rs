@@ -144,7 +144,7 @@ impl Application {
             metrics_server,
             source_check: role
                 .worker()
-                .then(|| crate::ops::source_health::SourceCheck::from_settings(settings)),
+                .then(|| crate::ops::source_health::SourceCheck::new(sources.clone())),
             worker,
             maintenance,
             db,

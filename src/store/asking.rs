@@ -134,7 +134,7 @@ pub async fn record_received(
     let mut bound = false;
     if owned {
         let new = NewBinding::made(&job.grant_id, &job.recipe, key.clone());
-        bound = !bind_new_keys(&mut tx, vault, &[new]).await?.is_empty();
+        bound = !bind_new_keys(&mut tx, vault, &[&new]).await?.is_empty();
     }
     let outcome = match (owned, bound) {
         (false, _) => Received::LeaseLost,

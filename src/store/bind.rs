@@ -42,6 +42,9 @@ pub(super) struct Keyless {
     pub customer_id: CustomerId,
 }
 
+/// A grant whose pool's source is asked for its key in the claim, with the pool.
+type Asked<'a> = (&'a Keyless, &'a PoolRecipe);
+
 /// What became of grants that needed a key.
 #[derive(Default)]
 pub(super) struct Supplied {
@@ -91,7 +94,7 @@ pub(super) async fn supply_keys(
     }
     let entitlements: Vec<&EntitlementId> = wanted.iter().map(|w| &w.entitlement_id).collect();
     let recipes = recipes(tx, &entitlements).await?;
-    let mut pending: Vec<(&Keyless, &PoolRecipe)> = Vec::new();
+    let mut pending: Vec<Asked> = Vec::new();
     for grant in wanted {
         match recipes.get(&grant.entitlement_id) {
             None => supplied.no_key.push(grant.grant_id.clone()),
@@ -113,27 +116,21 @@ pub(super) async fn supply_keys(
                 .map(|(g, _)| g.grant_id.clone()),
         );
         supplied.keys.extend(reserved);
-        let bound = match vault {
-            Some(vault) => bind_new_keys(tx, vault, &made).await?,
-            None => {
-                let why = format!(
-                    "keys.encryption_keys (KEYRELAY_ENCRYPTION_KEY) is not set; {}",
-                    crate::crypto::MAKE_ONE
-                );
-                supplied
-                    .failed
-                    .extend(made.iter().map(|m| (m.grant_id.clone(), why.clone())));
-                Vec::new()
-            }
+        let Some(vault) = vault else {
+            let why = crate::crypto::no_encryption_key();
+            supplied
+                .failed
+                .extend(made.iter().map(|(_, m)| (m.grant_id.clone(), why.clone())));
+            pending = Vec::new();
+            break;
         };
+        let new: Vec<&NewBinding> = made.iter().map(|(_, m)| m).collect();
+        let bound = bind_new_keys(tx, vault, &new).await?;
         // A value already stored is made again; the others are done.
         pending = made
-            .iter()
-            .filter(|m| vault.is_some() && !bound.iter().any(|(g, _)| g == m.grant_id))
-            .filter_map(|m| {
-                let grant = wanted.iter().find(|w| &w.grant_id == m.grant_id)?;
-                Some((grant, recipes.get(&grant.entitlement_id)?))
-            })
+            .into_iter()
+            .filter(|(_, m)| !bound.iter().any(|(g, _)| g == m.grant_id))
+            .map(|(asked, _)| asked)
             .collect();
         supplied.keys.extend(bound);
     }
@@ -152,11 +149,11 @@ pub(super) async fn supply_keys(
 /// What each pending grant's source yields: the grants to serve from stock, and the new keys
 /// to bind; a source that yields nothing adds the grant to `failed` with the reason.
 async fn ask_sources<'a>(
-    pending: &[(&'a Keyless, &'a PoolRecipe)],
+    pending: &[Asked<'a>],
     sources: &Sources,
     now: DateTime<Utc>,
     failed: &mut Vec<(GrantId, String)>,
-) -> (Vec<(&'a Keyless, &'a PoolRecipe)>, Vec<NewBinding<'a>>) {
+) -> (Vec<Asked<'a>>, Vec<(Asked<'a>, NewBinding<'a>)>) {
     let mut stock = Vec::new();
     let mut made = Vec::new();
     for &(grant, recipe) in pending {
@@ -171,7 +168,10 @@ async fn ask_sources<'a>(
         };
         match sources.of(recipe).key_for(&facts).await {
             Ok(Yield::Stock) => stock.push((grant, recipe)),
-            Ok(Yield::Key(key)) => made.push(NewBinding::made(&grant.grant_id, recipe, key)),
+            Ok(Yield::Key(key)) => made.push((
+                (grant, recipe),
+                NewBinding::made(&grant.grant_id, recipe, key),
+            )),
             Err(SourceError::Fail(why) | SourceError::Retry { error: why, .. }) => {
                 failed.push((grant.grant_id.clone(), why))
             }
@@ -226,7 +226,7 @@ impl<'a> NewBinding<'a> {
 pub(super) async fn bind_new_keys(
     tx: &mut Transaction<'_, Postgres>,
     vault: &Vault,
-    new: &[NewBinding<'_>],
+    new: &[&NewBinding<'_>],
 ) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Bound {
@@ -292,7 +292,7 @@ pub(super) async fn bind_new_keys(
 /// missing from the answer found no key.
 async fn reserve_from_stock(
     tx: &mut Transaction<'_, Postgres>,
-    wanted: &[(&Keyless, &PoolRecipe)],
+    wanted: &[Asked<'_>],
 ) -> Result<Vec<(GrantId, ReservedKey)>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Reserved {
