@@ -91,6 +91,12 @@ async fn hostile(
             .no_chunking(HUGE as u64)
             .streaming(huge_stream(seen.get_ref().clone())),
         "/key" => key(),
+        // Keys no grant may be given: a terminal escape, a NUL, 5 KB of one character.
+        "/bad-key/escape" => {
+            HttpResponse::Ok().json(serde_json::json!({ "key": "VND-\u{1b}[2J-0001" }))
+        }
+        "/bad-key/nul" => HttpResponse::Ok().json(serde_json::json!({ "key": "VND-\u{0}-0002" })),
+        "/bad-key/long" => HttpResponse::Ok().json(serde_json::json!({ "key": "K".repeat(5_000) })),
         "/held" => {
             if seen.held.lock().unwrap().contains(&grant) {
                 seen.holding.fetch_add(1, Ordering::SeqCst);
@@ -259,6 +265,47 @@ async fn an_oversized_key_answer_fails_the_job_without_being_read() {
     // have a few chunks in flight in socket buffers).
     let streamed = vendor.seen.streamed.load(Ordering::SeqCst);
     assert!(streamed < 8 * 1024 * 1024, "read {streamed} bytes");
+    app.stop().await;
+    vendor.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_no_grant_may_hold_fails_only_its_job_and_is_never_stored() {
+    let vendor = Hostile::start("http://127.0.0.1:9");
+    let kinds = ["escape", "nul", "long"];
+    let app = TestApp::spawn_with(Role::Web, |s| {
+        for kind in kinds {
+            let url = format!("{}/bad-key/{kind}", vendor.base);
+            s.key_sources.insert(kind.into(), source(url, 10));
+        }
+    })
+    .await;
+    let mut bad = Vec::new();
+    for kind in kinds {
+        let entitlement = format!("ent_bad_{kind}");
+        add_http_pool(&app, kind, &entitlement, kind).await;
+        bad.push(sell_of(&app, &entitlement).await);
+    }
+    app.add_pool("pro", ENT, &["PRO-AAAA-BBBB-CCCC-0001"]).await;
+    let good = app.sell().await;
+    run_batch(&app.worker(), 10).await.unwrap();
+    for grant in &bad {
+        let job = app.job(grant).await;
+        assert_eq!(job.state, JobState::Failed, "{grant}");
+        let error = job.last_error.unwrap();
+        assert!(error.contains("the key it gave is not valid"), "{error}");
+        assert!(
+            !error.contains('\u{1b}') && !error.contains('\0') && error.len() < 1_000,
+            "the error is printable and short: {error:?}"
+        );
+    }
+    assert_eq!(app.job_state(&good).await, JobState::Delivered);
+    assert_eq!(
+        app.count("SELECT count(*) FROM keys WHERE pool_id IN (SELECT id FROM pools WHERE source = 'http')")
+            .await,
+        0,
+        "no key was stored for an http pool"
+    );
     app.stop().await;
     vendor.stop().await;
 }
