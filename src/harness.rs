@@ -55,6 +55,7 @@ pub fn start_sandbox(settings: &mut Settings) -> anyhow::Result<RunningSandbox> 
             secret: settings.webhook.secret.clone().expect("set above"),
             key_pointer: "/license/key".into(),
             timeout_secs: 2,
+            revoke_url: Some(format!("{}/vendor/revocations", sandbox.base_url)),
         },
     );
     Ok(sandbox)

@@ -2,8 +2,15 @@
 //! `.revoked` event changes a grant's job and key. Every applied event records the grant's
 //! `updated_at`; an event that is not newer is stale and changes nothing, so any arrival order
 //! ends in the same state. The store applies what `settle` decides.
+//!
+//! A revocation revokes the key for good or suspends it, by its reason (`reasons`). A suspended
+//! key is reinstated when Dodo shows the grant delivered again with it, and revoked once a
+//! newer grant of the same subscription and entitlement is delivered (`superseded`).
 
 use chrono::{DateTime, Utc};
+
+pub mod reasons;
+pub use reasons::{Meaning, meaning};
 
 use crate::domain::{JobState, KeyAction, KeyState};
 
@@ -59,6 +66,8 @@ pub struct JobNow {
     pub key: Option<KeyState>,
     /// The grant's `updated_at` of the newest event applied.
     pub seen: Option<DateTime<Utc>>,
+    /// A newer grant of the same subscription and entitlement has been delivered.
+    pub superseded: bool,
 }
 
 /// What to do.
@@ -92,33 +101,13 @@ pub fn settle(job: Option<&JobNow>, facts: &EventFacts) -> Settlement {
     };
     if let (Some(seen), Some(at)) = (job.seen, facts.at)
         && at <= seen
+        && !revokes_for_good(job, facts)
     {
         return Settlement::Stale;
     }
     let ours = facts.carries_our_key;
-    let reserved = job.key == Some(KeyState::Reserved);
-    let reason = facts.reason.as_deref().unwrap_or("no reason given");
     let (next, key, note) = match facts.event {
-        GrantEvent::Delivered if job.state == JobState::Delivered => {
-            (None, deliver_if(ours && reserved), "delivered".to_string())
-        }
-        GrantEvent::Delivered if job.state == JobState::Cancelled => {
-            (None, KeyAction::Keep, "delivered after cancel".into())
-        }
-        GrantEvent::Delivered if ours => (
-            Some(JobState::Delivered),
-            KeyAction::Deliver,
-            "delivered with our key".into(),
-        ),
-        GrantEvent::Delivered => (
-            Some(JobState::Delivered),
-            if reserved {
-                KeyAction::Release
-            } else {
-                KeyAction::Keep
-            },
-            "delivered elsewhere with another key".into(),
-        ),
+        GrantEvent::Delivered => delivered(job, ours),
         GrantEvent::Failed if job.state.is_finished() => (
             None,
             KeyAction::Keep,
@@ -127,25 +116,96 @@ pub fn settle(job: Option<&JobNow>, facts: &EventFacts) -> Settlement {
         GrantEvent::Failed => (
             Some(JobState::Failed),
             KeyAction::Keep,
-            format!("Dodo reports the grant failed: {reason}"),
+            format!(
+                "Dodo reports the grant failed: {}",
+                facts.reason.as_deref().unwrap_or("no reason given")
+            ),
         ),
-        GrantEvent::Revoked => (
-            (job.state != JobState::Cancelled).then_some(JobState::Cancelled),
-            if job.key == Some(KeyState::Delivered) || (ours && reserved) {
-                KeyAction::Revoke
-            } else if reserved {
-                KeyAction::Release
-            } else {
-                KeyAction::Keep
-            },
-            format!("revoked at Dodo ({reason})"),
-        ),
+        GrantEvent::Revoked => revoked(job, ours, facts.reason.as_deref()),
     };
     Settlement::Apply {
         job: next,
         key,
         note,
     }
+}
+
+/// A revocation for good still to be applied: it wins over a delivery that looks newer, since
+/// Dodo never delivers a grant again after such a revocation.
+fn revokes_for_good(job: &JobNow, facts: &EventFacts) -> bool {
+    let live = matches!(
+        job.key,
+        Some(KeyState::Reserved | KeyState::Delivered | KeyState::Suspended)
+    );
+    facts.event == GrantEvent::Revoked
+        && meaning(facts.reason.as_deref()).is_final()
+        && (job.state != JobState::Cancelled || live)
+}
+
+type Decision = (Option<JobState>, KeyAction, String);
+
+fn delivered(job: &JobNow, ours: bool) -> Decision {
+    let reserved = job.key == Some(KeyState::Reserved);
+    match job.state {
+        JobState::Delivered if job.key == Some(KeyState::Suspended) && ours && !job.superseded => (
+            None,
+            KeyAction::Reinstate,
+            "delivered again: reinstated".into(),
+        ),
+        JobState::Delivered => (None, deliver_if(ours && reserved), "delivered".into()),
+        JobState::Cancelled => (None, KeyAction::Keep, "delivered after cancel".into()),
+        _ if ours => (
+            Some(JobState::Delivered),
+            KeyAction::Deliver,
+            "delivered with our key".into(),
+        ),
+        _ => (
+            Some(JobState::Delivered),
+            if reserved {
+                KeyAction::Release
+            } else {
+                KeyAction::Keep
+            },
+            "delivered elsewhere with another key".into(),
+        ),
+    }
+}
+
+fn revoked(job: &JobNow, ours: bool, reason: Option<&str>) -> Decision {
+    let shown = reason.unwrap_or("no reason given");
+    let held = match job.key {
+        Some(KeyState::Delivered | KeyState::Suspended) => true,
+        Some(KeyState::Reserved) => ours,
+        _ => false,
+    };
+    let meaning = meaning(reason);
+    if held && meaning == Meaning::Suspend && !job.superseded {
+        let key = if job.key == Some(KeyState::Suspended) {
+            KeyAction::Keep
+        } else {
+            KeyAction::Suspend
+        };
+        let next = (job.state != JobState::Delivered).then_some(JobState::Delivered);
+        return (next, key, format!("suspended at Dodo ({shown})"));
+    }
+    let key = if held {
+        KeyAction::Revoke
+    } else if job.key == Some(KeyState::Reserved) {
+        KeyAction::Release
+    } else {
+        KeyAction::Keep
+    };
+    let note = match meaning {
+        Meaning::Review => format!(
+            "revoked at Dodo ({shown}): a reason keyrelay does not know, treated as a revoke; review it"
+        ),
+        Meaning::Suspend if held => {
+            format!("revoked at Dodo ({shown}): a newer grant of the subscription was delivered")
+        }
+        _ => format!("revoked at Dodo ({shown})"),
+    };
+    let next = (job.state != JobState::Cancelled).then_some(JobState::Cancelled);
+    (next, key, note)
 }
 
 fn deliver_if(yes: bool) -> KeyAction {
@@ -156,5 +216,7 @@ fn deliver_if(yes: bool) -> KeyAction {
     }
 }
 
+#[cfg(test)]
+mod revocation_tests;
 #[cfg(test)]
 mod tests;

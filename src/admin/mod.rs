@@ -30,6 +30,8 @@ pub struct AdminState {
     pub vault: std::sync::Arc<crate::crypto::Vault>,
     /// The overview's slow figures, shared by every viewer.
     pub figures: figures::Figures,
+    /// Who is owed notices of what a replay changes.
+    pub to: crate::store::Recipients,
 }
 
 /// Adds the `/admin` routes.
@@ -50,6 +52,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/events/{webhook_id}/replay",
                 web::post().to(views::replay_event),
             )
+            .route("/outbox", web::get().to(views::outbox_page))
+            .route("/outbox/{id}/retry", web::post().to(views::retry_notice))
             .route("/jobs/{grant_id}", web::get().to(job_page))
             .route("/jobs/{grant_id}/{action}", web::post().to(job_action_form))
             .route("/api/stats", web::get().to(api_stats))
@@ -104,6 +108,8 @@ impl Flash {
                 "cancel done: the job is cancelled; its key stays reserved because Dodo may hold it"
             }
             "wrong_state" => "that is not possible in the job's current state",
+            "notice_retried" => "the notice is queued to be sent again",
+            "notice_not_failed" => "that notice is not parked; nothing changed",
             "not_found" => "there is no such job",
             "unknown_action" => "unknown action",
             _ => return None,

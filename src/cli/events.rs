@@ -102,8 +102,9 @@ pub async fn run(db: &Db, settings: &Settings, command: EventsCommand) -> anyhow
         },
         EventsCommand::Replay { webhook_ids } => {
             let vault = settings.keys.vault()?;
+            let to = settings.recipients();
             for id in webhook_ids {
-                let outcome = events::replay(db, &vault, &id, Actor::Cli).await?;
+                let outcome = events::replay(db, &vault, &id, Actor::Cli, &to).await?;
                 println!(
                     "{id}: {}",
                     match outcome {

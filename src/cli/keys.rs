@@ -26,6 +26,9 @@ pub enum KeysCommand {
         /// The public key printed by `keys new-signing-key` (base64).
         #[arg(long, value_name = "PK")]
         public_key: String,
+        /// A revocation list saved from `GET /signing-keys/revoked`: a key on it is refused.
+        #[arg(long, value_name = "FILE")]
+        revocations: Option<std::path::PathBuf>,
     },
 }
 
@@ -49,14 +52,44 @@ pub fn run_offline(command: &KeysCommand) -> Option<anyhow::Result<bool>> {
             );
             Ok(true)
         }
-        KeysCommand::Verify { key, public_key } => verify(key, public_key),
+        KeysCommand::Verify {
+            key,
+            public_key,
+            revocations,
+        } => verify(key, public_key, revocations.as_deref()),
     })
 }
 
-fn verify(key: &str, public_key: &str) -> anyhow::Result<bool> {
+fn verify(
+    key: &str,
+    public_key: &str,
+    revocations: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
     let public = sign::parse_public_key(public_key)?;
+    let list = match revocations {
+        Some(path) => {
+            let served = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the revocation list {}: {e}", path.display())
+            })?;
+            Some(
+                crate::sources::revocations::verify(&served, &public)
+                    .map_err(|e| anyhow::anyhow!("{e} ({})", path.display()))?,
+            )
+        }
+        None => None,
+    };
     match sign::verify(key, &public) {
         Ok(payload) => {
+            if let Some(entry) = list.as_ref().and_then(|l| l.find(&payload.grant_id)) {
+                eprintln!(
+                    "invalid key: it is {} (since {}, revocation list #{}); grant {}",
+                    entry.state,
+                    entry.since,
+                    list.as_ref().map_or(0, |l| l.sequence),
+                    payload.grant_id
+                );
+                return Ok(false);
+            }
             println!("{}", serde_json::to_string_pretty(&payload)?);
             Ok(true)
         }

@@ -5,6 +5,7 @@ mod demo;
 mod events;
 mod jobs;
 mod keys;
+mod outbox;
 mod output;
 mod pool;
 pub mod sandbox;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Stored webhooks: list, show, replay.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// What keyrelay owes key vendors and the shop: list, show, retry.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
     /// Queue pending grants at Dodo whose webhook never arrived.
     Reconcile,
     /// Key material: signing keys for `sign` pools, and checking a signed key.
@@ -190,6 +194,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Events(command) => {
             events::run(&crate::db::connect(&settings).await?, &settings, command).await?
+        }
+        Command::Outbox(command) => {
+            outbox::run(&crate::db::connect(&settings).await?, command).await?
         }
         Command::Reconcile => events::reconcile(&settings).await?,
         Command::Demo {

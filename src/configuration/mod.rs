@@ -16,7 +16,7 @@ pub use crate::sources::{KeySourceSettings, how_to_add_key_source};
 pub use dodo::{DodoEnvironment, DodoSettings, RateLimitTier};
 pub use sections::{
     AdminSettings, AlertSettings, ApiSettings, HttpSettings, KeySettings, LogFormat, LogSettings,
-    ReconcilerSettings, RetentionSettings, WebhookSettings, WorkerSettings,
+    NotifySettings, ReconcilerSettings, RetentionSettings, WebhookSettings, WorkerSettings,
 };
 
 mod dodo;
@@ -37,6 +37,8 @@ const CONVENTIONAL_ENV: &[(&str, &str)] = &[
     ("KEYRELAY_API_TOKEN", "api.token"),
     ("KEYRELAY_SIGNING_KEY", "keys.signing_key"),
     ("KEYRELAY_ENCRYPTION_KEY", "keys.encryption_keys"),
+    ("KEYRELAY_NOTIFY_URL", "notify.url"),
+    ("KEYRELAY_NOTIFY_SECRET", "notify.secret"),
 ];
 
 /// Shortest admin token accepted: it guards retries and cancels of paid grants.
@@ -84,6 +86,8 @@ pub struct Settings {
     pub alerts: AlertSettings,
     #[serde(default)]
     pub keys: KeySettings,
+    #[serde(default)]
+    pub notify: NotifySettings,
     /// HTTP key sources by name (`[key_sources.NAME]`), for `--source http` pools.
     #[serde(default)]
     pub key_sources: HashMap<String, KeySourceSettings>,
@@ -150,6 +154,7 @@ impl Settings {
             &mut self.dodo.base_url,
             &mut self.alerts.webhook_url,
             &mut self.http.metrics_bind,
+            &mut self.notify.url,
         ] {
             if url.as_deref().is_some_and(|u| u.trim().is_empty()) {
                 *url = None;
@@ -178,6 +183,22 @@ impl Settings {
             self.keys.signing_key()?,
             self.key_sources.clone(),
         ))
+    }
+
+    /// Who is owed notices of what keyrelay changes: the shop when `notify.url` is set, and
+    /// the key sources that have a `revoke_url`.
+    pub fn recipients(&self) -> crate::store::Recipients {
+        let mut vendors: Vec<String> = self
+            .key_sources
+            .iter()
+            .filter(|(_, source)| source.revoke_url.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        vendors.sort();
+        crate::store::Recipients {
+            shop: self.notify.url.is_some(),
+            vendors,
+        }
     }
 
     /// How keyrelay reaches Postgres, and why, in one line for the start log.

@@ -149,6 +149,44 @@ pub struct AlertSettings {
     pub webhook_url: Option<String>,
 }
 
+/// `[notify]`: the shop's own endpoint, told of what happens to keys and grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub url: Option<String>,
+    /// `whsec_…`: keyrelay signs its notices with it (Standard Webhooks).
+    pub secret: Option<SecretString>,
+    /// Send the whole key instead of its masked form.
+    #[serde(default)]
+    pub include_key: bool,
+    /// How long a notice is retried (5xx, 429, no answer) before it is parked for a human.
+    #[serde(default = "default_give_up_after_hours")]
+    pub give_up_after_hours: u64,
+    /// How long the shop may take to answer one notice.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> NotifySettings {
+        NotifySettings {
+            url: None,
+            secret: None,
+            include_key: false,
+            give_up_after_hours: default_give_up_after_hours(),
+            timeout_secs: default_notify_timeout(),
+        }
+    }
+}
+
+fn default_give_up_after_hours() -> u64 {
+    72
+}
+
+fn default_notify_timeout() -> u64 {
+    10
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {

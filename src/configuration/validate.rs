@@ -29,6 +29,7 @@ impl Settings {
         }
         self.validate_worker()?;
         self.validate_http()?;
+        self.validate_notify()?;
         if self.retention.days < 2 {
             bail!("retention.days must be at least 2 (Dodo retries webhooks for about 28 hours)");
         }
@@ -53,6 +54,40 @@ impl Settings {
                     "alerts.webhook_url is not a valid http(s) URL (not shown: a webhook URL is a credential)"
                 );
             }
+        }
+        Ok(())
+    }
+
+    fn validate_notify(&self) -> anyhow::Result<()> {
+        let notify = &self.notify;
+        let Some(url) = &notify.url else {
+            if notify.secret.is_some() {
+                bail!(
+                    "notify.secret is set but notify.url is not: set KEYRELAY_NOTIFY_URL to the shop's endpoint, or remove the secret"
+                );
+            }
+            return Ok(());
+        };
+        if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            bail!(
+                "notify.url (KEYRELAY_NOTIFY_URL) is not a valid http(s) URL (not shown: it may hold a credential)"
+            );
+        }
+        let Some(secret) = &notify.secret else {
+            bail!(
+                "notify.url is set but notify.secret is not: the shop verifies every notice with it; set KEYRELAY_NOTIFY_SECRET to whsec_ followed by 32 random bytes in base64 (`openssl rand -base64 32`), and give the shop the same secret"
+            );
+        };
+        parse_webhook_secrets(secret.expose_secret()).map_err(|_| {
+            anyhow::anyhow!(
+                "notify.secret (KEYRELAY_NOTIFY_SECRET) is not whsec_ followed by base64"
+            )
+        })?;
+        if notify.give_up_after_hours == 0 {
+            bail!("notify.give_up_after_hours must be at least 1");
+        }
+        if !(1..=300).contains(&notify.timeout_secs) {
+            bail!("notify.timeout_secs must be between 1 and 300");
         }
         Ok(())
     }

@@ -100,6 +100,8 @@ pub struct Grant {
     pub license_key: Option<LicenseKey>,
     #[serde(default)]
     pub payment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
 }
 
 impl Grant {

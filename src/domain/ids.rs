@@ -101,6 +101,14 @@ impl IdKind for Payment {
 }
 pub type PaymentId = Id<Payment>;
 
+/// Marks a subscription id (a grant's subscription: a newer grant of it supersedes older ones).
+#[derive(Debug)]
+pub enum Subscription {}
+impl IdKind for Subscription {
+    const NAME: &'static str = "subscription id";
+}
+pub type SubscriptionId = Id<Subscription>;
+
 impl<K> Clone for Id<K> {
     fn clone(&self) -> Self {
         Id::trusted(self.value.clone())

@@ -8,7 +8,9 @@ mod text;
 
 use serde::{Deserialize, Serialize};
 
-pub use ids::{CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN, PaymentId};
+pub use ids::{
+    CustomerId, EntitlementId, GrantId, Id, IdError, IdKind, MAX_ID_LEN, PaymentId, SubscriptionId,
+};
 pub use key::{KeyError, LicenseKey, MAX_KEY_LEN, mask_key};
 pub use outcome::{AttemptOutcome, KeyAction, Serve};
 pub use text::{printable, unsafe_in_id};
@@ -97,6 +99,9 @@ pub enum KeyState {
     Available,
     Reserved,
     Delivered,
+    /// Delivered, then revoked for a reason that can reverse: it does not count until Dodo
+    /// shows the grant delivered again.
+    Suspended,
     Rejected,
     Revoked,
 }
@@ -107,6 +112,7 @@ impl KeyState {
             KeyState::Available => "available",
             KeyState::Reserved => "reserved",
             KeyState::Delivered => "delivered",
+            KeyState::Suspended => "suspended",
             KeyState::Rejected => "rejected",
             KeyState::Revoked => "revoked",
         }

@@ -25,6 +25,10 @@ pub enum KeyAction {
     Release,
     /// Dodo already holds this value for someone else: never offered again.
     Reject,
+    /// Delivered, then the grant was revoked for a reason that can reverse.
+    Suspend,
+    /// Suspended, and Dodo shows the grant delivered again.
+    Reinstate,
     /// Delivered, then the grant was revoked: never offered again.
     Revoke,
 }
@@ -37,6 +41,8 @@ impl KeyAction {
             KeyAction::Deliver => "deliver",
             KeyAction::Release => "release",
             KeyAction::Reject => "reject",
+            KeyAction::Suspend => "suspend",
+            KeyAction::Reinstate => "reinstate",
             KeyAction::Revoke => "revoke",
         }
     }

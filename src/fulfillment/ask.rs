@@ -41,7 +41,16 @@ pub async fn fetch_key(ctx: &WorkerContext, job: KeylessJob) -> Result<(), sqlx:
             job.endpoint()
         );
         tracing::error!(grant_id = %job.grant_id, pool = %job.pool(), error = %error, "no key from the endpoint; job failed");
-        asking::settle_keyless(&ctx.db, &job, JobState::Failed, Utc::now(), false, &error).await?;
+        asking::settle_keyless(
+            &ctx.db,
+            &job,
+            JobState::Failed,
+            Utc::now(),
+            false,
+            &error,
+            &ctx.to,
+        )
+        .await?;
         return Ok(());
     }
     if let Some(timeout) = ctx.sources.endpoint_timeout(job.endpoint()) {
@@ -75,7 +84,16 @@ async fn settle(
     let grant_id = job.grant_id.as_str();
     let failed = |error: String| async move {
         tracing::error!(grant_id, pool = %job.pool(), error = %error, "no key from the endpoint; job failed");
-        asking::settle_keyless(&ctx.db, job, JobState::Failed, Utc::now(), false, &error).await
+        asking::settle_keyless(
+            &ctx.db,
+            job,
+            JobState::Failed,
+            Utc::now(),
+            false,
+            &error,
+            &ctx.to,
+        )
+        .await
     };
     match answer {
         Ok(key) => {
@@ -83,7 +101,7 @@ async fn settle(
                 Ok(vault) => vault,
                 Err(why) => return failed(why).await.map(drop),
             };
-            match asking::record_received(&ctx.db, vault, job, idempotency, &key).await? {
+            match asking::record_received(&ctx.db, vault, job, idempotency, &key, &ctx.to).await? {
                 Received::Bound => {
                     tracing::info!(grant_id, pool = %job.pool(), "key received from the endpoint")
                 }
@@ -120,8 +138,16 @@ async fn settle(
             let delay = ctx.retry.delay(attempt, retry_after, &mut rand::rng());
             let run_at = super::run::later(Utc::now(), delay);
             tracing::warn!(grant_id, pool = %job.pool(), error = %error, "the endpoint gave no key; will retry with the same idempotency key");
-            asking::settle_keyless(&ctx.db, job, JobState::Retrying, run_at, slow_down, &error)
-                .await?;
+            asking::settle_keyless(
+                &ctx.db,
+                job,
+                JobState::Retrying,
+                run_at,
+                slow_down,
+                &error,
+                &ctx.to,
+            )
+            .await?;
         }
     }
     Ok(())

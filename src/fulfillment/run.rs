@@ -18,7 +18,7 @@ use crate::dodo::{CallError, DodoClient, FulfillRequest, Turn};
 use crate::domain::{AttemptOutcome, JobState, KeyAction, LicenseKey, printable};
 use crate::ops::alerts::Alerter;
 use crate::sources::Sources;
-use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, ReservedKey};
+use crate::store::{self, AttemptRecord, ClaimedJob, Completion, NextKey, Recipients, ReservedKey};
 
 /// Everything a job needs to run.
 #[derive(Clone)]
@@ -33,6 +33,8 @@ pub struct WorkerContext {
     pub sources: Sources,
     /// Seals new keys and opens bound ones.
     pub vault: Option<Arc<Vault>>,
+    /// Who is owed notices of what the workers change.
+    pub to: Recipients,
 }
 
 impl WorkerContext {
@@ -49,7 +51,15 @@ impl WorkerContext {
             lease: settings.lease(),
             sources: Sources::default(),
             vault: None,
+            to: Recipients::default(),
         }
+    }
+
+    /// Owes notices of what the workers change to `to`.
+    pub fn with_recipients(mut self, to: Recipients) -> WorkerContext {
+        self.alerter = self.alerter.with_shop(to.shop);
+        self.to = to;
+        self
     }
 
     /// Gets keys from `sources` (signing, endpoints).
@@ -79,13 +89,14 @@ impl WorkerContext {
             self.lease,
             &self.sources,
             self.vault.as_deref(),
+            &self.to,
         )
         .await
     }
 
     /// Sends low-stock alerts to `url` as well as to the log and metrics.
     pub fn with_alert_webhook(mut self, url: Option<String>) -> WorkerContext {
-        self.alerter = Alerter::new(url);
+        self.alerter = Alerter::new(url).with_shop(self.to.shop);
         self
     }
 
@@ -155,6 +166,7 @@ pub async fn run_job(ctx: &WorkerContext, mut job: ClaimedJob) -> Option<Complet
                 &attempt(&decision),
                 &ctx.sources,
                 ctx.vault.as_deref(),
+                &ctx.to,
             )
             .await
             {

@@ -15,7 +15,7 @@ use super::run::{WorkerContext, guarded, run_job};
 use crate::backoff::RetryPolicy;
 use crate::configuration::WorkerSettings;
 use crate::signal::JobSignal;
-use crate::store::{self, ClaimedJob, Completion};
+use crate::store::{self, ClaimedJob, Completion, Recipients};
 
 /// Most jobs claimed in one transaction.
 const MAX_CLAIM_BATCH: usize = 128;
@@ -86,7 +86,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
-        let (completions, completer) = spawn_completer(self.ctx.db.clone());
+        let (completions, completer) = spawn_completer(self.ctx.db.clone(), self.ctx.to.clone());
         tracing::info!(concurrency = self.concurrency, "worker pool started");
         let asking = tokio::spawn(ask_loop(
             self.ctx.clone(),
@@ -202,6 +202,7 @@ type CompletionMsg = (Completion, oneshot::Sender<()>);
 /// one statement, retrying while the database is unavailable. Acknowledges each when written.
 fn spawn_completer(
     db: Db,
+    to: Recipients,
 ) -> (
     mpsc::UnboundedSender<CompletionMsg>,
     tokio::task::JoinHandle<()>,
@@ -214,7 +215,7 @@ fn spawn_completer(
                 buffer.drain(..).unzip();
             let mut failures = 0;
             loop {
-                match store::complete_batch(&db, &batch).await {
+                match store::complete_batch(&db, &batch, &to).await {
                     Ok(applied) => {
                         if applied.len() < batch.len() {
                             for c in batch.iter().filter(|c| !applied.contains(&c.grant_id)) {
@@ -323,7 +324,7 @@ pub async fn run_batch(ctx: &WorkerContext, limit: usize) -> anyhow::Result<Vec<
         .flatten()
         .collect();
     if !completions.is_empty() {
-        store::complete_batch(&ctx.db, &completions).await?;
+        store::complete_batch(&ctx.db, &completions, &ctx.to).await?;
     }
     Ok(completions)
 }

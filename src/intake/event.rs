@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use super::signature::VerifiedWebhook;
 use crate::crypto::Vault;
 use crate::dodo::{Envelope, Grant, GrantStatus};
-use crate::domain::{CustomerId, EntitlementId, GrantId, IdError, PaymentId, Serve, printable};
+use crate::domain::{
+    CustomerId, EntitlementId, GrantId, IdError, PaymentId, Serve, SubscriptionId, printable,
+};
 use crate::lifecycle::GrantEvent;
 use crate::store::enqueue::NewJob;
 
@@ -40,6 +42,9 @@ pub struct GrantFacts {
     /// The grant's payment; a payment id keyrelay cannot store is dropped, not refused: the
     /// grant is served all the same, only not found by that id.
     pub payment_id: Option<PaymentId>,
+    /// The grant's subscription, dropped like the payment id when it cannot be stored.
+    pub subscription_id: Option<SubscriptionId>,
+    pub created_at: Option<DateTime<Utc>>,
     pub status: GrantStatus,
     pub serve: Serve,
     pub updated_at: Option<DateTime<Utc>>,
@@ -70,6 +75,11 @@ impl GrantFacts {
                 .payment_id
                 .as_deref()
                 .and_then(|p| PaymentId::parse(p).ok()),
+            subscription_id: grant
+                .subscription_id
+                .as_deref()
+                .and_then(|s| SubscriptionId::parse(s).ok()),
+            created_at: parse_time(grant.created_at.as_deref()),
             status: grant.status.clone(),
             serve: ownership(grant),
             updated_at: parse_time(grant.updated_at.as_deref()),
@@ -106,6 +116,8 @@ impl GrantFacts {
             entitlement_id: &self.entitlement_id,
             customer_id: &self.customer_id,
             payment_id: self.payment_id.as_ref(),
+            subscription_id: self.subscription_id.as_ref(),
+            grant_created_at: self.created_at,
             grant_updated_at: self.updated_at,
             serve: self.serve,
         }

@@ -30,6 +30,8 @@ pub struct IntakeState {
     pub body_timeout: Duration,
     /// Seals the license keys that delivered events carry.
     pub vault: Arc<Vault>,
+    /// Who is owed notices of what lifecycle events change.
+    pub to: crate::store::Recipients,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +176,7 @@ pub async fn receive_webhook(
         &state.vault,
         &event,
         Recording::Received,
+        &state.to,
     ))
     .await
     .map_err(|e| {

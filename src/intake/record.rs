@@ -10,8 +10,9 @@ use sqlx::{Postgres, Transaction};
 use super::event::{GrantFacts, IncomingEvent};
 use super::payload_keys;
 use crate::crypto::Vault;
-use crate::domain::Actor;
-use crate::lifecycle::{self, EventFacts, GrantEvent, JobNow, Settlement};
+use crate::domain::{Actor, JobState};
+use crate::lifecycle::{self, EventFacts, GrantEvent, JobNow, Meaning, Settlement};
+use crate::store::Recipients;
 use crate::store::audit::{self, Subject};
 use crate::store::enqueue::{self, NewEvent};
 use crate::store::settle::{self as settle_store, EventSettlement};
@@ -87,6 +88,7 @@ pub async fn record(
     vault: &Vault,
     event: &IncomingEvent<'_>,
     how: Recording,
+    to: &Recipients,
 ) -> Result<Outcome, sqlx::Error> {
     let (payload, key_sealed_with) = payload_keys::seal(&event.payload, vault, event.webhook_id);
     let row = NewEvent {
@@ -102,7 +104,18 @@ pub async fn record(
         let new_event = enqueue::insert_event(&mut *tx, row, None).await?;
         let settled = match how {
             Recording::Received if !new_event => false,
-            _ => apply(&mut tx, vault, kind, grant, event.timestamp, how.actor()).await?,
+            _ => {
+                apply(
+                    &mut tx,
+                    vault,
+                    kind,
+                    grant,
+                    event.timestamp,
+                    how.actor(),
+                    to,
+                )
+                .await?
+            }
         };
         let outcome = Outcome {
             new_event,
@@ -137,6 +150,7 @@ async fn apply(
     grant: &GrantFacts,
     event_time: Option<DateTime<Utc>>,
     actor: Actor,
+    to: &Recipients,
 ) -> Result<bool, sqlx::Error> {
     let job = settle_store::lock_job_for_event(tx, &grant.id).await?;
     let facts = EventFacts {
@@ -152,6 +166,7 @@ async fn apply(
         state: j.state,
         key: j.key_state,
         seen: j.grant_updated_at,
+        superseded: j.superseded,
     });
     let settlement = lifecycle::settle(now.as_ref(), &facts);
     let applied = match &settlement {
@@ -167,14 +182,25 @@ async fn apply(
                 job_state: *next,
                 key_action: *key,
                 note,
+                reason: facts.reason.as_deref(),
             };
-            settle_store::settle_by_event(tx, &grant.id, key_id, change, actor).await?;
+            settle_store::settle_by_event(tx, &grant.id, key_id, change, actor, to).await?;
             true
         }
         Settlement::Unseen { state, note } => {
-            enqueue::record_unseen_grant(tx, grant.as_new_job(), *state, note, actor).await?
+            let recorded =
+                enqueue::record_unseen_grant(tx, grant.as_new_job(), *state, note, actor).await?;
+            if recorded && *state == JobState::Delivered {
+                crate::store::supersede(tx, std::slice::from_ref(&grant.id), actor, to).await?;
+            }
+            recorded
         }
     };
+    if kind == GrantEvent::Revoked && lifecycle::meaning(facts.reason.as_deref()) == Meaning::Review
+    {
+        metrics::counter!("keyrelay_unknown_revocation_reasons_total").increment(1);
+        tracing::warn!(grant_id = %grant.id, reason = ?facts.reason, "a revocation reason keyrelay does not know: treated as a revoke; review the grant");
+    }
     tracing::info!(grant_id = %grant.id, event_type = kind.as_type(), applied, ?settlement, "lifecycle event");
     Ok(applied)
 }

@@ -4,11 +4,11 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
 
-fn minute(m: u32) -> Option<DateTime<Utc>> {
+pub(super) fn minute(m: u32) -> Option<DateTime<Utc>> {
     Some(Utc.with_ymd_and_hms(2026, 11, 20, 10, m, 0).unwrap())
 }
 
-fn facts(event: GrantEvent, carries_our_key: bool, at: u32) -> EventFacts {
+pub(super) fn facts(event: GrantEvent, carries_our_key: bool, at: u32) -> EventFacts {
     EventFacts {
         event,
         at: minute(at),
@@ -17,15 +17,16 @@ fn facts(event: GrantEvent, carries_our_key: bool, at: u32) -> EventFacts {
     }
 }
 
-fn job(state: JobState, key: Option<KeyState>) -> JobNow {
+pub(super) fn job(state: JobState, key: Option<KeyState>) -> JobNow {
     JobNow {
         state,
         key,
         seen: None,
+        superseded: false,
     }
 }
 
-fn decided(settlement: Settlement) -> (Option<JobState>, KeyAction) {
+pub(super) fn decided(settlement: Settlement) -> (Option<JobState>, KeyAction) {
     match settlement {
         Settlement::Apply { job, key, .. } => (job, key),
         other => panic!("expected a change, got {other:?}"),
@@ -172,9 +173,12 @@ fn an_event_for_an_unknown_grant_records_its_end_state() {
 /// An event as the model delivers it: `created` makes a queued job if none exists (the
 /// store's `ON CONFLICT DO NOTHING`); the others go through `settle`.
 #[derive(Debug, Clone)]
-enum Arrival {
+pub(super) enum Arrival {
     Created,
     Lifecycle(EventFacts),
+    /// A newer grant of the same subscription and entitlement is delivered: the store revokes
+    /// a suspended key and cancels its job (`store::settle::supersede`).
+    NewerGrantDelivered,
 }
 
 /// Applies arrivals the way the store applies settlements.
@@ -186,6 +190,7 @@ fn run(mut job: Option<JobNow>, arrivals: &[Arrival]) -> Option<JobNow> {
                     state: JobState::Queued,
                     key: None,
                     seen: None,
+                    superseded: false,
                 });
             }
             Arrival::Lifecycle(facts) => match settle(job.as_ref(), facts) {
@@ -195,20 +200,31 @@ fn run(mut job: Option<JobNow>, arrivals: &[Arrival]) -> Option<JobNow> {
                         state,
                         key: None,
                         seen: facts.at,
+                        superseded: false,
                     })
                 }
                 Settlement::Apply { job: next, key, .. } => {
                     let current = job.as_mut().expect("apply needs a job");
                     current.state = next.unwrap_or(current.state);
-                    current.seen = facts.at;
+                    current.seen = current.seen.max(facts.at);
                     current.key = match key {
                         KeyAction::Keep => current.key,
-                        KeyAction::Deliver => Some(KeyState::Delivered),
+                        KeyAction::Deliver | KeyAction::Reinstate => Some(KeyState::Delivered),
+                        KeyAction::Suspend => Some(KeyState::Suspended),
                         KeyAction::Revoke => Some(KeyState::Revoked),
                         KeyAction::Release | KeyAction::Reject => None,
                     };
                 }
             },
+            Arrival::NewerGrantDelivered => {
+                if let Some(current) = job.as_mut() {
+                    current.superseded = true;
+                    if current.key == Some(KeyState::Suspended) {
+                        current.key = Some(KeyState::Revoked);
+                        current.state = JobState::Cancelled;
+                    }
+                }
+            }
         }
     }
     job
@@ -231,7 +247,7 @@ fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
 }
 
 /// Every order of `arrivals`, each delivered twice over, ends in `expected`.
-fn every_order_ends_in(
+pub(super) fn every_order_ends_in(
     start: Option<JobNow>,
     arrivals: &[Arrival],
     expected: (JobState, Option<KeyState>),

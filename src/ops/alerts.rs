@@ -19,6 +19,8 @@ pub struct Alerter {
     http: reqwest::Client,
     webhook_url: Option<String>,
     first_retry: Duration,
+    /// The shop is owed a `pool.low_stock` notice (through the outbox).
+    shop: bool,
 }
 
 impl LowStock {
@@ -39,7 +41,14 @@ impl Alerter {
                 .expect("reqwest client"),
             webhook_url,
             first_retry: Duration::from_secs(1),
+            shop: false,
         }
+    }
+
+    /// Also tells the shop (`notify.url`), through the outbox.
+    pub fn with_shop(mut self, shop: bool) -> Alerter {
+        self.shop = shop;
+        self
     }
 
     /// Checks the pools of `entitlements` and alerts for each that just went low. The flag set
@@ -49,7 +58,7 @@ impl Alerter {
         db: &Db,
         entitlements: &[String],
     ) -> Result<Vec<LowStock>, sqlx::Error> {
-        let low = crate::store::stock::flag_low_stock(db, entitlements).await?;
+        let low = crate::store::stock::flag_low_stock(db, entitlements, self.shop).await?;
         for alert in &low {
             tracing::warn!(pool = %alert.pool, available = alert.available, threshold = alert.threshold, "pool is low on keys");
             metrics::counter!("keyrelay_low_stock_alerts_total", "pool" => alert.pool.clone())

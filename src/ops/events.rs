@@ -8,7 +8,7 @@ use crate::domain::Actor;
 use crate::intake::event::IncomingEvent;
 use crate::intake::payload_keys;
 use crate::intake::record::{self, Recording};
-use crate::store::read;
+use crate::store::{Recipients, read};
 
 pub use crate::intake::record::ReplayOutcome;
 pub use crate::store::read::{EventDetail, EventSummary, list_events};
@@ -37,6 +37,7 @@ pub async fn replay(
     vault: &Vault,
     webhook_id: &str,
     actor: Actor,
+    to: &Recipients,
 ) -> Result<ReplayOutcome, ReplayError> {
     let stored = read::event_payload(db, webhook_id)
         .await?
@@ -45,6 +46,6 @@ pub async fn replay(
         .map_err(|e| ReplayError::Unreadable(webhook_id.to_string(), e))?;
     let event = IncomingEvent::from_parts(webhook_id, payload.as_bytes())
         .map_err(|e| ReplayError::Unparsable(webhook_id.to_string(), e.to_string()))?;
-    let outcome = record::record(db, vault, &event, Recording::Replayed(actor)).await?;
+    let outcome = record::record(db, vault, &event, Recording::Replayed(actor), to).await?;
     Ok(outcome.replayed())
 }

@@ -21,6 +21,8 @@ pub struct QueueStats {
     /// Every pool, and whether a worker found that it cannot get keys.
     pub source_broken: Vec<(String, bool)>,
     pub dead_tuples: Vec<(String, i64)>,
+    /// Notices owed to vendors and the shop.
+    pub outbox: crate::store::outbox::Backlog,
 }
 
 pub async fn read(db: &Db) -> Result<QueueStats, sqlx::Error> {
@@ -31,6 +33,7 @@ pub async fn read(db: &Db) -> Result<QueueStats, sqlx::Error> {
         keys_available: stock::stock_per_pool(db).await?,
         source_broken: crate::store::pools::source_status(db).await?,
         dead_tuples: stock::dead_tuples(db).await?,
+        outbox: crate::store::outbox::backlog(db).await?,
     })
 }
 
@@ -60,6 +63,20 @@ fn label(value: &str) -> String {
 /// The figures in Prometheus text format.
 pub fn render(stats: &QueueStats) -> String {
     let mut out = String::new();
+    let b = &stats.outbox;
+    let _ = writeln!(
+        out,
+        "# HELP keyrelay_outbox_pending Notices owed to a vendor or the shop, not yet delivered.\n\
+         # TYPE keyrelay_outbox_pending gauge\n\
+         keyrelay_outbox_pending {}\n\
+         # HELP keyrelay_outbox_failed Notices parked for a human (a 4xx, a redirect, or given up).\n\
+         # TYPE keyrelay_outbox_failed gauge\n\
+         keyrelay_outbox_failed {}\n\
+         # HELP keyrelay_outbox_oldest_pending_seconds How long the oldest undelivered notice has been owed.\n\
+         # TYPE keyrelay_outbox_oldest_pending_seconds gauge\n\
+         keyrelay_outbox_oldest_pending_seconds {:.0}",
+        b.pending, b.failed, b.oldest_pending_secs
+    );
     let _ = writeln!(
         out,
         "# HELP keyrelay_jobs Jobs by state.\n# TYPE keyrelay_jobs gauge"

@@ -2,9 +2,11 @@
 //! grants, revoke), following Dodo's documented API and webhooks. It sells grants, sends them
 //! as signed webhooks, and injects faults on request. Tests, the demo and the benchmark use it.
 
+mod controls;
 mod fulfill;
 mod limits;
 mod server;
+pub mod shop;
 mod vendor;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,7 +22,7 @@ use fulfill::apply_key;
 use limits::CallWindow;
 pub use limits::OverLimit;
 pub use server::RunningSandbox;
-pub use vendor::{License, VendorFault};
+pub use vendor::{License, VendorFault, VendorNotice};
 
 /// A fault the sandbox can inject into a fulfill call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -148,6 +150,7 @@ impl Sandbox {
             error_message: None,
             license_key: None,
             payment_id: Some(format!("pay_sbx{n:08}")),
+            subscription_id: None,
         };
         state.order.push(grant.id.clone());
         state.grants.insert(grant.id.clone(), grant.clone());
@@ -233,6 +236,44 @@ impl Sandbox {
     pub fn fulfill_elsewhere(&self, grant_id: &str, key: &str) {
         let mut state = self.lock();
         let _ = apply_key(&mut state, grant_id, key, None, None);
+    }
+
+    /// Creates a pending grant of a new subscription (as a subscription's first payment does).
+    pub fn subscribe(&self, entitlement_id: &str) -> Grant {
+        let mut grant = self.create_grant(entitlement_id, None);
+        let subscription = format!("sub_{}", &grant.id["grant_".len()..]);
+        grant.subscription_id = Some(subscription);
+        self.lock().grants.insert(grant.id.clone(), grant.clone());
+        grant
+    }
+
+    /// Re-enables a grant revoked with `license_key_disabled`: Dodo reactivates it, delivered
+    /// again with the same key. `None` when the grant is not such a grant.
+    pub fn reenable(&self, grant_id: &str) -> Option<Grant> {
+        let mut state = self.lock();
+        let grant = state.grants.get_mut(grant_id)?;
+        let disabled = grant.revocation_reason.as_deref() == Some("license_key_disabled");
+        if grant.status != GrantStatus::Revoked || !disabled || grant.license_key.is_none() {
+            return None;
+        }
+        grant.status = GrantStatus::Delivered;
+        grant.revoked_at = None;
+        grant.revocation_reason = None;
+        grant.updated_at = Some(now_iso());
+        Some(grant.clone())
+    }
+
+    /// After `subscription_on_hold`, a successful retry of the payment: a new pending grant of
+    /// the same subscription, customer and entitlement. `None` unless the grant is on hold.
+    pub fn regrant(&self, grant_id: &str) -> Option<Grant> {
+        let old = self.grant(grant_id)?;
+        if old.revocation_reason.as_deref() != Some("subscription_on_hold") {
+            return None;
+        }
+        let mut grant = self.create_grant(&old.entitlement_id, Some(&old.customer_id));
+        grant.subscription_id = old.subscription_id.clone();
+        self.lock().grants.insert(grant.id.clone(), grant.clone());
+        Some(grant)
     }
 
     /// Revokes a grant (idempotent), as `DELETE /entitlements/{ent}/grants/{id}` does.

@@ -39,9 +39,25 @@ impl RunningSandbox {
                     web::get().to(list_customer_grants),
                 )
                 .route("/vendor/licenses", web::post().to(vendor_license))
+                .route(
+                    "/vendor/revocations",
+                    web::post().to(super::vendor::vendor_revocation),
+                )
                 .route("/sandbox/sell", web::post().to(sell))
                 .route("/sandbox/faults", web::put().to(set_faults))
                 .route("/sandbox/grants", web::get().to(all_grants))
+                .route(
+                    "/sandbox/grants/{id}/revoke",
+                    web::post().to(super::controls::revoke),
+                )
+                .route(
+                    "/sandbox/grants/{id}/reenable",
+                    web::post().to(super::controls::reenable),
+                )
+                .route(
+                    "/sandbox/grants/{id}/regrant",
+                    web::post().to(super::controls::regrant),
+                )
         })
         .workers(1)
         .disable_signals()
@@ -232,27 +248,15 @@ async fn vendor_license(
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
     sandbox.count_vendor_request();
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (id, timestamp, signature) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-    );
-    let verified = timestamp.parse::<i64>().ok().is_some_and(|ts| {
-        let expected = super::sign(&sandbox.webhook_key, &id, ts, &body);
-        signature.split(' ').any(|s| s == expected)
-    });
-    if !verified {
+    if !super::vendor::signed(&request, &body, &sandbox) {
         return error(401, "UNAUTHORIZED", "bad signature");
     }
-    let idempotency = header("idempotency-key");
+    let idempotency = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let grant_id = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|b| b["grant_id"].as_str().map(str::to_string));
@@ -264,7 +268,7 @@ async fn vendor_license(
         );
     };
     match sandbox.next_vendor_fault(&grant_id) {
-        Some(VendorFault::Status { status }) => {
+        Some(VendorFault::Status { status } | VendorFault::EchoKey { status }) => {
             return error(status, "VENDOR_ERROR", "injected vendor fault");
         }
         Some(VendorFault::RateLimited { retry_after_secs }) => {

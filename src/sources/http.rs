@@ -30,6 +30,10 @@ pub struct KeySourceSettings {
     pub key_pointer: String,
     #[serde(default = "default_key_source_timeout")]
     pub timeout_secs: u64,
+    /// Where keyrelay tells the vendor that a key it issued is suspended, reinstated or
+    /// revoked (signed with `secret`, like the key requests).
+    #[serde(default)]
+    pub revoke_url: Option<String>,
 }
 
 fn default_key_pointer() -> String {
@@ -47,6 +51,13 @@ impl KeySourceSettings {
         if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
             return Err(format!(
                 "key_sources.{name}.url is not a valid http(s) URL (not shown: it may hold a credential)"
+            ));
+        }
+        if let Some(url) = &self.revoke_url
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(format!(
+                "key_sources.{name}.revoke_url is not a valid http(s) URL (not shown: it may hold a credential)"
             ));
         }
         if parse_webhook_secrets(self.secret.expose_secret()).is_err() {

@@ -7,6 +7,7 @@
 
 pub mod generate;
 pub mod http;
+pub mod revocations;
 pub mod sign;
 
 use std::collections::HashMap;

@@ -55,6 +55,7 @@ pub(super) fn web_server(
             clients: clients.clone(),
             vault: Arc::clone(&state.vault),
             figures: Default::default(),
+            to: state.to.clone(),
         })
     });
     let api = settings.api.token.as_ref().map(|token| {
@@ -67,6 +68,7 @@ pub(super) fn web_server(
             clients: clients.clone(),
         })
     });
+    let signing = web::Data::new(Signing(settings.keys.signing_key()?));
     let db = web::Data::new(db);
     let metrics = web::Data::new(metrics_handle());
     let server = HttpServer::new(move || {
@@ -76,7 +78,9 @@ pub(super) fn web_server(
             .app_data(state.clone())
             .app_data(db.clone())
             .app_data(metrics.clone())
+            .app_data(signing.clone())
             .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
+            .route("/signing-keys/revoked", web::get().to(revoked_signed_keys))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .configure(|cfg| {
@@ -103,6 +107,37 @@ pub(super) fn web_server(
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// The key `sign` pools sign with, if one is configured.
+struct Signing(Option<ed25519_dalek::SigningKey>);
+
+/// `GET /signing-keys/revoked`: the signed revocation list of `sign` pools. Public: it says
+/// only which grants' signed keys no longer count, and apps fetch it without credentials.
+async fn revoked_signed_keys(db: web::Data<Db>, signing: web::Data<Signing>) -> HttpResponse {
+    let Some(key) = &signing.0 else {
+        return HttpResponse::NotFound().json(serde_json::json!({
+            "error": "no signing key is configured (keys.signing_key, KEYRELAY_SIGNING_KEY), so there are no signed keys to revoke"
+        }));
+    };
+    match crate::store::read::signed_revocations(&db).await {
+        Ok((sequence, revoked)) => {
+            let list = crate::sources::revocations::RevocationList::new(
+                sequence,
+                revoked,
+                chrono::Utc::now(),
+            );
+            HttpResponse::Ok()
+                .insert_header(("cache-control", "public, max-age=60"))
+                .json(list.sign(key))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the revocation list");
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({
+                "error": "the database did not answer; try again shortly"
+            }))
+        }
+    }
 }
 
 /// `/metrics` alone, on `http.metrics_bind`.

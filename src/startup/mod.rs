@@ -57,6 +57,8 @@ pub struct Application {
     metrics_server: Option<Server>,
     worker: Option<Worker>,
     maintenance: Option<Maintenance>,
+    /// Sends the outbox's notices (worker roles, when anyone is owed them).
+    deliverer: Option<crate::ops::outbox::Deliverer>,
     /// What this worker process can make keys with (worker roles).
     source_check: Option<crate::ops::source_health::SourceCheck>,
     db: Db,
@@ -106,6 +108,7 @@ impl Application {
                     signal: signal.clone(),
                     body_timeout: Duration::from_secs(settings.http.body_timeout_secs),
                     vault: Arc::clone(&vault),
+                    to: settings.recipients(),
                 };
                 let server = web_server(listener, state, db.clone(), settings)?;
                 (Some(server), Some(address))
@@ -131,13 +134,23 @@ impl Application {
             });
         let worker = dodo.map(|dodo| {
             let ctx = WorkerContext::new(db.clone(), dodo, &settings.worker)
+                .with_recipients(settings.recipients())
                 .with_alert_webhook(settings.alerts.webhook_url.clone())
                 .with_sources(sources.clone())
                 .with_vault(Some(Arc::clone(&vault)));
             Worker::new(ctx, &settings.worker, signal.clone())
         });
+        let deliverer = match role.worker() {
+            true => crate::ops::outbox::Deliverer::from_settings(
+                db.clone(),
+                Some(Arc::clone(&vault)),
+                settings,
+            )?,
+            false => None,
+        };
         log_start(settings, role, address, metrics_address);
         Ok(Application {
+            deliverer,
             port: address.map(|a| a.port()),
             server,
             metrics_port: metrics_address.map(|a| a.port()),
@@ -216,6 +229,9 @@ impl Application {
                 check,
                 shutdown.clone(),
             )));
+        }
+        if let Some(deliverer) = self.deliverer {
+            tasks.push(tokio::spawn(deliverer.run(shutdown.clone())));
         }
         if let Some(worker) = self.worker {
             tasks.push(

@@ -9,6 +9,7 @@ use crate::db::Db;
 use chrono::{DateTime, Utc};
 
 use super::bind::{NewBinding, bind_new_keys};
+use super::outbox::{ENDED, Recipients, failure_notices};
 use super::{DUE, LEASE_FENCE, TAKE_LEASE, moved};
 use crate::crypto::Vault;
 use crate::domain::{CustomerId, EntitlementId, GrantId, JobState, LicenseKey};
@@ -121,6 +122,7 @@ pub async fn record_received(
     job: &KeylessJob,
     idempotency_key: &str,
     key: &LicenseKey,
+    to: &Recipients,
 ) -> Result<Received, sqlx::Error> {
     let mut tx = db.begin().await?;
     let owned = sqlx::query(&format!(
@@ -172,7 +174,16 @@ pub async fn record_received(
                 "the endpoint of pool `{}` answered a key that is already stored (for another grant or pool); revoke it at the vendor and retry the job",
                 job.pool()
             );
-            settle_keyless(&mut *tx, job, JobState::Failed, Utc::now(), false, &error).await?;
+            settle_keyless(
+                &mut *tx,
+                job,
+                JobState::Failed,
+                Utc::now(),
+                false,
+                &error,
+                to,
+            )
+            .await?;
         }
         Received::LeaseLost => {}
     }
@@ -190,6 +201,7 @@ pub async fn settle_keyless<'e>(
     run_at: DateTime<Utc>,
     refund: bool,
     error: &str,
+    to: &Recipients,
 ) -> Result<bool, sqlx::Error> {
     let event = match state {
         JobState::Failed => JobEvent::Fail,
@@ -203,13 +215,16 @@ pub async fn settle_keyless<'e>(
                             finished_at = CASE WHEN $3 = 'failed'::job_state THEN now() END,
                             updated_at = now()
             WHERE {LEASE_FENCE}
-            RETURNING grant_id
+            RETURNING {ENDED}
+        ), noticed AS (
+            {notices}
         )
         INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
         SELECT grant_id, $7, greatest(0, extract(epoch FROM clock_timestamp() - $7) * 1000)::int,
                'no_key', $6
         FROM ended
-        "#
+        "#,
+        notices = failure_notices("$8"),
     ))
     .bind(&job.grant_id)
     .bind(job.lease_token)
@@ -218,6 +233,7 @@ pub async fn settle_keyless<'e>(
     .bind(refund)
     .bind(error)
     .bind(job.claimed_at)
+    .bind(to.shop)
     .execute(executor)
     .await?;
     Ok(ended.rows_affected() == 1)

@@ -11,7 +11,9 @@ use sqlx::{Postgres, Transaction};
 
 pub use super::bind::ReservedKey;
 use super::bind::{Keyless, supply_keys};
-use super::settle::{AttemptRecord, KeyChange, change_keys, insert_attempts};
+use super::key_changes::{KeyChange, change_keys};
+use super::outbox::{ENDED, Recipients, failure_notices};
+use super::settle::{AttemptRecord, insert_attempts};
 use super::{ASKED_ELSEWHERE, DUE, KEY_LOCK_CLASS, LEASE_FENCE, TAKE_LEASE, moved};
 use crate::crypto::Vault;
 use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, KeyAction};
@@ -52,6 +54,7 @@ pub async fn claim_batch(
     lease: Duration,
     sources: &Sources,
     vault: Option<&Vault>,
+    to: &Recipients,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut tx = db.begin().await?;
     // The claim also takes the shared key lock of every entitlement that needs a key, so the
@@ -100,7 +103,7 @@ pub async fn claim_batch(
         // Jobs of sources that are asked are never claimed here (`ASKED_ELSEWHERE`).
         let supplied = supply_keys(&mut tx, &keyless, sources, vault).await?;
         keys.extend(supplied.keys);
-        fail_without_key(&mut tx, &supplied.failed).await?;
+        fail_without_key(&mut tx, &supplied.failed, to).await?;
         park_waiting_for_keys(&mut tx, &supplied.no_key).await?;
     }
     if !sticky.is_empty() {
@@ -244,6 +247,7 @@ pub async fn reject_key_and_reserve_next(
     attempt: &AttemptRecord,
     sources: &Sources,
     vault: Option<&Vault>,
+    to: &Recipients,
 ) -> Result<NextKey, sqlx::Error> {
     let mut tx = db.begin().await?;
     let owned = sqlx::query(&format!(
@@ -265,8 +269,9 @@ pub async fn reject_key_and_reserve_next(
         grant_id: &job.grant_id,
         action: KeyAction::Reject,
         detail: "Dodo already has this key value",
+        reason: None,
     };
-    change_keys(&mut tx, &[rejected], Actor::Worker).await?;
+    change_keys(&mut tx, &[rejected], Actor::Worker, &Recipients::default()).await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
         .bind(KEY_LOCK_CLASS)
         .bind(&job.entitlement_id)
@@ -281,7 +286,7 @@ pub async fn reject_key_and_reserve_next(
     let next = if let Some((_, key)) = supplied.keys.into_iter().next() {
         NextKey::Reserved(key)
     } else if !supplied.failed.is_empty() {
-        fail_without_key(&mut tx, &supplied.failed).await?;
+        fail_without_key(&mut tx, &supplied.failed, to).await?;
         NextKey::Failed
     } else if !supplied.asked.is_empty() {
         ask_anew(&mut tx, job).await?;
@@ -300,28 +305,33 @@ pub async fn reject_key_and_reserve_next(
 async fn fail_without_key(
     tx: &mut Transaction<'_, Postgres>,
     failed: &[(GrantId, String)],
+    to: &Recipients,
 ) -> Result<(), sqlx::Error> {
     if failed.is_empty() {
         return Ok(());
     }
     let (grants, reasons): (Vec<&GrantId>, Vec<&str>) =
         failed.iter().map(|(g, r)| (g, r.as_str())).unzip();
-    sqlx::query(
+    sqlx::query(&format!(
         r#"
         WITH ended AS (
             UPDATE jobs SET state = $3, lease_token = NULL, last_error = failed.reason,
                             finished_at = now(), updated_at = now()
             FROM unnest($1::text[], $2::text[]) AS failed(grant_id, reason)
             WHERE jobs.grant_id = failed.grant_id
-            RETURNING jobs.grant_id, failed.reason
+            RETURNING {ENDED}
+        ), noticed AS (
+            {notices}
         )
         INSERT INTO attempts (grant_id, started_at, duration_ms, outcome, error)
-        SELECT grant_id, now(), 0, 'no_key', reason FROM ended
+        SELECT grant_id, now(), 0, 'no_key', last_error FROM ended
         "#,
-    )
+        notices = failure_notices("$4"),
+    ))
     .bind(&grants)
     .bind(&reasons)
     .bind(moved(JobState::Running, JobEvent::Fail))
+    .bind(to.shop)
     .execute(&mut **tx)
     .await?;
     for (grant_id, reason) in failed {

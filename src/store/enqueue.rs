@@ -6,7 +6,9 @@ use crate::db::Db;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use crate::domain::{Actor, CustomerId, EntitlementId, GrantId, JobState, PaymentId, Serve};
+use crate::domain::{
+    Actor, CustomerId, EntitlementId, GrantId, JobState, PaymentId, Serve, SubscriptionId,
+};
 
 /// A verified webhook, as stored.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +29,8 @@ pub struct NewJob<'a> {
     pub entitlement_id: &'a EntitlementId,
     pub customer_id: &'a CustomerId,
     pub payment_id: Option<&'a PaymentId>,
+    pub subscription_id: Option<&'a SubscriptionId>,
+    pub grant_created_at: Option<DateTime<Utc>>,
     pub grant_updated_at: Option<DateTime<Utc>>,
     pub serve: Serve,
 }
@@ -74,8 +78,8 @@ pub async fn record_event<'e>(
             RETURNING webhook_id
         ), job AS (
             INSERT INTO jobs (grant_id, entitlement_id, customer_id, webhook_id, source,
-                              grant_updated_at, payment_id)
-            SELECT $3, $5, $6, $1, 'webhook', $7, $11
+                              grant_updated_at, payment_id, subscription_id, grant_created_at)
+            SELECT $3, $5, $6, $1, 'webhook', $7, $11, $12, $13
             WHERE $5::text IS NOT NULL AND ($9 OR EXISTS (SELECT 1 FROM ev)) AND {}
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
@@ -96,6 +100,8 @@ pub async fn record_event<'e>(
         .bind(replay)
         .bind(event.key_sealed_with)
         .bind(job.and_then(|j| j.payment_id))
+        .bind(job.and_then(|j| j.subscription_id))
+        .bind(job.and_then(|j| j.grant_created_at))
         .fetch_one(executor)
         .await?;
     Ok(Recorded {
@@ -141,8 +147,9 @@ pub async fn record_unseen_grant(
         r#"
         WITH job AS (
             INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, finished_at,
-                              grant_updated_at, last_error, source, payment_id)
-            SELECT $1, $2, $3, $4, now(), $5, $6, 'webhook', $9
+                              grant_updated_at, last_error, source, payment_id,
+                              subscription_id, grant_created_at)
+            SELECT $1, $2, $3, $4, now(), $5, $6, 'webhook', $9, $10, $11
             WHERE {}
             ON CONFLICT (grant_id) DO NOTHING
             RETURNING grant_id
@@ -162,6 +169,8 @@ pub async fn record_unseen_grant(
         .bind(serve_name(job.serve))
         .bind(actor.as_str())
         .bind(job.payment_id)
+        .bind(job.subscription_id)
+        .bind(job.grant_created_at)
         .execute(&mut **tx)
         .await?
         .rows_affected();

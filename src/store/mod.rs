@@ -10,8 +10,9 @@
 //!   from stock, or a new one); `sealed`: key values as stored.
 //! - `asking`: jobs whose source is asked over the network (`http` pools): claimed for the
 //!   ask step, then bound to the key answered (every answer kept in `received_keys`).
-//! - `settle`: recording worker outcomes under the lease, lifecycle events, and the one
-//!   statement that moves keys between states.
+//! - `settle`: recording worker outcomes under the lease, and lifecycle events;
+//!   `key_changes`: the one statement that moves bound keys between states, and revoking the
+//!   suspended keys a newer grant supersedes; `outbox`: the notices those changes owe.
 //! - `operator`: retry and cancel.
 //! - `pools`: pools and key imports, and resuming jobs that wait for keys.
 //! - `stock`: counts (keys per pool and state, jobs per state) and low-stock flags.
@@ -27,7 +28,9 @@ pub mod bulk;
 pub mod claim;
 pub mod enqueue;
 pub mod history;
+mod key_changes;
 pub mod operator;
+pub mod outbox;
 pub mod pools;
 pub mod prune;
 pub mod read;
@@ -40,7 +43,9 @@ pub use claim::{
     ClaimedJob, NextKey, ReservedKey, claim_batch, extend_lease, reject_key_and_reserve_next,
 };
 pub use enqueue::{NewEvent, Recorded};
+pub use key_changes::supersede;
 pub use operator::ActionResult;
+pub use outbox::Recipients;
 pub use settle::{AttemptRecord, Completion, complete_batch};
 
 use crate::domain::JobState;

@@ -5,7 +5,8 @@ use crate::db::Db;
 use serde::Serialize;
 
 use super::audit::{self, Subject};
-use super::settle::{KeyChange, change_keys};
+use super::key_changes::{KeyChange, change_keys};
+use super::outbox::Recipients;
 use crate::domain::{Actor, GrantId, JobState, KeyAction};
 use crate::jobs::{JobEvent, next};
 
@@ -111,8 +112,9 @@ pub async fn cancel_job(
                             grant_id,
                             action: KeyAction::Release,
                             detail: "cancelled by an operator",
+                            reason: None,
                         };
-                        change_keys(&mut tx, &[release], actor).await?;
+                        change_keys(&mut tx, &[release], actor, &Recipients::default()).await?;
                         ActionResult::Done
                     }
                     Some(_) => ActionResult::DoneKeyKept,

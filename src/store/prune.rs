@@ -1,5 +1,6 @@
-//! Pruning: old events and finished jobs go, in small batches so no lock is held long. Keys,
-//! pools and the audit trail are kept.
+//! Pruning: old events, finished jobs and sent notices go, in small batches so no lock is
+//! held long. Keys, pools and the audit trail are kept, and so is the job of a suspended key
+//! (it may yet be reinstated, or revoked by a newer grant of its subscription).
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ const PRUNE_BATCH: i64 = 1_000;
 pub struct Pruned {
     pub events: u64,
     pub jobs: u64,
+    pub notices: u64,
 }
 
 /// Deletes events received and finished jobs (with their attempts) settled before `cutoff`.
@@ -36,7 +38,9 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
         let n = sqlx::query(
             "DELETE FROM jobs WHERE grant_id IN \
              (SELECT grant_id FROM jobs WHERE finished_at < $1 \
-              AND state IN ('delivered', 'failed', 'cancelled') LIMIT $2)",
+              AND state IN ('delivered', 'failed', 'cancelled') \
+              AND NOT EXISTS (SELECT 1 FROM keys WHERE keys.id = jobs.key_id \
+                              AND keys.state = 'suspended') LIMIT $2)",
         )
         .bind(cutoff)
         .bind(PRUNE_BATCH)
@@ -44,6 +48,21 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
         .await?
         .rows_affected();
         pruned.jobs += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE created_at < $1 AND state = 'sent' LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PRUNE_BATCH)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned.notices += n;
         if n < PRUNE_BATCH as u64 {
             break;
         }

@@ -273,3 +273,34 @@ pub async fn bench_figures(db: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
     .fetch_one(db)
     .await
 }
+
+/// The keys of `sign` pools that no longer count (revoked or suspended), in the order they
+/// changed, and the list's sequence number: the last change to any signed key's standing.
+pub async fn signed_revocations(
+    db: &Db,
+) -> Result<(i64, Vec<crate::sources::revocations::Revoked>), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let sequence: Option<i64> = sqlx::query_scalar(
+        "SELECT max(keys.revocation_seq) FROM keys \
+         WHERE keys.pool_id IN (SELECT id FROM pools WHERE source = 'sign') \
+           AND keys.revocation_seq IS NOT NULL",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let revoked = sqlx::query_as(
+        "SELECT keys.grant_id, \
+                to_char(keys.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since, \
+                keys.state::text AS state \
+         FROM keys \
+         WHERE keys.pool_id IN (SELECT id FROM pools WHERE source = 'sign') \
+           AND keys.revocation_seq IS NOT NULL AND keys.state IN ('revoked', 'suspended') \
+         ORDER BY keys.revocation_seq",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((sequence.unwrap_or(0), revoked))
+}

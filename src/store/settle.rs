@@ -1,5 +1,5 @@
-//! Settling: worker outcomes recorded under the lease (fencing), lifecycle events applied to a
-//! job, and `change_keys`, the one statement that moves keys between states.
+//! Settling: worker outcomes recorded under the lease (fencing), and lifecycle events applied
+//! to a job; both move keys through `key_changes` and owe their notices (`outbox`).
 
 use crate::db::Db;
 use std::collections::HashSet;
@@ -8,6 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
+use super::key_changes::{KeyChange, change_keys, supersede};
+use super::outbox::{self, Recipients};
 use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState};
 
 /// One call to Dodo's fulfill endpoint, as recorded in `attempts`.
@@ -35,71 +37,6 @@ pub struct Completion {
     /// Give back the attempt the claim counted (Dodo rate-limited the call).
     pub refund_attempt: bool,
     pub attempt: AttemptRecord,
-}
-
-/// A key bound to `grant_id` moving on; `detail` goes to the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyChange<'a> {
-    pub key_id: i64,
-    pub grant_id: &'a GrantId,
-    pub action: KeyAction,
-    pub detail: &'a str,
-}
-
-/// Applies key changes and audits each one. Only a key still bound to the named grant changes,
-/// and only a reserved key (never accepted by Dodo) can be released or rejected; a released or
-/// rejected key is also unbound from its job, and a released one from its grant.
-pub(super) async fn change_keys(
-    tx: &mut Transaction<'_, Postgres>,
-    changes: &[KeyChange<'_>],
-    actor: Actor,
-) -> Result<(), sqlx::Error> {
-    let changes: Vec<&KeyChange> = changes
-        .iter()
-        .filter(|c| c.action != KeyAction::Keep)
-        .collect();
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let key_ids: Vec<i64> = changes.iter().map(|c| c.key_id).collect();
-    let grant_ids: Vec<&GrantId> = changes.iter().map(|c| c.grant_id).collect();
-    let actions: Vec<&str> = changes.iter().map(|c| c.action.as_str()).collect();
-    let details: Vec<&str> = changes.iter().map(|c| c.detail).collect();
-    sqlx::query(
-        r#"
-        WITH change AS (
-            SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
-                AS change(key_id, grant_id, action, detail)
-        ), changed AS (
-            UPDATE keys SET state = CASE change.action
-                                        WHEN 'deliver' THEN 'delivered'::key_state
-                                        WHEN 'release' THEN 'available'::key_state
-                                        WHEN 'reject'  THEN 'rejected'::key_state
-                                        ELSE 'revoked'::key_state END,
-                            grant_id = CASE WHEN change.action = 'release' THEN NULL
-                                            ELSE keys.grant_id END,
-                            updated_at = now()
-            FROM change
-            WHERE keys.id = change.key_id AND keys.grant_id = change.grant_id
-              AND (change.action NOT IN ('release', 'reject') OR keys.state = 'reserved')
-            RETURNING keys.id, change.grant_id, change.action, change.detail
-        ), unbound AS (
-            UPDATE jobs SET key_id = NULL, updated_at = now()
-            FROM changed
-            WHERE jobs.key_id = changed.id AND changed.action IN ('release', 'reject')
-        )
-        INSERT INTO audit_log (actor, action, grant_id, key_id, detail)
-        SELECT $5, action, grant_id, id, detail FROM changed
-        "#,
-    )
-    .bind(&key_ids)
-    .bind(&grant_ids)
-    .bind(&actions)
-    .bind(&details)
-    .bind(actor.as_str())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Records attempts (one per grant, in order).
@@ -139,7 +76,13 @@ pub(super) async fn insert_attempts(
 /// Records many outcomes in one transaction. An outcome whose lease token no longer matches
 /// (the lease expired and another worker took the job) changes nothing but its attempt record.
 /// Returns the grant ids whose outcome was applied.
-pub async fn complete_batch(db: &Db, batch: &[Completion]) -> Result<Vec<GrantId>, sqlx::Error> {
+/// A delivered grant's notice goes to `to`, with the revocation of any key it supersedes; a
+/// failed grant's notice too.
+pub async fn complete_batch(
+    db: &Db,
+    batch: &[Completion],
+    to: &Recipients,
+) -> Result<Vec<GrantId>, sqlx::Error> {
     // One lock order for every batch, so two completers cannot deadlock.
     let mut batch: Vec<&Completion> = batch.iter().collect();
     batch.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
@@ -195,12 +138,31 @@ pub async fn complete_batch(db: &Db, batch: &[Completion]) -> Result<Vec<GrantId
             grant_id: &c.grant_id,
             action: c.key_action,
             detail,
+            reason: None,
         })
         .collect();
-    change_keys(&mut tx, &changes, Actor::Worker).await?;
+    change_keys(&mut tx, &changes, Actor::Worker, to).await?;
+    let ended_in = |state: JobState| -> Vec<GrantId> {
+        batch
+            .iter()
+            .filter(|c| c.state == state && applied_set.contains(&c.grant_id))
+            .map(|c| c.grant_id.clone())
+            .collect()
+    };
+    supersede(&mut tx, &ended_in(JobState::Delivered), Actor::Worker, to).await?;
+    outbox::grant_failed(&mut tx, &ended_in(JobState::Failed), to).await?;
     tx.commit().await?;
     Ok(applied)
 }
+
+/// Whether a newer grant of the job's subscription and entitlement has been delivered.
+const SUPERSEDED: &str = "(jobs.subscription_id IS NOT NULL AND EXISTS ( \
+    SELECT 1 FROM jobs newer \
+    WHERE newer.subscription_id = jobs.subscription_id \
+      AND newer.entitlement_id = jobs.entitlement_id \
+      AND newer.state = 'delivered' AND newer.grant_id <> jobs.grant_id \
+      AND coalesce(newer.grant_created_at, newer.created_at) \
+          > coalesce(jobs.grant_created_at, jobs.created_at)))";
 
 /// A job as a lifecycle event finds it, locked until the transaction ends.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -212,6 +174,8 @@ pub struct JobForEvent {
     pub key_state: Option<KeyState>,
     /// The grant's `updated_at` from the newest lifecycle event applied.
     pub grant_updated_at: Option<DateTime<Utc>>,
+    /// A newer grant of the same subscription and entitlement has been delivered.
+    pub superseded: bool,
 }
 
 /// Locks the grant's job (if any) and reads what a lifecycle event needs to decide.
@@ -219,17 +183,16 @@ pub async fn lock_job_for_event(
     tx: &mut Transaction<'_, Postgres>,
     grant_id: &GrantId,
 ) -> Result<Option<JobForEvent>, sqlx::Error> {
-    sqlx::query_as(
-        r#"
-        SELECT jobs.state, jobs.key_id, keys.value_hash AS key_hash, keys.state AS key_state,
-               jobs.grant_updated_at
-        FROM jobs LEFT JOIN keys ON keys.id = jobs.key_id
-        WHERE jobs.grant_id = $1 FOR UPDATE OF jobs
-        "#,
-    )
-    .bind(grant_id)
-    .fetch_optional(&mut **tx)
-    .await
+    let sql = format!(
+        "SELECT jobs.state, jobs.key_id, keys.value_hash AS key_hash, keys.state AS key_state, \
+                jobs.grant_updated_at, {SUPERSEDED} AS superseded \
+         FROM jobs LEFT JOIN keys ON keys.id = jobs.key_id \
+         WHERE jobs.grant_id = $1 FOR UPDATE OF jobs"
+    );
+    sqlx::query_as(&sql)
+        .bind(grant_id)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// What a lifecycle event does to a job that exists.
@@ -241,19 +204,23 @@ pub struct EventSettlement<'a> {
     pub job_state: Option<JobState>,
     pub key_action: KeyAction,
     pub note: &'a str,
+    /// Dodo's revocation reason, for the notices.
+    pub reason: Option<&'a str>,
 }
 
-/// Applies a lifecycle event to the grant's job and its key (both audited), inside `tx`.
+/// Applies a lifecycle event to the grant's job and its key (both audited), inside `tx`, with
+/// the notices it owes `to`.
 pub async fn settle_by_event(
     tx: &mut Transaction<'_, Postgres>,
     grant_id: &GrantId,
     key_id: Option<i64>,
     settlement: EventSettlement<'_>,
     actor: Actor,
+    to: &Recipients,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         r#"
-        UPDATE jobs SET grant_updated_at = $2,
+        UPDATE jobs SET grant_updated_at = greatest(grant_updated_at, $2),
                         state = coalesce($3, state),
                         lease_token = CASE WHEN $3 IS NULL THEN lease_token END,
                         finished_at = CASE WHEN $3 IS NULL THEN finished_at ELSE now() END,
@@ -274,8 +241,17 @@ pub async fn settle_by_event(
             grant_id,
             action: settlement.key_action,
             detail: settlement.note,
+            reason: settlement.reason,
         };
-        change_keys(tx, &[change], actor).await?;
+        change_keys(tx, &[change], actor, to).await?;
+    }
+    let this = std::slice::from_ref(grant_id);
+    match settlement.job_state {
+        Some(JobState::Delivered) => {
+            supersede(tx, this, actor, to).await?;
+        }
+        Some(JobState::Failed) => outbox::grant_failed(tx, this, to).await?,
+        _ => {}
     }
     if let Some(state) = settlement.job_state {
         super::audit::record(

@@ -125,10 +125,12 @@ pub struct LowStock {
 }
 
 /// Flags the pools of `entitlements` that are below their threshold and not yet flagged, and
-/// returns them: each restock alerts once.
+/// returns them: each restock alerts once. With `shop`, each also owes the shop a
+/// `pool.low_stock` notice, written with the flag.
 pub async fn flag_low_stock(
     db: &Db,
     entitlements: &[String],
+    shop: bool,
 ) -> Result<Vec<LowStock>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
@@ -138,15 +140,24 @@ pub async fn flag_low_stock(
             FROM pools
             WHERE pools.entitlement_id = ANY($1) AND pools.low_stock > 0
               AND NOT pools.low_stock_alerted
+        ), flagged AS (
+            UPDATE pools SET low_stock_alerted = true
+            FROM stock WHERE pools.id = stock.id AND stock.available < stock.low_stock
+              AND NOT pools.low_stock_alerted
+            RETURNING stock.name AS pool, stock.entitlement_id, stock.available,
+                      stock.low_stock AS threshold
+        ), noticed AS (
+            INSERT INTO outbox (target, event_type, data)
+            SELECT 'shop', 'pool.low_stock',
+                   jsonb_build_object('pool', pool, 'entitlement_id', entitlement_id,
+                                      'available', available, 'threshold', threshold)
+            FROM flagged WHERE $2
         )
-        UPDATE pools SET low_stock_alerted = true
-        FROM stock WHERE pools.id = stock.id AND stock.available < stock.low_stock
-          AND NOT pools.low_stock_alerted
-        RETURNING stock.name AS pool, stock.entitlement_id, stock.available,
-                  stock.low_stock AS threshold
+        SELECT * FROM flagged
         "#
     ))
     .bind(entitlements)
+    .bind(shop)
     .fetch_all(db)
     .await
 }

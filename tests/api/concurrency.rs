@@ -68,12 +68,26 @@ async fn many_workers_under_faults_deliver_every_grant_exactly_once() {
 
     // Crashes: one worker claims jobs and dies; another dies after Dodo applied its keys.
     let lease = Duration::from_secs(2);
-    let died_after_claim = claim_batch(&app.db, 20, lease, &Default::default(), None)
-        .await
-        .unwrap();
-    let died_after_apply = claim_batch(&app.db, 10, lease, &Default::default(), None)
-        .await
-        .unwrap();
+    let died_after_claim = claim_batch(
+        &app.db,
+        20,
+        lease,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let died_after_apply = claim_batch(
+        &app.db,
+        10,
+        lease,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let ctx = app.worker();
     for job in died_after_apply {
         let _lost = run_job(&ctx, job).await;

@@ -15,9 +15,16 @@ async fn a_worker_that_dies_after_claiming_is_replaced_when_its_lease_expires() 
     app.add_pool("pro", ENT, &["PRO-1", "PRO-2"]).await;
     let grant = app.sell().await;
     // The doomed worker claims with an already expired lease, then vanishes.
-    let claimed = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
-        .await
-        .unwrap();
+    let claimed = claim_batch(
+        &app.db,
+        10,
+        Duration::ZERO,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(app.job_state(&grant).await, JobState::Running);
     assert_eq!(
@@ -43,9 +50,16 @@ async fn a_worker_that_dies_after_dodo_applied_the_key_is_settled_by_the_next_on
     app.add_pool("pro", ENT, &["PRO-1", "PRO-2"]).await;
     let grant = app.sell().await;
     let ctx = app.worker();
-    let mut claimed = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
-        .await
-        .unwrap();
+    let mut claimed = claim_batch(
+        &app.db,
+        10,
+        Duration::ZERO,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     // Dodo applies the key; the worker dies before recording it.
     let lost = run_job(&ctx, claimed.remove(0)).await.expect("an outcome");
     assert_eq!(lost.state, JobState::Delivered);
@@ -66,7 +80,9 @@ async fn a_worker_that_dies_after_dodo_applied_the_key_is_settled_by_the_next_on
         vec![("PRO-1", 200), ("PRO-1", 409)]
     );
     // The dead worker's outcome, arriving late, is fenced out by the lease token.
-    let applied = complete_batch(&app.db, &[lost]).await.unwrap();
+    let applied = complete_batch(&app.db, &[lost], &Default::default())
+        .await
+        .unwrap();
     assert!(applied.is_empty());
     assert_eq!(
         app.count("SELECT count(*) FROM attempts").await,
@@ -82,9 +98,16 @@ async fn a_stale_worker_cannot_overwrite_the_outcome_of_the_worker_that_took_ove
     app.add_pool("pro", ENT, &["PRO-1"]).await;
     let grant = app.sell().await;
     let ctx = app.worker();
-    let mut stale = claim_batch(&app.db, 10, Duration::ZERO, &Default::default(), None)
-        .await
-        .unwrap();
+    let mut stale = claim_batch(
+        &app.db,
+        10,
+        Duration::ZERO,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     app.sandbox
         .script_faults(&grant, [keyrelay::sandbox::Fault::Status { status: 500 }]);
     let mut stale_outcome = run_job(&ctx, stale.remove(0)).await.unwrap();
@@ -93,7 +116,7 @@ async fn a_stale_worker_cannot_overwrite_the_outcome_of_the_worker_that_took_ove
     assert_eq!(app.job_state(&grant).await, JobState::Delivered);
     stale_outcome.state = JobState::Failed;
     assert!(
-        complete_batch(&app.db, &[stale_outcome])
+        complete_batch(&app.db, &[stale_outcome], &Default::default())
             .await
             .unwrap()
             .is_empty()

@@ -53,6 +53,7 @@ async fn job_in_state(app: &TestApp, state: JobState) -> Grant {
                 std::time::Duration::from_secs(60),
                 &Default::default(),
                 None,
+                &Default::default(),
             )
             .await
             .unwrap();

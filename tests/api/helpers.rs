@@ -160,6 +160,7 @@ impl TestApp {
             dodo_client(s, &self.db).unwrap(),
             &s.worker,
         )
+        .with_recipients(s.recipients())
         .with_sources(s.sources().unwrap())
         .with_vault(s.keys.sealing_vault().unwrap())
     }

@@ -204,6 +204,7 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
         Duration::from_secs(30),
         &Default::default(),
         None,
+        &Default::default(),
     )
     .await
     .unwrap()
@@ -213,7 +214,9 @@ async fn a_job_whose_run_panics_is_failed_with_its_grant_named_and_others_flow()
     })
     .await
     .expect("a panic still records an outcome");
-    complete_batch(&app.db, &[outcome]).await.unwrap();
+    complete_batch(&app.db, &[outcome], &Default::default())
+        .await
+        .unwrap();
     let failed = app.job(&doomed).await;
     assert_eq!(failed.state, JobState::Failed);
     let error = failed.last_error.unwrap();

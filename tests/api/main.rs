@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_hardening;
+mod after_delivery;
 mod answers;
 mod cli;
 mod concurrency;
@@ -20,6 +21,7 @@ mod operations;
 mod operator_input;
 mod outage;
 mod outbound;
+mod outbox;
 mod payloads;
 mod pool_health;
 mod pooler;

@@ -23,29 +23,47 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
         .await
         .unwrap();
     assert_eq!(
-        replay(&app.db, &app.vault(), &created, Actor::Cli)
-            .await
-            .unwrap(),
+        replay(
+            &app.db,
+            &app.vault(),
+            &created,
+            Actor::Cli,
+            &Default::default()
+        )
+        .await
+        .unwrap(),
         ReplayOutcome::Unchanged
     );
     let g = app.sandbox.grant(&grant).unwrap();
     let delivered = app.sandbox.webhook_for(&g, "entitlement_grant.delivered");
     assert_eq!(app.post(&delivered).await.status(), 200);
     assert_eq!(
-        replay(&app.db, &app.vault(), &delivered.id, Actor::Cli)
-            .await
-            .unwrap(),
+        replay(
+            &app.db,
+            &app.vault(),
+            &delivered.id,
+            Actor::Cli,
+            &Default::default()
+        )
+        .await
+        .unwrap(),
         ReplayOutcome::Unchanged
     );
     assert_eq!(app.job_state(&grant).await, JobState::Delivered);
     assert_eq!(app.key_state("REP-1").await.0, KeyState::Delivered);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     assert!(
-        replay(&app.db, &app.vault(), "msg_unknown", Actor::Cli)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("events list")
+        replay(
+            &app.db,
+            &app.vault(),
+            "msg_unknown",
+            Actor::Cli,
+            &Default::default()
+        )
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("events list")
     );
 
     // A created event stored while no pool served it is queued by replay once a pool exists.
@@ -63,15 +81,27 @@ async fn replay_changes_nothing_already_decided_and_retry_delivers_a_failed_job(
     );
     app.add_pool("later", "ent_later", &["LATER-1"]).await;
     assert_eq!(
-        replay(&app.db, &app.vault(), &hook.id, Actor::Cli)
-            .await
-            .unwrap(),
+        replay(
+            &app.db,
+            &app.vault(),
+            &hook.id,
+            Actor::Cli,
+            &Default::default()
+        )
+        .await
+        .unwrap(),
         ReplayOutcome::Queued
     );
     assert_eq!(
-        replay(&app.db, &app.vault(), &hook.id, Actor::Cli)
-            .await
-            .unwrap(),
+        replay(
+            &app.db,
+            &app.vault(),
+            &hook.id,
+            Actor::Cli,
+            &Default::default()
+        )
+        .await
+        .unwrap(),
         ReplayOutcome::Unchanged
     );
     let audit = app

@@ -49,6 +49,7 @@ async fn pools_that_cannot_get_keys_are_shown_broken_with_the_reason() {
                 secret: SecretString::from("whsec_c2VjcmV0LWZvci1hLWdvbmUtdmVuZG9y"),
                 key_pointer: "/key".into(),
                 timeout_secs: 2,
+                revoke_url: None,
             },
         );
     })

@@ -142,7 +142,15 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
     // A worker claims meanwhile; it must wait for the import rather than park the job.
     let db = app.db.clone();
     let claim = tokio::spawn(async move {
-        claim_batch(&db, 10, Duration::from_secs(30), &Default::default(), None).await
+        claim_batch(
+            &db,
+            10,
+            Duration::from_secs(30),
+            &Default::default(),
+            None,
+            &Default::default(),
+        )
+        .await
     });
     wait_until(
         "the claim waits on the key lock",

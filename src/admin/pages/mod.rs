@@ -2,9 +2,11 @@
 //! the charts and pools, `lists` the job search, bulk actions, needs-attention and events.
 
 mod lists;
+mod outbox;
 mod overview;
 
 pub use lists::{Attention, BulkConfirm, JobsPage, attention, bulk_confirm, events, jobs};
+pub use outbox::{OutboxLists, outbox};
 pub use overview::{Overview, overview};
 
 use crate::domain::JobState;
@@ -56,7 +58,7 @@ pub fn layout(title: &str, body: &str, csrf: Option<&str>) -> String {
          <meta name=viewport content=\"width=device-width\"><style>{STYLE}</style></head>\
          <body><header><div><a href=\"/admin\">keyrelay on-call</a><nav style=\"display:inline\">\
          <a href=\"/admin\">Overview</a><a href=\"/admin/jobs\">Jobs</a>\
-         <a href=\"/admin/attention\">Needs attention</a><a href=\"/admin/events\">Events</a></nav></div>{logout}</header>\
+         <a href=\"/admin/attention\">Needs attention</a><a href=\"/admin/events\">Events</a><a href=\"/admin/outbox\">Outbox</a></nav></div>{logout}</header>\
          <main>{body}</main></body></html>",
         esc(title)
     )

@@ -56,7 +56,7 @@ pub async fn events_page(
 #[derive(Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn replay_event(
@@ -67,8 +67,14 @@ pub async fn replay_event(
 ) -> Result<HttpResponse, AdminError> {
     check_csrf(&state, &who, &form.csrf)?;
     let webhook_id = path.into_inner();
-    let code = match crate::ops::events::replay(&state.db, &state.vault, &webhook_id, Actor::Admin)
-        .await
+    let code = match crate::ops::events::replay(
+        &state.db,
+        &state.vault,
+        &webhook_id,
+        Actor::Admin,
+        &state.to,
+    )
+    .await
     {
         Ok(outcome) => {
             tracing::info!(webhook_id = %webhook_id.escape_debug(), ?outcome, "event replayed from the dashboard");

@@ -1,7 +1,9 @@
 //! `keyrelay demo`: the whole flow on this machine with no Dodo account. A throwaway database,
 //! keyrelay and the sandbox in one process, a pool of generated keys, grants sold with faults
-//! injected, progress while they are fulfilled, and a summary checked against the sandbox.
+//! injected, progress while they are fulfilled, a summary checked against the sandbox, and a
+//! refund after delivery that reaches the vendor, the shop and the signed revocation list.
 
+mod refund;
 mod sale;
 mod setup;
 mod summary;
@@ -107,13 +109,14 @@ fn keep(settings: &Settings, own_key: bool) -> anyhow::Result<()> {
          KEYRELAY_DODO__RATE_LIMIT=off\n\
          KEYRELAY_KEY_SOURCES__{}__URL={sandbox}/vendor/licenses\n\
          KEYRELAY_KEY_SOURCES__{}__SECRET={}\n\
-         KEYRELAY_KEY_SOURCES__{}__KEY_POINTER=/license/key\n",
+         KEYRELAY_KEY_SOURCES__{vendor}__KEY_POINTER=/license/key\n\
+         KEYRELAY_KEY_SOURCES__{vendor}__REVOKE_URL={sandbox}/vendor/revocations\n",
         super::sandbox::DEFAULT_API_KEY,
         super::sandbox::DEFAULT_WEBHOOK_SECRET,
         crate::harness::SANDBOX_VENDOR.to_uppercase(),
         crate::harness::SANDBOX_VENDOR.to_uppercase(),
         super::sandbox::DEFAULT_WEBHOOK_SECRET,
-        crate::harness::SANDBOX_VENDOR.to_uppercase(),
+        vendor = crate::harness::SANDBOX_VENDOR.to_uppercase(),
     ));
     let file = std::path::PathBuf::from(format!("{name}.env"));
     let mut options = std::fs::OpenOptions::new();
@@ -166,6 +169,12 @@ fn drop_command(url: &str, name: &str) -> String {
 }
 
 async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool> {
+    // The shop's backend, told of every key's delivery and revocation.
+    let shop = crate::sandbox::shop::ShopReceiver::start()?;
+    let mut settings = settings.clone();
+    settings.notify.url = Some(shop.url.clone());
+    settings.notify.secret = Some(secrecy::SecretString::from(shop.secret.clone()));
+    let settings = &settings;
     let stack = LocalStack::start(settings.clone(), Role::All).await?;
     let sandbox = &stack.sandbox.sandbox;
     let url = stack.webhook_url.clone().expect("role all serves webhooks");
@@ -178,8 +187,10 @@ async fn demo(settings: &Settings, options: &DemoOptions) -> anyhow::Result<bool
     let counts = sale::wait_until_settled(&stack.db, options.grants).await?;
     let elapsed = started.elapsed();
     let ok = summary::report(&stack, options, &sold, &counts, elapsed).await?;
+    let refunded = refund::refund(&stack, &shop, options.public_key.as_deref()).await?;
     stack.stop().await?;
-    Ok(ok)
+    shop.stop().await;
+    Ok(ok && refunded)
 }
 
 /// The p-th percentile of sorted durations, in milliseconds.
