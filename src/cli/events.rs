@@ -122,10 +122,20 @@ pub async fn run(db: &Db, settings: &Settings, command: EventsCommand) -> anyhow
 pub async fn reconcile(settings: &Settings) -> anyhow::Result<()> {
     let db = crate::db::connect(settings).await?;
     let dodo = crate::startup::dodo_client(settings, &db)?;
-    match crate::ops::reconcile::reconcile(&db, &dodo, &CancellationToken::new()).await? {
+    // Without the encryption keys, suspended grants cannot be compared with Dodo's: skip them.
+    let settling = settings
+        .keys
+        .vault()
+        .ok()
+        .map(|vault| crate::ops::reconcile::Settling {
+            vault: std::sync::Arc::new(vault),
+            to: settings.recipients(),
+        });
+    let never = CancellationToken::new();
+    match crate::ops::reconcile::reconcile(&db, &dodo, settling.as_ref(), &never).await? {
         Some(r) => println!(
-            "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen",
-            r.entitlements, r.pending_seen, r.enqueued
+            "checked {} entitlement(s): {} pending grant(s) at Dodo, {} queued that keyrelay had never seen; {} suspended grant(s) asked about, {} changed",
+            r.entitlements, r.pending_seen, r.enqueued, r.suspended_checked, r.suspended_changed
         ),
         None => bail!("another keyrelay process is reconciling right now; try again in a minute"),
     }

@@ -142,6 +142,26 @@ pub async fn record(
     Ok(outcome)
 }
 
+/// Applies what Dodo shows of a grant when asked (the reconciler's look-up of suspended
+/// grants) as the lifecycle event its status names, in its own transaction; true if anything
+/// changed. A status that names no such event changes nothing.
+pub async fn apply_observed(
+    db: &Db,
+    vault: &Vault,
+    grant: &GrantFacts,
+    to: &Recipients,
+) -> Result<bool, sqlx::Error> {
+    let kind = match grant.status {
+        crate::dodo::GrantStatus::Delivered => GrantEvent::Delivered,
+        crate::dodo::GrantStatus::Revoked => GrantEvent::Revoked,
+        _ => return Ok(false),
+    };
+    let mut tx = db.begin().await?;
+    let changed = apply(&mut tx, vault, kind, grant, None, Actor::Worker, to).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
 /// Applies a lifecycle event to the grant's job and key; true if anything changed.
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,

@@ -1,7 +1,11 @@
 //! The reconciler: lists Pending grants of every pooled entitlement at Dodo and queues any that
 //! keyrelay has never seen (a webhook lost beyond Dodo's retries). It runs in `serve` every
 //! `reconciler.interval_secs` and on `keyrelay reconcile`; a Postgres advisory lock lets only one
-//! process act at a time. The maintenance pass also prunes old events and finished jobs.
+//! process act at a time. It also asks Dodo about grants whose key is suspended, and applies
+//! what it shows (delivered again: the key is reinstated; revoked for good: revoked), so a
+//! re-enable whose webhook was lost is not missed. The maintenance pass also prunes.
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -11,10 +15,12 @@ use serde::Serialize;
 pub use crate::store::prune::Pruned;
 use tokio_util::sync::CancellationToken;
 
+use crate::crypto::Vault;
 use crate::dodo::{DodoClient, GrantStatus};
 use crate::domain::{CustomerId, GrantId, PaymentId, Serve};
 use crate::intake::event::GrantFacts;
-use crate::store::{self, enqueue, pools};
+use crate::intake::record;
+use crate::store::{self, Recipients, enqueue, pools, read};
 
 /// The lock held while reconciling: a session advisory lock with this key, or (behind a
 /// transaction pooler without a direct connection) a lease row of this name.
@@ -22,17 +28,33 @@ const RECONCILE_LOCK: (i64, &str) = (0x6b72_7265_636f_6e31, "reconciler");
 /// A reconciler that died holding the lease row stops blocking others after this long.
 const RECONCILE_LEASE: Duration = Duration::from_secs(600);
 
+/// Suspended grants asked about per pass (each costs at least one call from the budget).
+const SUSPENDED_PER_PASS: i64 = 100;
+
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ReconcileReport {
     pub entitlements: usize,
     pub pending_seen: usize,
     pub enqueued: usize,
+    /// Suspended grants asked about, and how many of them changed.
+    pub suspended_checked: usize,
+    pub suspended_changed: usize,
+}
+
+/// What settling suspended keys needs: the vault (to compare the key Dodo holds with ours)
+/// and who is owed notices of what changes.
+#[derive(Clone)]
+pub struct Settling {
+    pub vault: Arc<Vault>,
+    pub to: Recipients,
 }
 
 /// Reconciles once. `Ok(None)`: another process holds the lock.
+/// Without `settling`, suspended grants are not asked about.
 pub async fn reconcile(
     db: &Db,
     dodo: &DodoClient,
+    settling: Option<&Settling>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReconcileReport>> {
     let Some(lock) =
@@ -41,7 +63,11 @@ pub async fn reconcile(
     else {
         return Ok(None);
     };
-    let result = reconcile_locked(db, dodo, shutdown).await;
+    let mut result = reconcile_locked(db, dodo, shutdown).await;
+    if let (Ok(report), Some(settling)) = (&mut result, settling) {
+        let checked = check_suspended(db, dodo, settling, shutdown).await;
+        (report.suspended_checked, report.suspended_changed) = checked?;
+    }
     lock.release().await;
     result.map(Some)
 }
@@ -102,16 +128,45 @@ async fn reconcile_locked(
     Ok(report)
 }
 
+/// Asks Dodo about grants whose key is suspended and applies what it shows; (asked, changed).
+async fn check_suspended(
+    db: &Db,
+    dodo: &DodoClient,
+    settling: &Settling,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(usize, usize)> {
+    let suspended = read::suspended_grants(db, SUSPENDED_PER_PASS).await?;
+    let mut changed = 0;
+    for (grant_id, customer_id, entitlement_id) in &suspended {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let found = dodo
+            .find_grant(entitlement_id, customer_id, grant_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("looking up suspended grant {grant_id}: {e}"))?;
+        let Some(facts) = found.as_ref().and_then(|g| GrantFacts::from_grant(g).ok()) else {
+            continue;
+        };
+        if record::apply_observed(db, &settling.vault, &facts, &settling.to).await? {
+            tracing::info!(%grant_id, status = ?facts.status, "a suspended grant changed at Dodo");
+            changed += 1;
+        }
+    }
+    Ok((suspended.len(), changed))
+}
+
 /// Reconciles and prunes every `interval` until shutdown.
 pub async fn run_maintenance(
     db: Db,
     dodo: DodoClient,
+    settling: Settling,
     interval: Duration,
     retention: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        match reconcile(&db, &dodo, &shutdown).await {
+        match reconcile(&db, &dodo, Some(&settling), &shutdown).await {
             Ok(Some(report)) => {
                 tracing::info!(
                     "reconciled with Dodo: {} entitlement(s) checked, {} pending grant(s) seen, {} queued that keyrelay had never seen",

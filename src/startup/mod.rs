@@ -25,6 +25,7 @@ use http::{METRICS_UPKEEP, drain_histograms, metrics_server, serve_until, web_se
 /// The periodic reconcile-and-prune pass of worker roles.
 struct Maintenance {
     dodo: DodoClient,
+    settling: crate::ops::reconcile::Settling,
     interval: Duration,
     retention: Duration,
 }
@@ -129,6 +130,10 @@ impl Application {
             .filter(|_| settings.reconciler.interval_secs > 0)
             .map(|dodo| Maintenance {
                 dodo: dodo.clone(),
+                settling: crate::ops::reconcile::Settling {
+                    vault: Arc::clone(&vault),
+                    to: settings.recipients(),
+                },
                 interval: Duration::from_secs(settings.reconciler.interval_secs),
                 retention: Duration::from_secs(u64::from(settings.retention.days) * 86_400),
             });
@@ -218,6 +223,7 @@ impl Application {
             tasks.push(tokio::spawn(crate::ops::reconcile::run_maintenance(
                 db,
                 m.dodo,
+                m.settling,
                 m.interval,
                 m.retention,
                 shutdown.clone(),

@@ -274,6 +274,23 @@ pub async fn bench_figures(db: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
     .await
 }
 
+/// Grants whose key is suspended, up to `limit`, in no fixed order (so repeated passes over a
+/// long list reach all of it): the reconciler asks Dodo whether each came back.
+pub async fn suspended_grants(
+    db: &Db,
+    limit: i64,
+) -> Result<Vec<(GrantId, CustomerId, EntitlementId)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT jobs.grant_id, jobs.customer_id, jobs.entitlement_id \
+         FROM keys JOIN jobs ON jobs.key_id = keys.id \
+         WHERE keys.revocation_seq IS NOT NULL AND keys.state = 'suspended' \
+         ORDER BY random() LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// The keys of `sign` pools that no longer count (revoked or suspended), in the order they
 /// changed, and the list's sequence number: the last change to any signed key's standing.
 pub async fn signed_revocations(

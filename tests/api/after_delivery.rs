@@ -481,3 +481,41 @@ async fn the_dashboard_shows_a_parked_notice_and_sends_it_again() {
     assert_eq!(app.sandbox.vendor_notices().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconciler_reinstates_a_key_whose_re_enable_webhook_was_lost() {
+    let app = TestApp::spawn().await;
+    let (grant, key) = delivered_vendor_grant(&app).await;
+    app.sandbox.revoke(&grant, "license_key_disabled");
+    tell(&app, &grant, REVOKED).await;
+    assert_eq!(key_of(&app, &grant).await, KeyState::Suspended);
+    app.sandbox.reenable(&grant).expect("re-enabled");
+    // Dodo's delivered webhook for the re-enable never arrives; the reconciler asks.
+    let dodo = keyrelay::startup::dodo_client(app.settings(), &app.db).unwrap();
+    let settling = keyrelay::ops::reconcile::Settling {
+        vault: std::sync::Arc::new(app.vault()),
+        to: app.settings().recipients(),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let report = keyrelay::ops::reconcile::reconcile(&app.db, &dodo, Some(&settling), &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.suspended_checked, report.suspended_changed), (1, 1));
+    assert_eq!(key_of(&app, &grant).await, KeyState::Delivered);
+    let again = keyrelay::ops::reconcile::reconcile(&app.db, &dodo, Some(&settling), &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.suspended_checked, 0, "nothing is suspended any more");
+    wait_outbox_drained(&app).await;
+    assert_eq!(app.sandbox.vendor_standing(&key).as_deref(), Some("active"));
+    let actions: Vec<String> = app
+        .sandbox
+        .vendor_notices()
+        .into_iter()
+        .map(|n| n.action)
+        .collect();
+    assert_eq!(actions, ["suspend", "reinstate"]);
+    app.stop().await;
+}

@@ -220,8 +220,8 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
     // Two processes reconcile at once: each has its own connections.
     let other_pool = keyrelay::db::connect(app.settings()).await.unwrap();
     let (a, b) = tokio::join!(
-        reconcile(&app.db, &dodo, &never),
-        reconcile(&other_pool, &dodo, &never)
+        reconcile(&app.db, &dodo, None, &never),
+        reconcile(&other_pool, &dodo, None, &never)
     );
     let enqueued: usize = [a.unwrap(), b.unwrap()]
         .iter()
@@ -229,7 +229,10 @@ async fn a_lost_webhook_is_found_by_the_reconciler_and_queued_once() {
         .map(|r| r.enqueued)
         .sum();
     assert_eq!(enqueued, 1);
-    let again = reconcile(&app.db, &dodo, &never).await.unwrap().unwrap();
+    let again = reconcile(&app.db, &dodo, None, &never)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((again.pending_seen, again.enqueued), (2, 0));
     let source: String = sqlx::query_scalar("SELECT source FROM jobs WHERE grant_id = $1")
         .bind(&lost.id)
