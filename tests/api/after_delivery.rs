@@ -519,3 +519,58 @@ async fn the_reconciler_reinstates_a_key_whose_re_enable_webhook_was_lost() {
     assert_eq!(actions, ["suspend", "reinstate"]);
     app.stop().await;
 }
+
+/// The standalone sandbox's controls, over HTTP: revoke with a reason, re-enable, re-grant,
+/// each sending its webhook to keyrelay.
+#[tokio::test]
+async fn the_sandbox_controls_revoke_re_enable_and_re_grant_over_http() {
+    let app = TestApp::spawn().await;
+    let (grant, _) = delivered_vendor_grant(&app).await;
+    let base = app.stack.sandbox.base_url.clone();
+    let control = |path: String, body: serde_json::Value| {
+        let http = app.http.clone();
+        async move {
+            let r = http.post(path).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let hook = serde_json::json!({ "reason": "license_key_disabled", "webhook_url": app.url });
+    let (status, answer) = control(format!("{base}/sandbox/grants/{grant}/revoke"), hook).await;
+    assert_eq!(
+        (status, answer["webhook_status"].as_u64()),
+        (200, Some(200))
+    );
+    assert_eq!(key_of(&app, &grant).await, KeyState::Suspended);
+    let (status, _) = control(
+        format!("{base}/sandbox/grants/{grant}/regrant"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "only an on-hold grant is granted again");
+    let url = serde_json::json!({ "webhook_url": app.url });
+    let (status, answer) = control(
+        format!("{base}/sandbox/grants/{grant}/reenable"),
+        url.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["grant"]["status"].as_str()),
+        (200, Some("Delivered"))
+    );
+    assert_eq!(key_of(&app, &grant).await, KeyState::Delivered);
+
+    let held = app.sandbox.subscribe(ENT);
+    tell(&app, &held.id, "entitlement_grant.created").await;
+    app.wait_for_state(&held.id, JobState::Delivered).await;
+    let on_hold = serde_json::json!({ "reason": "subscription_on_hold", "webhook_url": app.url });
+    control(format!("{base}/sandbox/grants/{}/revoke", held.id), on_hold).await;
+    let (status, answer) = control(format!("{base}/sandbox/grants/{}/regrant", held.id), url).await;
+    assert_eq!(status, 200);
+    let new = answer["grant"]["id"].as_str().unwrap().to_string();
+    app.wait_for_state(&new, JobState::Delivered).await;
+    assert_eq!(key_of(&app, &held.id).await, KeyState::Revoked);
+    app.stop().await;
+}
