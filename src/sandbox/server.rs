@@ -297,6 +297,9 @@ struct SellRequest {
     #[serde(default = "one")]
     count: usize,
     webhook_url: Option<String>,
+    /// Each grant is the first of a new subscription (to play on-hold and re-grant).
+    #[serde(default)]
+    subscription: bool,
 }
 
 fn one() -> usize {
@@ -306,7 +309,10 @@ fn one() -> usize {
 async fn sell(body: web::Json<SellRequest>, sandbox: web::Data<Sandbox>) -> HttpResponse {
     let mut sold = Vec::new();
     for _ in 0..body.count.min(10_000) {
-        let grant = sandbox.create_grant(&body.entitlement_id, None);
+        let grant = match body.subscription {
+            true => sandbox.subscribe(&body.entitlement_id),
+            false => sandbox.create_grant(&body.entitlement_id, None),
+        };
         let status = match &body.webhook_url {
             Some(url) => {
                 let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");

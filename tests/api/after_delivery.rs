@@ -562,15 +562,17 @@ async fn the_sandbox_controls_revoke_re_enable_and_re_grant_over_http() {
     );
     assert_eq!(key_of(&app, &grant).await, KeyState::Delivered);
 
-    let held = app.sandbox.subscribe(ENT);
-    tell(&app, &held.id, "entitlement_grant.created").await;
-    app.wait_for_state(&held.id, JobState::Delivered).await;
+    let sell =
+        serde_json::json!({ "entitlement_id": ENT, "subscription": true, "webhook_url": app.url });
+    let (_, sold) = control(format!("{base}/sandbox/sell"), sell).await;
+    let held = sold[0]["grant_id"].as_str().unwrap().to_string();
+    app.wait_for_state(&held, JobState::Delivered).await;
     let on_hold = serde_json::json!({ "reason": "subscription_on_hold", "webhook_url": app.url });
-    control(format!("{base}/sandbox/grants/{}/revoke", held.id), on_hold).await;
-    let (status, answer) = control(format!("{base}/sandbox/grants/{}/regrant", held.id), url).await;
+    control(format!("{base}/sandbox/grants/{held}/revoke"), on_hold).await;
+    let (status, answer) = control(format!("{base}/sandbox/grants/{held}/regrant"), url).await;
     assert_eq!(status, 200);
     let new = answer["grant"]["id"].as_str().unwrap().to_string();
     app.wait_for_state(&new, JobState::Delivered).await;
-    assert_eq!(key_of(&app, &held.id).await, KeyState::Revoked);
+    assert_eq!(key_of(&app, &held).await, KeyState::Revoked);
     app.stop().await;
 }
