@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Vault;
-use crate::domain::{CustomerId, GrantId, JobState};
+use crate::domain::{CustomerId, GrantId, JobState, KeyState};
 use crate::store::read::{self, ShopGrant};
 use crate::store::sealed::open_key;
 use crate::store::search::{Cursor, encode_position};
@@ -113,12 +113,18 @@ pub enum Status {
     Delivered,
     /// keyrelay gave up and an operator has been asked to fix it; the key is still owed.
     Delayed,
-    /// The grant was cancelled or revoked; no key is coming.
+    /// The key was delivered but does not count for now (the subscription is on hold, or the
+    /// key was disabled); it may return.
+    Suspended,
+    /// The grant was cancelled or revoked; no key is coming, or the key no longer counts.
     Cancelled,
 }
 
 impl Status {
-    fn of(state: JobState) -> Status {
+    fn of(state: JobState, key: Option<KeyState>) -> Status {
+        if key == Some(KeyState::Suspended) {
+            return Status::Suspended;
+        }
         match state {
             JobState::Delivered => Status::Delivered,
             JobState::Failed => Status::Delayed,
@@ -160,7 +166,7 @@ impl GrantView {
                 }
             });
         GrantView {
-            status: Status::of(row.state),
+            status: Status::of(row.state, row.key_state),
             delivered_at: (row.state == JobState::Delivered)
                 .then_some(row.finished_at)
                 .flatten(),

@@ -99,13 +99,15 @@ pub struct ShopGrant {
     pub finished_at: Option<DateTime<Utc>>,
     pub key_id: Option<i64>,
     pub key_sealed: Option<Vec<u8>>,
+    pub key_state: Option<KeyState>,
 }
 
-/// Jobs with the key each delivered (on `keys_one_live_key_per_grant`).
+/// Jobs with the key each delivered, suspended or not (on `keys_one_live_key_per_grant`).
 const SHOP_GRANT: &str = "SELECT jobs.grant_id, jobs.customer_id, jobs.entitlement_id, jobs.payment_id, \
      jobs.state, jobs.created_at, jobs.updated_at, jobs.finished_at, \
-     keys.id AS key_id, keys.value_sealed AS key_sealed \
-     FROM jobs LEFT JOIN keys ON keys.grant_id = jobs.grant_id AND keys.state = 'delivered'";
+     keys.id AS key_id, keys.value_sealed AS key_sealed, keys.state AS key_state \
+     FROM jobs LEFT JOIN keys ON keys.grant_id = jobs.grant_id \
+                            AND keys.state IN ('delivered', 'suspended')";
 
 /// One grant for the shop.
 pub async fn shop_grant(db: &Db, grant_id: &GrantId) -> Result<Option<ShopGrant>, sqlx::Error> {

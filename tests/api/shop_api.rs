@@ -211,3 +211,47 @@ async fn the_shop_sees_status_and_masked_keys_with_its_own_token_only() {
     assert!(body["error"].as_str().unwrap().contains("grant_nobody"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_shop_sees_a_suspended_key_as_suspended_and_a_refunded_one_as_cancelled() {
+    let app = TestApp::spawn_with(Role::All, |s| {
+        s.api.token = Some(API_TOKEN.to_string().into())
+    })
+    .await;
+    app.add_pool("pro", ENT, &["SUSP-AAAA-BBBB-1111", "SUSP-AAAA-BBBB-2222"])
+        .await;
+    let grants = app.sell_many(2).await;
+    app.wait_delivered(2).await;
+    let shop = Shop {
+        app: &app,
+        base: app.url.trim_end_matches("/webhooks/dodo").to_string(),
+        doc: openapi(),
+    };
+    for (grant, reason) in grants.iter().zip(["subscription_on_hold", "refund"]) {
+        let revoked = app.sandbox.revoke(grant, reason).unwrap();
+        let hook = app
+            .sandbox
+            .webhook_for(&revoked, "entitlement_grant.revoked");
+        assert_eq!(app.post(&hook).await.status(), 200);
+    }
+    let one = "/api/v1/grants/{grant_id}";
+    let (_, held) = shop
+        .get(
+            one,
+            &format!("/api/v1/grants/{}", grants[0]),
+            Some(API_TOKEN),
+        )
+        .await;
+    assert_eq!(held["status"], "suspended");
+    assert!(held["masked_key"].as_str().unwrap().contains("****"));
+    let (_, refunded) = shop
+        .get(
+            one,
+            &format!("/api/v1/grants/{}", grants[1]),
+            Some(API_TOKEN),
+        )
+        .await;
+    assert_eq!(refunded["status"], "cancelled");
+    assert!(refunded["masked_key"].is_null());
+    app.stop().await;
+}
