@@ -141,14 +141,6 @@ impl Deliverer {
         }
     }
 
-    /// Claims and sends one batch of due notices, all at once; returns how many it claimed.
-    pub async fn deliver_due(&self) -> Result<usize, sqlx::Error> {
-        let due = outbox::claim_due(&self.db, BATCH, self.lease_secs()).await?;
-        let sent = futures_util::future::join_all(due.iter().map(|n| self.deliver_one(n))).await;
-        sent.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(due.len())
-    }
-
     /// A claimed notice is kept from other deliverers for longer than any receiver may take.
     fn lease_secs(&self) -> f64 {
         let longest = self.vendors.values().chain(&self.shop).map(|r| r.timeout);

@@ -94,7 +94,7 @@ pub async fn complete_batch(
     let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.http_status).collect();
     let refunds: Vec<bool> = batch.iter().map(|c| c.refund_attempt).collect();
     let mut tx = db.begin().await?;
-    let applied: Vec<GrantId> = sqlx::query_scalar(
+    let applied: Vec<(GrantId, bool)> = sqlx::query_as(
         r#"
         WITH outcome AS (
             SELECT * FROM unnest($1::text[], $2::int8[], $3::job_state[], $4::timestamptz[],
@@ -113,7 +113,7 @@ pub async fn complete_batch(
         FROM outcome
         WHERE jobs.grant_id = outcome.grant_id AND jobs.lease_token = outcome.lease_token
           AND jobs.state = 'running'
-        RETURNING jobs.grant_id
+        RETURNING jobs.grant_id, jobs.subscription_id IS NOT NULL
         "#,
     )
     .bind(&grant_ids)
@@ -127,6 +127,13 @@ pub async fn complete_batch(
     .await?;
     let attempts: Vec<&AttemptRecord> = batch.iter().map(|c| &c.attempt).collect();
     insert_attempts(&mut tx, &grant_ids, &attempts).await?;
+    // Only a delivered grant of a subscription can supersede another: the rest need no look.
+    let of_subscriptions: Vec<GrantId> = applied
+        .iter()
+        .filter(|(_, subscribed)| *subscribed)
+        .map(|(grant_id, _)| grant_id.clone())
+        .collect();
+    let applied: Vec<GrantId> = applied.into_iter().map(|(grant_id, _)| grant_id).collect();
     let applied_set: HashSet<&GrantId> = applied.iter().collect();
     let details: Vec<String> = batch.iter().map(|c| format!("job {}", c.state)).collect();
     let changes: Vec<KeyChange> = batch
@@ -149,7 +156,13 @@ pub async fn complete_batch(
             .map(|c| c.grant_id.clone())
             .collect()
     };
-    supersede(&mut tx, &ended_in(JobState::Delivered), Actor::Worker, to).await?;
+    if !of_subscriptions.is_empty() {
+        let delivered: Vec<GrantId> = ended_in(JobState::Delivered)
+            .into_iter()
+            .filter(|g| of_subscriptions.contains(g))
+            .collect();
+        supersede(&mut tx, &delivered, Actor::Worker, to).await?;
+    }
     outbox::grant_failed(&mut tx, &ended_in(JobState::Failed), to).await?;
     tx.commit().await?;
     Ok(applied)
