@@ -18,6 +18,9 @@ pub const DELIVERED: &str = "entitlement_grant.delivered";
 pub const FAILED: &str = "entitlement_grant.failed";
 pub const REVOKED: &str = "entitlement_grant.revoked";
 
+/// How a job revoked for a reason keyrelay does not know ends its note, to be found for review.
+pub const REVIEW_NOTE: &str = "a reason keyrelay does not know, treated as a revoke; review it";
+
 /// Which lifecycle event arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantEvent {
@@ -196,9 +199,7 @@ fn revoked(job: &JobNow, ours: bool, reason: Option<&str>) -> Decision {
         KeyAction::Keep
     };
     let note = match meaning {
-        Meaning::Review => format!(
-            "revoked at Dodo ({shown}): a reason keyrelay does not know, treated as a revoke; review it"
-        ),
+        Meaning::Review => format!("revoked at Dodo ({shown}): {REVIEW_NOTE}"),
         Meaning::Suspend if held => {
             format!("revoked at Dodo ({shown}): a newer grant of the subscription was delivered")
         }

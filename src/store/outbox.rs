@@ -217,6 +217,13 @@ pub async fn retry(db: &Db, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
     .await
 }
 
+/// How many notices are parked for a human.
+pub async fn count_failed(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'failed'")
+        .fetch_one(db)
+        .await
+}
+
 /// Pending and failed notices, and the age of the oldest pending one.
 #[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
 pub struct Backlog {

@@ -276,6 +276,26 @@ pub async fn bench_figures(db: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
     .await
 }
 
+/// Grants revoked for a reason keyrelay does not know, newest first, for a human to review.
+pub async fn revocations_to_review(db: &Db, limit: i64) -> Result<Vec<GrantId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT grant_id FROM jobs WHERE state = 'cancelled' AND last_error LIKE $1 \
+         ORDER BY updated_at DESC LIMIT $2",
+    )
+    .bind(format!("%{}", crate::lifecycle::REVIEW_NOTE))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// How many grants were revoked for a reason keyrelay does not know.
+pub async fn count_revocations_to_review(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'cancelled' AND last_error LIKE $1")
+        .bind(format!("%{}", crate::lifecycle::REVIEW_NOTE))
+        .fetch_one(db)
+        .await
+}
+
 /// Grants whose key is suspended, up to `limit`, in no fixed order (so repeated passes over a
 /// long list reach all of it): the reconciler asks Dodo whether each came back.
 pub async fn suspended_grants(

@@ -143,7 +143,11 @@ async fn a_refund_reaches_the_vendor_and_the_shop_once_each() {
 #[tokio::test]
 async fn every_reason_in_every_order_ends_as_the_table_says() {
     let shop = ShopReceiver::start().unwrap();
-    let app = TestApp::spawn_with(Role::All, notifying(&shop)).await;
+    let app = TestApp::spawn_with(Role::All, |s| {
+        notifying(&shop)(s);
+        s.admin.token = Some(ADMIN.to_string().into());
+    })
+    .await;
     add_vendor_pool(&app).await;
     let final_reasons = [
         "refund",
@@ -206,6 +210,22 @@ async fn every_reason_in_every_order_ends_as_the_table_says() {
     assert_eq!(
         unknown, 2,
         "an unknown reason is kept verbatim and asks for review"
+    );
+    let (session, _) = app.sign_in(ADMIN).await;
+    let attention = app
+        .http
+        .get(format!("{}/admin/attention", app.base()))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        attention.contains("<span id=\"review-total\">2</span>")
+            && attention.contains("SubscriptionPaused"),
+        "revocations for a reason keyrelay does not know are shown for review"
     );
     app.stop().await;
     shop.stop().await;
@@ -441,6 +461,19 @@ async fn the_dashboard_shows_a_parked_notice_and_sends_it_again() {
     assert!(
         page.contains("source:sandbox_vendor") && page.contains("410"),
         "{page}"
+    );
+    let attention = client
+        .get(format!("{}/admin/attention", app.base()))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        attention.contains("<span id=\"notices-total\">1</span>") && attention.contains("410"),
+        "a refused notice needs attention: {attention}"
     );
     let id = app
         .count("SELECT id FROM outbox WHERE state = 'failed'")

@@ -276,6 +276,12 @@ pub struct Attention<'a> {
     /// Jobs whose grant has a vendor key nobody uses.
     pub orphans: &'a [JobSummary],
     pub orphans_total: i64,
+    /// Notices a vendor or the shop refused.
+    pub notices: &'a [crate::store::outbox::Notice],
+    pub notices_total: i64,
+    /// Grants revoked for a reason keyrelay does not know.
+    pub review: &'a [JobSummary],
+    pub review_total: i64,
 }
 
 /// Everything that needs a human, in one place.
@@ -289,6 +295,10 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
         problems_total,
         orphans,
         orphans_total,
+        notices,
+        notices_total,
+        review,
+        review_total,
     } = *a;
     let section = |title: &str,
                    id: &str,
@@ -350,8 +360,30 @@ pub fn attention(a: &Attention<'_>, csrf: &str, done: Option<&str>) -> String {
         format!("<div id=orphans>{}</div>", jobs_table(orphans, csrf)),
         "<p class=muted>A key source issued a key that no grant uses (see the job's page); revoke it at the vendor.</p>".into(),
     );
+    let notices_html = section(
+        "Notices refused",
+        "notices",
+        notices_total,
+        notices.len(),
+        "No notice to a vendor or the shop was refused.",
+        format!("<div id=notices>{}</div>", super::outbox::table(notices, Some(csrf))),
+        "<p class=muted>A key vendor's revoke_url or the shop's notify.url refused these (the answer is shown): a \
+         refund may not have reached them. Fix the receiver, then send again (see <a href=\"/admin/outbox\">Outbox</a>).</p>"
+            .into(),
+    );
+    let review_html = section(
+        "Revocations to review",
+        "review",
+        review_total,
+        review.len(),
+        "No revocation with a reason keyrelay does not know.",
+        format!("<div id=review>{}</div>", jobs_table(review, csrf)),
+        "<p class=muted>Dodo revoked these grants for a reason keyrelay does not know (shown verbatim in the last \
+         error). Their keys were revoked to be safe; check whether that was right.</p>"
+            .into(),
+    );
     let body = format!(
-        "{}<h2>Needs attention</h2>{failed_html}{waiting_html}{problems_html}{orphans_html}",
+        "{}<h2>Needs attention</h2>{failed_html}{waiting_html}{notices_html}{review_html}{problems_html}{orphans_html}",
         flash(done)
     );
     layout("Needs attention", &body, Some(csrf))

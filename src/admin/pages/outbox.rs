@@ -11,7 +11,7 @@ pub struct OutboxLists<'a> {
     pub backlog: Backlog,
 }
 
-fn table(notices: &[Notice], csrf: Option<&str>) -> String {
+pub(super) fn table(notices: &[Notice], csrf: Option<&str>) -> String {
     let rows: String = notices
         .iter()
         .map(|n| {

@@ -185,10 +185,22 @@ pub async fn attention(
         crate::store::asking::grants_with_orphan_keys(db, 100),
         crate::store::asking::count_grants_with_orphan_keys(db),
     )?;
+    let (review_ids, review_total, notices, notices_total) = futures_util::try_join!(
+        read::revocations_to_review(db, 100),
+        read::count_revocations_to_review(db),
+        crate::store::outbox::list(db, Some("failed"), 100),
+        crate::store::outbox::count_failed(db),
+    )?;
     let mut orphans = Vec::new();
     for grant_id in orphan_ids {
         if let Some(job) = read::job(db, &grant_id).await? {
             orphans.push(job);
+        }
+    }
+    let mut review = Vec::new();
+    for grant_id in review_ids {
+        if let Some(job) = read::job(db, &grant_id).await? {
+            review.push(job);
         }
     }
     let page = pages::attention(
@@ -201,6 +213,10 @@ pub async fn attention(
             problems_total,
             orphans: &orphans,
             orphans_total,
+            notices: &notices,
+            notices_total,
+            review: &review,
+            review_total,
         },
         &csrf(&state, &who),
         flash.message().as_deref(),
