@@ -226,6 +226,7 @@ async fn list(db: &Db, as_json: bool) -> anyhow::Result<()> {
                 p.reserved.to_string(),
                 p.delivered.to_string(),
                 p.rejected.to_string(),
+                p.suspended.to_string(),
                 p.revoked.to_string(),
                 if p.source_problem.is_some() {
                     "BROKEN".into()
@@ -250,6 +251,7 @@ async fn list(db: &Db, as_json: bool) -> anyhow::Result<()> {
             "reserved",
             "delivered",
             "rejected",
+            "suspended",
             "revoked",
             "stock",
             "sold day/week",

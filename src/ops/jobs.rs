@@ -37,6 +37,8 @@ pub struct JobDetail {
     /// Keys an endpoint answered for the grant (`http` pools); an orphan needs revoking at
     /// the vendor.
     pub received_keys: Vec<ReceivedKey>,
+    /// What the grant's changes owed its key's vendor and the shop, and whether it was sent.
+    pub notices: Vec<crate::store::outbox::Notice>,
 }
 
 /// One job with its key (masked unless `reveal_key`; `(sealed)` without `vault`), every
@@ -79,6 +81,7 @@ pub async fn show_job(
     Ok(Some(JobDetail {
         audit: audit::for_grant(db, grant_id).await?,
         received_keys: asking::received_keys(db, grant_id).await?,
+        notices: crate::store::outbox::for_grant(db, grant_id).await?,
         job,
         key_state: key.as_ref().map(|k| k.2),
         key: key.map(|(id, sealed, _)| show(id, &sealed)),

@@ -196,6 +196,16 @@ pub async fn list(db: &Db, state: Option<&str>, limit: i64) -> Result<Vec<Notice
     .await
 }
 
+/// The notices about one grant, oldest first.
+pub async fn for_grant(db: &Db, grant_id: &GrantId) -> Result<Vec<Notice>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {NOTICE_COLUMNS}, NULL::bytea AS key_sealed FROM outbox WHERE grant_id = $1 ORDER BY id"
+    ))
+    .bind(grant_id)
+    .fetch_all(db)
+    .await
+}
+
 pub async fn get(db: &Db, id: i64) -> Result<Option<Notice>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {NOTICE_COLUMNS}, NULL::bytea AS key_sealed FROM outbox WHERE id = $1"

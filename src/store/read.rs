@@ -36,15 +36,15 @@ pub async fn job(db: &Db, grant_id: &GrantId) -> Result<Option<JobSummary>, sqlx
     .await
 }
 
-/// The grant's live key (reserved, delivered or revoked), if it has one: id, sealed value,
-/// state.
+/// The grant's live key (reserved, delivered, suspended or revoked), if it has one: id,
+/// sealed value, state.
 pub async fn live_key(
     db: &Db,
     grant_id: &GrantId,
 ) -> Result<Option<(i64, Vec<u8>, KeyState)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, value_sealed, state FROM keys \
-         WHERE grant_id = $1 AND state IN ('reserved', 'delivered', 'revoked')",
+         WHERE grant_id = $1 AND state NOT IN ('available', 'rejected')",
     )
     .bind(grant_id)
     .fetch_optional(db)

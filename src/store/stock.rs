@@ -22,6 +22,8 @@ pub struct PoolStock {
     pub reserved: i64,
     pub delivered: i64,
     pub rejected: i64,
+    /// Delivered, then revoked for a reason that can reverse.
+    pub suspended: i64,
     pub revoked: i64,
     pub low_stock_threshold: i32,
     pub low_stock: bool,
@@ -70,6 +72,7 @@ pub async fn list_pools(db: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
                count(keys.id) FILTER (WHERE keys.state = 'reserved')  AS reserved,
                count(keys.id) FILTER (WHERE keys.state = 'delivered') AS delivered,
                count(keys.id) FILTER (WHERE keys.state = 'rejected')  AS rejected,
+               count(keys.id) FILTER (WHERE keys.state = 'suspended') AS suspended,
                count(keys.id) FILTER (WHERE keys.state = 'revoked')   AS revoked,
                pools.low_stock AS low_stock_threshold,
                {AVAILABLE_IN_POOL} < pools.low_stock AS low_stock,

@@ -90,8 +90,27 @@ async fn a_refund_reaches_the_vendor_and_the_shop_once_each() {
 
     app.sandbox.revoke(&grant, "refund");
     tell(&app, &grant, REVOKED).await;
-    // A redelivery of the same webhook and a replay of it change nothing more.
+    // A redelivery of the same webhook, and a replay of the stored one, change nothing more.
     tell(&app, &grant, REVOKED).await;
+    let stored: String = sqlx::query_scalar(
+        "SELECT webhook_id FROM events WHERE grant_id = $1 AND event_type = $2 LIMIT 1",
+    )
+    .bind(&grant)
+    .bind(REVOKED)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let to = app.settings().recipients();
+    let replayed = keyrelay::ops::events::replay(
+        &app.db,
+        &app.vault(),
+        &stored,
+        keyrelay::domain::Actor::Cli,
+        &to,
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed, keyrelay::ops::events::ReplayOutcome::Unchanged);
     assert_eq!(key_of(&app, &grant).await, KeyState::Revoked);
     assert_eq!(app.job_state(&grant).await, JobState::Cancelled);
     wait_outbox_drained(&app).await;
@@ -239,6 +258,12 @@ async fn a_disabled_key_is_reinstated_when_dodo_enables_it_again() {
     app.sandbox.revoke(&grant, "license_key_disabled");
     tell(&app, &grant, REVOKED).await;
     assert_eq!(key_of(&app, &grant).await, KeyState::Suspended);
+    let env = app.cli_env();
+    let shown =
+        crate::helpers::keyrelay_async(&crate::helpers::as_env(&env), &["jobs", "show", &grant])
+            .await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("(suspended)"), "{shown}");
     wait_outbox_drained(&app).await;
     assert_eq!(
         app.sandbox.vendor_standing(&key).as_deref(),
@@ -355,6 +380,12 @@ async fn a_vendor_refusal_is_parked_with_its_message_and_sent_again_from_the_cli
         "the vendor's answer is kept with the key it quoted masked: {stored}"
     );
     assert!(!crate::helpers::captured_logs().contains(&key));
+    let job = crate::helpers::keyrelay_async(&env, &["jobs", "show", &grant]).await;
+    let job = String::from_utf8_lossy(&job.stdout);
+    assert!(
+        job.contains("(revoked)") && job.contains("license_key.revoked") && job.contains("422"),
+        "jobs show has the key's state and the notice with the vendor's answer: {job}"
+    );
     assert_eq!(app.sandbox.vendor_standing(&key).as_deref(), Some("active"));
 
     let retried = crate::helpers::keyrelay_async(&env, &["outbox", "retry", &id.to_string()]).await;

@@ -1,5 +1,5 @@
 //! `keyrelay jobs show`: one job, its key (masked unless asked), every attempt, the keys an
-//! endpoint answered for it, and its audit trail.
+//! endpoint answered for it, the notices its changes owed, and its audit trail.
 
 use anyhow::bail;
 
@@ -95,6 +95,27 @@ fn print_detail(detail: &JobDetail) {
             .collect();
         table(
             &["received", "key from endpoint", "idempotency key", "status"],
+            &rows,
+        );
+    }
+    if !detail.notices.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = detail
+            .notices
+            .iter()
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    shown(&n.target),
+                    n.event_type.clone(),
+                    n.state.clone(),
+                    n.attempts.to_string(),
+                    or_dash(n.last_error.as_deref().map(shown)),
+                ]
+            })
+            .collect();
+        table(
+            &["notice", "to", "event", "state", "tries", "last answer"],
             &rows,
         );
     }
