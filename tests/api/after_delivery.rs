@@ -640,3 +640,23 @@ async fn the_sandbox_controls_revoke_re_enable_and_re_grant_over_http() {
     assert_eq!(key_of(&app, &held).await, KeyState::Revoked);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_shop_gets_the_whole_key_only_when_it_asks_for_it() {
+    let shop = ShopReceiver::start().unwrap();
+    let app = TestApp::spawn_with(Role::All, |s| {
+        notifying(&shop)(s);
+        s.notify.include_key = true;
+    })
+    .await;
+    app.add_pool("pro", ENT, &["WHOLE-KEY-0001"]).await;
+    let grant = app.sell().await;
+    app.wait_for_state(&grant, JobState::Delivered).await;
+    wait_outbox_drained(&app).await;
+    let delivered = shop.of_type("license_key.delivered");
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].data["key"], "WHOLE-KEY-0001");
+    assert_eq!(delivered[0].data["pool"], "pro");
+    app.stop().await;
+    shop.stop().await;
+}
