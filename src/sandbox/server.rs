@@ -251,12 +251,7 @@ async fn vendor_license(
     if !super::vendor::signed(&request, &body, &sandbox) {
         return error(401, "UNAUTHORIZED", "bad signature");
     }
-    let idempotency = request
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let idempotency = super::vendor::header(&request, "idempotency-key");
     let grant_id = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|b| b["grant_id"].as_str().map(str::to_string));

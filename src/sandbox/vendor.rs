@@ -166,16 +166,19 @@ impl Sandbox {
     }
 }
 
+/// A request header as text (empty when absent or not text).
+pub(super) fn header(request: &HttpRequest, name: &str) -> String {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Whether the request carries a valid Standard Webhooks signature under the sandbox's secret.
 pub(super) fn signed(request: &HttpRequest, body: &[u8], sandbox: &Sandbox) -> bool {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let header = |name: &str| header(request, name);
     let (id, signature) = (header("webhook-id"), header("webhook-signature"));
     header("webhook-timestamp")
         .parse::<i64>()
@@ -196,12 +199,7 @@ pub(super) async fn vendor_revocation(
     if !signed(&request, &body, &sandbox) {
         return HttpResponse::Unauthorized().json(serde_json::json!({"message": "bad signature"}));
     }
-    let idempotency = request
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let idempotency = header(&request, "idempotency-key");
     let Ok(mut notice) = serde_json::from_slice::<VendorNotice>(&body) else {
         return HttpResponse::UnprocessableEntity()
             .json(serde_json::json!({"message": "action, grant_id and key are required"}));
