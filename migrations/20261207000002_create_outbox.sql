@@ -49,3 +49,7 @@ CREATE INDEX outbox_due ON outbox (run_at) WHERE state = 'pending';
 CREATE INDEX outbox_failed ON outbox (id) WHERE state = 'failed';
 CREATE INDEX outbox_created_at ON outbox (created_at);
 CREATE INDEX outbox_grant ON outbox (grant_id) WHERE grant_id IS NOT NULL;
+-- Notices about one key reach each receiver in the order the changes were made: one waits
+-- while an older one for the same key and receiver is not sent.
+CREATE INDEX outbox_key_order ON outbox (key_id, target, id)
+    WHERE key_id IS NOT NULL AND state <> 'sent';

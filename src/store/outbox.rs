@@ -127,12 +127,19 @@ const NOTICE_COLUMNS: &str = "id, target, event_type, grant_id, key_id, data, st
      attempts, last_status, last_error, created_at, owed_since, run_at, sent_at";
 
 /// Claims up to `limit` due notices, oldest first: each is pushed `lease_secs` ahead (so no
-/// other deliverer sends it meanwhile) and its attempt counted.
+/// other deliverer sends it meanwhile) and its attempt counted. A notice about a key waits
+/// while an older one about the same key to the same receiver is not sent (pending or
+/// parked), so a vendor never hears `reinstate` before the `suspend` it undoes.
 pub async fn claim_due(db: &Db, limit: i64, lease_secs: f64) -> Result<Vec<Notice>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
         UPDATE outbox SET run_at = now() + make_interval(secs => $2), attempts = attempts + 1
-        WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND run_at <= now()
+        WHERE id IN (SELECT id FROM outbox
+                     WHERE state = 'pending' AND run_at <= now()
+                       AND NOT EXISTS (SELECT 1 FROM outbox older
+                                       WHERE older.key_id = outbox.key_id
+                                         AND older.target = outbox.target
+                                         AND older.id < outbox.id AND older.state <> 'sent')
                      ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED)
         RETURNING {NOTICE_COLUMNS},
                   (SELECT value_sealed FROM keys WHERE keys.id = outbox.key_id) AS key_sealed

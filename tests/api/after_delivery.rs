@@ -660,3 +660,28 @@ async fn the_shop_gets_the_whole_key_only_when_it_asks_for_it() {
     app.stop().await;
     shop.stop().await;
 }
+
+/// A vendor that refused `suspend` for a while hears it before the `reinstate` that undoes it,
+/// and ends with the license active.
+#[tokio::test]
+async fn notices_about_one_key_reach_the_vendor_in_order() {
+    let app = TestApp::spawn().await;
+    let (grant, key) = delivered_vendor_grant(&app).await;
+    let busy = std::iter::repeat_n(keyrelay::sandbox::VendorFault::Status { status: 503 }, 5);
+    app.sandbox.script_vendor_revocation_faults(&grant, busy);
+    app.sandbox.revoke(&grant, "license_key_disabled");
+    tell(&app, &grant, REVOKED).await;
+    app.sandbox.reenable(&grant).expect("re-enabled");
+    tell(&app, &grant, DELIVERED).await;
+    assert_eq!(key_of(&app, &grant).await, KeyState::Delivered);
+    wait_outbox_drained(&app).await;
+    let actions: Vec<String> = app
+        .sandbox
+        .vendor_notices()
+        .into_iter()
+        .map(|n| n.action)
+        .collect();
+    assert_eq!(actions, ["suspend", "reinstate"]);
+    assert_eq!(app.sandbox.vendor_standing(&key).as_deref(), Some("active"));
+    app.stop().await;
+}
