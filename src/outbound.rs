@@ -20,6 +20,30 @@ pub fn client() -> reqwest::ClientBuilder {
         .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
 }
 
+/// A JSON POST of `body` to `url`, signed as a Standard Webhooks message `id` under `secret`
+/// (the `webhook-*` headers), with `id` as its `Idempotency-Key` too: what keyrelay sends to
+/// key sources and to the shop. Fails only if the message cannot be signed.
+pub fn signed_post(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    id: &str,
+    body: String,
+) -> Result<reqwest::RequestBuilder, String> {
+    let timestamp = chrono::Utc::now().timestamp();
+    let signature = standardwebhooks::Webhook::from_bytes(secret.to_vec())
+        .and_then(|w| w.sign(id, timestamp, body.as_bytes()))
+        .map_err(|e| format!("cannot sign the request: {e:?}"))?;
+    Ok(http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", id)
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body))
+}
+
 /// Why an answer's body was not read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {

@@ -18,7 +18,9 @@ use crate::configuration::Settings;
 use crate::crypto::{Vault, parse_webhook_secrets};
 use crate::db::Db;
 use crate::domain::{LicenseKey, printable};
-use crate::outbound::{ReadError, describe_error, read_capped, redirect_refused, wait_hint};
+use crate::outbound::{
+    ReadError, describe_error, read_capped, redirect_refused, signed_post, wait_hint,
+};
 use crate::store::outbox::{self, Delivery, Notice};
 
 /// Notices sent at once by one deliverer.
@@ -190,30 +192,16 @@ impl Deliverer {
             }
         };
         let id = format!("keyrelay_notice_{}", notice.id);
-        let timestamp = Utc::now().timestamp();
-        let signature = match standardwebhooks::Webhook::from_bytes(receiver.secret.clone())
-            .and_then(|w| w.sign(&id, timestamp, body.as_bytes()))
-        {
-            Ok(signature) => signature,
-            Err(e) => {
+        let request = match signed_post(&self.http, &receiver.url, &receiver.secret, &id, body) {
+            Ok(request) => request,
+            Err(error) => {
                 return Delivery::Park {
                     status: None,
-                    error: format!("cannot sign the notice: {e:?}"),
+                    error,
                 };
             }
         };
-        let answer = self
-            .http
-            .post(&receiver.url)
-            .timeout(receiver.timeout)
-            .header("content-type", "application/json")
-            .header("idempotency-key", &id)
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
+        let answer = request.timeout(receiver.timeout).send().await;
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {

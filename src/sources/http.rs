@@ -194,21 +194,16 @@ impl Endpoint<'_> {
         let secret = parse_webhook_secrets(source.secret.expose_secret())
             .map_err(|e| SourceError::Fail(e.to_string()))?
             .remove(0);
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = standardwebhooks::Webhook::from_bytes(secret)
-            .and_then(|w| w.sign(idempotency, timestamp, body.as_bytes()))
-            .map_err(|e| SourceError::Fail(format!("cannot sign the request: {e:?}")))?;
-        let answer = self
-            .endpoints
-            .http
-            .post(&source.url)
+        let request = crate::outbound::signed_post(
+            &self.endpoints.http,
+            &source.url,
+            &secret,
+            idempotency,
+            body,
+        )
+        .map_err(SourceError::Fail)?;
+        let answer = request
             .timeout(Duration::from_secs(source.timeout_secs))
-            .header("content-type", "application/json")
-            .header("idempotency-key", idempotency)
-            .header("webhook-id", idempotency)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
             .send()
             .await
             .map_err(|e| no_answer(name, "did not answer", &e))?;
