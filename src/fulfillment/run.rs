@@ -57,7 +57,6 @@ impl WorkerContext {
 
     /// Owes notices of what the workers change to `to`.
     pub fn with_recipients(mut self, to: Recipients) -> WorkerContext {
-        self.alerter = self.alerter.with_shop(to.shop);
         self.to = to;
         self
     }
@@ -96,7 +95,7 @@ impl WorkerContext {
 
     /// Sends low-stock alerts to `url` as well as to the log and metrics.
     pub fn with_alert_webhook(mut self, url: Option<String>) -> WorkerContext {
-        self.alerter = Alerter::new(url).with_shop(self.to.shop);
+        self.alerter = Alerter::new(url);
         self
     }
 

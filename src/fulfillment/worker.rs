@@ -30,7 +30,9 @@ const RECORD_RETRY: RetryPolicy = RetryPolicy {
 /// Alerts for pools of `entitlements` that reservations just took below their threshold.
 async fn check_stock(ctx: &WorkerContext, entitlements: &[String]) -> Result<(), sqlx::Error> {
     if !entitlements.is_empty() {
-        ctx.alerter.check_low_stock(&ctx.db, entitlements).await?;
+        ctx.alerter
+            .check_low_stock(&ctx.db, entitlements, ctx.to.shop)
+            .await?;
     }
     Ok(())
 }

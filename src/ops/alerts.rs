@@ -19,8 +19,6 @@ pub struct Alerter {
     http: reqwest::Client,
     webhook_url: Option<String>,
     first_retry: Duration,
-    /// The shop is owed a `pool.low_stock` notice (through the outbox).
-    shop: bool,
 }
 
 impl LowStock {
@@ -41,24 +39,19 @@ impl Alerter {
                 .expect("reqwest client"),
             webhook_url,
             first_retry: Duration::from_secs(1),
-            shop: false,
         }
     }
 
-    /// Also tells the shop (`notify.url`), through the outbox.
-    pub fn with_shop(mut self, shop: bool) -> Alerter {
-        self.shop = shop;
-        self
-    }
-
-    /// Checks the pools of `entitlements` and alerts for each that just went low. The flag set
-    /// here is cleared by the next import that restocks the pool, so each restock alerts once.
+    /// Checks the pools of `entitlements` and alerts for each that just went low, telling the
+    /// shop too (through the outbox) when `shop`. The flag set here is cleared by the next
+    /// import that restocks the pool, so each restock alerts once.
     pub async fn check_low_stock(
         &self,
         db: &Db,
         entitlements: &[String],
+        shop: bool,
     ) -> Result<Vec<LowStock>, sqlx::Error> {
-        let low = crate::store::stock::flag_low_stock(db, entitlements, self.shop).await?;
+        let low = crate::store::stock::flag_low_stock(db, entitlements, shop).await?;
         for alert in &low {
             tracing::warn!(pool = %alert.pool, available = alert.available, threshold = alert.threshold, "pool is low on keys");
             metrics::counter!("keyrelay_low_stock_alerts_total", "pool" => alert.pool.clone())

@@ -1,12 +1,11 @@
 //! The outbox: what keyrelay owes a vendor or the shop. Notices are written in the transaction
-//! that makes the change they tell of (`KEY_NOTICES` inside `change_keys`, `grant_failed`, the
-//! low-stock flag), so a change is never made without its notice nor noticed without being
+//! that makes the change they tell of (`KEY_NOTICES` inside `change_keys`, `failure_notices`
+//! inside the statements that fail jobs, the low-stock flag), so a change is never made without its notice nor noticed without being
 //! made. The deliverer (`ops::outbox`) claims due notices, sends each, and records what the
 //! receiver answered.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Postgres, Transaction};
 
 use crate::db::Db;
 use crate::domain::GrantId;
@@ -66,31 +65,6 @@ pub(super) fn failure_notices(shop: &str) -> String {
                                    'error', last_error) \
          FROM ended WHERE ended.state = 'failed' AND {shop}"
     )
-}
-
-/// Tells the shop of the grants among `grant_ids` whose job is now failed.
-pub(super) async fn grant_failed(
-    tx: &mut Transaction<'_, Postgres>,
-    grant_ids: &[GrantId],
-    to: &Recipients,
-) -> Result<(), sqlx::Error> {
-    if !to.shop || grant_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        r#"
-        INSERT INTO outbox (target, event_type, grant_id, data)
-        SELECT 'shop', 'grant.failed', grant_id,
-               jsonb_build_object('grant_id', grant_id, 'customer_id', customer_id,
-                                  'entitlement_id', entitlement_id, 'payment_id', payment_id,
-                                  'error', last_error)
-        FROM jobs WHERE grant_id = ANY($1) AND state = 'failed'
-        "#,
-    )
-    .bind(grant_ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// A notice as the deliverer sends it and operators see it.
@@ -232,13 +206,6 @@ pub async fn retry(db: &Db, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
     .bind(ids)
     .fetch_all(db)
     .await
-}
-
-/// How many notices are parked for a human.
-pub async fn count_failed(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'failed'")
-        .fetch_one(db)
-        .await
 }
 
 /// Pending and failed notices, and the age of the oldest pending one.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::key_changes::{KeyChange, change_keys, supersede};
-use super::outbox::{self, Recipients};
+use super::outbox::{ENDED, Recipients, failure_notices};
 use crate::domain::{Actor, AttemptOutcome, GrantId, JobState, KeyAction, KeyState};
 
 /// One call to Dodo's fulfill endpoint, as recorded in `attempts`.
@@ -94,13 +94,15 @@ pub async fn complete_batch(
     let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.http_status).collect();
     let refunds: Vec<bool> = batch.iter().map(|c| c.refund_attempt).collect();
     let mut tx = db.begin().await?;
-    let applied: Vec<(GrantId, bool)> = sqlx::query_as(
+    // Each applied outcome, and whether it delivered a grant of a subscription (only such a
+    // grant can supersede another, so the rest need no look).
+    let applied: Vec<(GrantId, bool)> = sqlx::query_as(&format!(
         r#"
         WITH outcome AS (
             SELECT * FROM unnest($1::text[], $2::int8[], $3::job_state[], $4::timestamptz[],
                                  $5::text[], $6::int4[], $7::bool[])
                 AS outcome(grant_id, lease_token, state, run_at, last_error, http_status, refund)
-        )
+        ), ended AS (
         UPDATE jobs SET state = outcome.state,
                         run_at = outcome.run_at,
                         lease_token = NULL,
@@ -113,9 +115,14 @@ pub async fn complete_batch(
         FROM outcome
         WHERE jobs.grant_id = outcome.grant_id AND jobs.lease_token = outcome.lease_token
           AND jobs.state = 'running'
-        RETURNING jobs.grant_id, jobs.subscription_id IS NOT NULL
+        RETURNING {ENDED}, jobs.subscription_id
+        ), noticed AS (
+            {notices}
+        )
+        SELECT grant_id, subscription_id IS NOT NULL AND state = 'delivered' FROM ended
         "#,
-    )
+        notices = failure_notices("$8"),
+    ))
     .bind(&grant_ids)
     .bind(&tokens)
     .bind(&states)
@@ -123,14 +130,14 @@ pub async fn complete_batch(
     .bind(&errors)
     .bind(&statuses)
     .bind(&refunds)
+    .bind(to.shop)
     .fetch_all(&mut *tx)
     .await?;
     let attempts: Vec<&AttemptRecord> = batch.iter().map(|c| &c.attempt).collect();
     insert_attempts(&mut tx, &grant_ids, &attempts).await?;
-    // Only a delivered grant of a subscription can supersede another: the rest need no look.
-    let of_subscriptions: Vec<GrantId> = applied
+    let supersedes: Vec<GrantId> = applied
         .iter()
-        .filter(|(_, subscribed)| *subscribed)
+        .filter(|(_, supersedes)| *supersedes)
         .map(|(grant_id, _)| grant_id.clone())
         .collect();
     let applied: Vec<GrantId> = applied.into_iter().map(|(grant_id, _)| grant_id).collect();
@@ -149,21 +156,7 @@ pub async fn complete_batch(
         })
         .collect();
     change_keys(&mut tx, &changes, Actor::Worker, to).await?;
-    let ended_in = |state: JobState| -> Vec<GrantId> {
-        batch
-            .iter()
-            .filter(|c| c.state == state && applied_set.contains(&c.grant_id))
-            .map(|c| c.grant_id.clone())
-            .collect()
-    };
-    if !of_subscriptions.is_empty() {
-        let delivered: Vec<GrantId> = ended_in(JobState::Delivered)
-            .into_iter()
-            .filter(|g| of_subscriptions.contains(g))
-            .collect();
-        supersede(&mut tx, &delivered, Actor::Worker, to).await?;
-    }
-    outbox::grant_failed(&mut tx, &ended_in(JobState::Failed), to).await?;
+    supersede(&mut tx, &supersedes, Actor::Worker, to).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -231,8 +224,10 @@ pub async fn settle_by_event(
     actor: Actor,
     to: &Recipients,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    // A failure notice only for a job this event moves to failed, not one already there.
+    sqlx::query(&format!(
         r#"
+        WITH ended AS (
         UPDATE jobs SET grant_updated_at = greatest(grant_updated_at, $2),
                         state = coalesce($3, state),
                         lease_token = CASE WHEN $3 IS NULL THEN lease_token END,
@@ -240,12 +235,17 @@ pub async fn settle_by_event(
                         last_error = CASE WHEN $3 IS NULL THEN last_error ELSE $4 END,
                         updated_at = now()
         WHERE grant_id = $1
+        RETURNING {ENDED}
+        )
+        {notices}
         "#,
-    )
+        notices = failure_notices("$5 AND $3 IS NOT NULL"),
+    ))
     .bind(grant_id)
     .bind(settlement.at)
     .bind(settlement.job_state)
     .bind(settlement.note)
+    .bind(to.shop)
     .execute(&mut **tx)
     .await?;
     if let Some(key_id) = key_id {
@@ -258,13 +258,8 @@ pub async fn settle_by_event(
         };
         change_keys(tx, &[change], actor, to).await?;
     }
-    let this = std::slice::from_ref(grant_id);
-    match settlement.job_state {
-        Some(JobState::Delivered) => {
-            supersede(tx, this, actor, to).await?;
-        }
-        Some(JobState::Failed) => outbox::grant_failed(tx, this, to).await?,
-        _ => {}
+    if settlement.job_state == Some(JobState::Delivered) {
+        supersede(tx, std::slice::from_ref(grant_id), actor, to).await?;
     }
     if let Some(state) = settlement.job_state {
         super::audit::record(

@@ -233,7 +233,7 @@ async fn low_stock_alerts_fire_once_per_restock() {
     run_batch(&ctx, 10).await.unwrap();
     assert!(
         ctx.alerter
-            .check_low_stock(&app.db, &[ENT.to_string()])
+            .check_low_stock(&app.db, &[ENT.to_string()], false)
             .await
             .unwrap()
             .is_empty()
@@ -242,7 +242,7 @@ async fn low_stock_alerts_fire_once_per_restock() {
     app.import("pro", &["LOW-6", "LOW-7", "LOW-8"]).await;
     assert!(
         ctx.alerter
-            .check_low_stock(&app.db, &[ENT.to_string()])
+            .check_low_stock(&app.db, &[ENT.to_string()], false)
             .await
             .unwrap()
             .is_empty(),

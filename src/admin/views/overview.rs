@@ -185,11 +185,11 @@ pub async fn attention(
         crate::store::asking::grants_with_orphan_keys(db, 100),
         crate::store::asking::count_grants_with_orphan_keys(db),
     )?;
-    let (review_ids, review_total, notices, notices_total) = futures_util::try_join!(
+    let (review_ids, review_total, notices, backlog) = futures_util::try_join!(
         read::revocations_to_review(db, 100),
         read::count_revocations_to_review(db),
         crate::store::outbox::list(db, Some("failed"), 100),
-        crate::store::outbox::count_failed(db),
+        crate::store::outbox::backlog(db),
     )?;
     let mut orphans = Vec::new();
     for grant_id in orphan_ids {
@@ -214,7 +214,7 @@ pub async fn attention(
             orphans: &orphans,
             orphans_total,
             notices: &notices,
-            notices_total,
+            notices_total: backlog.failed,
             review: &review,
             review_total,
         },
