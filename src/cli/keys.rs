@@ -1,5 +1,7 @@
 //! `keyrelay keys`: key material for pools whose keys keyrelay makes.
 
+use std::path::Path;
+
 use clap::Subcommand;
 use secrecy::ExposeSecret;
 
@@ -17,25 +19,39 @@ pub enum KeysCommand {
     /// running keyrelay; safe to stop and run again.
     Rotate,
     /// Print a new Ed25519 key pair for `sign` pools: the private key (a secret, for
-    /// KEYRELAY_SIGNING_KEY) and the public key your app verifies with.
+    /// KEYRELAY_SIGNING_KEY), the public key your app verifies with, and its key id. To
+    /// rotate, see README.md ("Rotating the signing key").
     NewSigningKey,
-    /// Check a signed key: exit 0 and print its payload as JSON if valid, else exit 1.
+    /// Print the public halves of KEYRELAY_SIGNING_KEY as a JWK Set (what
+    /// `GET /.well-known/jwks.json` serves), for apps that ship it.
+    Public,
+    /// Check a signed key: exit 0 and print its payload as JSON if valid, else say why and
+    /// exit 1.
     Verify {
-        /// The key as the customer received it.
+        /// The key exactly as the customer received it.
         key: String,
         /// The public key printed by `keys new-signing-key` (base64).
-        #[arg(long, value_name = "PK")]
-        public_key: String,
+        #[arg(
+            long,
+            value_name = "PK",
+            required_unless_present = "jwks",
+            conflicts_with = "jwks"
+        )]
+        public_key: Option<String>,
+        /// A JWK Set file, from `keys public` or `GET /.well-known/jwks.json`.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<std::path::PathBuf>,
         /// A revocation list saved from `GET /signing-keys/revoked`: a key on it is refused.
         #[arg(long, value_name = "FILE")]
         revocations: Option<std::path::PathBuf>,
     },
 }
 
-/// Runs a `keys` command that needs no settings; `None` for one that does (`rotate`).
+/// Runs a `keys` command that needs no settings; `None` for one that does (`rotate`,
+/// `public`).
 pub fn run_offline(command: &KeysCommand) -> Option<anyhow::Result<bool>> {
     Some(match command {
-        KeysCommand::Rotate => return None,
+        KeysCommand::Rotate | KeysCommand::Public => return None,
         KeysCommand::NewEncryptionKey => {
             println!("{}", crate::crypto::new_encryption_key().expose_secret());
             eprintln!(
@@ -45,8 +61,11 @@ pub fn run_offline(command: &KeysCommand) -> Option<anyhow::Result<bool>> {
         }
         KeysCommand::NewSigningKey => {
             let (private, public) = sign::new_signing_key();
+            let kid = sign::PublicKeys::from_base64(&public)
+                .map(|keys| keys.iter().map(|k| k.kid.clone()).collect::<String>());
             println!("private: {}", private.expose_secret());
             println!("public: {public}");
+            println!("key id: {}", kid.unwrap_or_default());
             eprintln!(
                 "Keep the private key secret (set it as KEYRELAY_SIGNING_KEY); give the public key to your app."
             );
@@ -55,49 +74,65 @@ pub fn run_offline(command: &KeysCommand) -> Option<anyhow::Result<bool>> {
         KeysCommand::Verify {
             key,
             public_key,
+            jwks,
             revocations,
-        } => verify(key, public_key, revocations.as_deref()),
+        } => verify(
+            key,
+            public_key.as_deref(),
+            jwks.as_deref(),
+            revocations.as_deref(),
+        ),
     })
+}
+
+fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", path.display()))
 }
 
 fn verify(
     key: &str,
-    public_key: &str,
-    revocations: Option<&std::path::Path>,
+    public_key: Option<&str>,
+    jwks: Option<&Path>,
+    revocations: Option<&Path>,
 ) -> anyhow::Result<bool> {
-    let public = sign::parse_public_key(public_key)?;
+    let trusted = match (public_key, jwks) {
+        (Some(public_key), _) => sign::PublicKeys::from_base64(public_key)?,
+        (None, Some(path)) => sign::PublicKeys::from_jwks(&read("JWK Set", path)?)
+            .map_err(|e| anyhow::anyhow!("{e} ({})", path.display()))?,
+        (None, None) => anyhow::bail!("give --public-key PK or --jwks FILE"),
+    };
     let list = match revocations {
-        Some(path) => {
-            let served = std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the revocation list {}: {e}", path.display())
-            })?;
-            Some(
-                crate::sources::revocations::verify(&served, &public)
-                    .map_err(|e| anyhow::anyhow!("{e} ({})", path.display()))?,
-            )
-        }
+        Some(path) => Some(
+            crate::sources::revocations::verify(&read("revocation list", path)?, &trusted)
+                .map_err(|e| anyhow::anyhow!("{e} ({})", path.display()))?,
+        ),
         None => None,
     };
-    match sign::verify(key, &public) {
+    match sign::verify(key, &trusted, list.as_ref(), chrono::Utc::now()) {
         Ok(payload) => {
-            if let Some(entry) = list.as_ref().and_then(|l| l.find(&payload.grant_id)) {
-                eprintln!(
-                    "invalid key: it is {} (since {}, revocation list #{}); grant {}",
-                    entry.state,
-                    entry.since,
-                    list.as_ref().map_or(0, |l| l.sequence),
-                    payload.grant_id
-                );
-                return Ok(false);
-            }
             println!("{}", serde_json::to_string_pretty(&payload)?);
             Ok(true)
         }
-        Err(e) => {
-            eprintln!("invalid key: {e}");
+        Err(refusal) => {
+            eprintln!("invalid key [{}]: {refusal}", refusal.code());
             Ok(false)
         }
     }
+}
+
+/// `keys public`: the configured signing keys' public halves as a JWK Set.
+pub fn public(settings: &Settings) -> anyhow::Result<bool> {
+    let Some(keys) = settings.keys.signing_key()? else {
+        anyhow::bail!(
+            "keys.signing_key (KEYRELAY_SIGNING_KEY) is not set, so there are no public keys; make one with `keyrelay keys new-signing-key`"
+        );
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&keys.published().to_jwks())?
+    );
+    Ok(true)
 }
 
 /// `keys rotate`: every value resealed under the first key, with a progress bar.

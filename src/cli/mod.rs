@@ -219,6 +219,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             sandbox::run(&bind, &api_key, &webhook_secret, rate_limit).await?;
         }
         Command::Bench(args) => bench::run(settings, args).await?,
+        Command::Keys(keys::KeysCommand::Public) => return keys::public(&settings),
         Command::Keys(_) => return keys::rotate(&settings).await,
         Command::Healthcheck { url } => return healthcheck(&url).await,
     }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use ed25519_dalek::SigningKey;
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::crypto::Vault;
+use crate::sources::sign::SigningKeys;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +108,8 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
-    /// Base64 Ed25519 private key for `sign` pools (`keyrelay keys new-signing-key`).
+    /// Space-separated base64 Ed25519 private keys for `sign` pools (`keyrelay keys
+    /// new-signing-key`); the first signs, all are published.
     pub signing_key: Option<SecretString>,
     /// Space-separated base64 32-byte keys; the first seals key values, all open them.
     pub encryption_keys: Option<SecretString>,
@@ -134,11 +135,11 @@ impl KeySettings {
         }
     }
 
-    /// The key `sign` pools sign with, when one is configured.
-    pub fn signing_key(&self) -> anyhow::Result<Option<SigningKey>> {
+    /// The keys `sign` pools sign with, when configured.
+    pub fn signing_key(&self) -> anyhow::Result<Option<SigningKeys>> {
         self.signing_key
             .as_ref()
-            .map(crate::sources::sign::parse_signing_key)
+            .map(SigningKeys::parse)
             .transpose()
     }
 }

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ed25519_dalek::SigningKey;
 
 use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey};
 pub use http::{Endpoints, KeySourceSettings, how_to_add_key_source};
@@ -131,7 +130,7 @@ pub trait KeySource {
 /// endpoints for `http` pools.
 #[derive(Clone, Default)]
 pub struct Sources {
-    signing: Option<SigningKey>,
+    signing: Option<sign::SigningKeys>,
     endpoints: Endpoints,
 }
 
@@ -146,7 +145,7 @@ impl fmt::Debug for Sources {
 
 impl Sources {
     pub fn new(
-        signing: Option<SigningKey>,
+        signing: Option<sign::SigningKeys>,
         endpoints: HashMap<String, KeySourceSettings>,
     ) -> Sources {
         Sources {

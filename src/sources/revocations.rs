@@ -3,8 +3,10 @@
 //! grant is on it. It is JSON, signed with the signing key so it can be served from anywhere:
 //!
 //! ```json
-//! {"list": "<base64url of the list's JSON bytes>", "signature": "<base64url Ed25519 signature over exactly those bytes>"}
+//! {"list": "<base64url of the list's JSON bytes>", "signature": "<base64url Ed25519 signature over exactly those bytes>", "kid": "<id of the signing key>"}
 //! ```
+//!
+//! (a list without `kid` is checked against every trusted key)
 //!
 //! and the list itself is
 //! `{"version": 1, "sequence": N, "issued_at": "…", "revoked": [{"grant_id", "since", "state"}]}`:
@@ -14,8 +16,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, Verifier};
 use serde::{Deserialize, Serialize};
+
+use super::sign::{PublicKeys, SigningKeys};
 
 /// One signed key that no longer counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -40,6 +44,9 @@ pub struct RevocationList {
 pub struct SignedList {
     pub list: String,
     pub signature: String,
+    /// The id of the key that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 impl RevocationList {
@@ -52,11 +59,13 @@ impl RevocationList {
         }
     }
 
-    pub fn sign(&self, signing: &SigningKey) -> SignedList {
+    /// Signed with the key that signs new keys, under its id.
+    pub fn sign(&self, keys: &SigningKeys) -> SignedList {
         let bytes = serde_json::to_vec(self).expect("a revocation list serializes");
         SignedList {
-            signature: URL_SAFE_NO_PAD.encode(signing.sign(&bytes).to_bytes()),
+            signature: URL_SAFE_NO_PAD.encode(keys.signing().sign(&bytes).to_bytes()),
             list: URL_SAFE_NO_PAD.encode(bytes),
+            kid: Some(keys.kid()),
         }
     }
 
@@ -70,12 +79,13 @@ impl RevocationList {
 pub enum ListError {
     #[error("the revocation list is not JSON with `list` and `signature`: {0}")]
     Malformed(String),
-    #[error("the revocation list's signature does not match this public key")]
+    #[error("the revocation list's signature does not match the trusted public keys")]
     BadSignature,
 }
 
-/// Checks a served list's signature under `public` and reads it.
-pub fn verify(served: &[u8], public: &VerifyingKey) -> Result<RevocationList, ListError> {
+/// Checks a served list's signature (under the key its `kid` names, or any trusted key when
+/// it names none) and reads it.
+pub fn verify(served: &[u8], trusted: &PublicKeys) -> Result<RevocationList, ListError> {
     let malformed = |e: &dyn std::fmt::Display| ListError::Malformed(e.to_string());
     let signed: SignedList = serde_json::from_slice(served).map_err(|e| malformed(&e))?;
     let bytes = URL_SAFE_NO_PAD
@@ -86,9 +96,13 @@ pub fn verify(served: &[u8], public: &VerifyingKey) -> Result<RevocationList, Li
         .ok()
         .and_then(|s| Signature::from_slice(&s).ok())
         .ok_or(ListError::BadSignature)?;
-    public
-        .verify(&bytes, &signature)
-        .map_err(|_| ListError::BadSignature)?;
+    let by_trusted_key = trusted
+        .iter()
+        .filter(|k| signed.kid.as_ref().is_none_or(|kid| *kid == k.kid))
+        .any(|k| k.key.verify(&bytes, &signature).is_ok());
+    if !by_trusted_key {
+        return Err(ListError::BadSignature);
+    }
     serde_json::from_slice(&bytes).map_err(|e| malformed(&e))
 }
 
@@ -98,7 +112,11 @@ mod tests {
 
     #[test]
     fn a_signed_list_verifies_and_any_change_or_other_key_fails() {
-        let signing = SigningKey::from_bytes(&[7; 32]);
+        let keys = |seed: u8| {
+            let raw = base64::engine::general_purpose::STANDARD.encode([seed; 32]);
+            SigningKeys::parse(&secrecy::SecretString::from(raw)).unwrap()
+        };
+        let signing = keys(7);
         let list = RevocationList::new(
             3,
             vec![Revoked {
@@ -109,11 +127,14 @@ mod tests {
             Utc::now(),
         );
         let served = serde_json::to_vec(&list.sign(&signing)).unwrap();
-        let read = verify(&served, &signing.verifying_key()).unwrap();
+        let read = verify(&served, signing.published()).unwrap();
         assert_eq!(read, list);
         assert!(read.find("grant_1").is_some() && read.find("grant_2").is_none());
-        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
-        assert_eq!(verify(&served, &other), Err(ListError::BadSignature));
+        let other = keys(8);
+        assert_eq!(
+            verify(&served, other.published()),
+            Err(ListError::BadSignature)
+        );
         let mut tampered: SignedList = serde_json::from_slice(&served).unwrap();
         let mut bytes = URL_SAFE_NO_PAD.decode(&tampered.list).unwrap();
         let at = bytes.iter().position(|b| *b == b'1').unwrap();
@@ -121,11 +142,11 @@ mod tests {
         tampered.list = URL_SAFE_NO_PAD.encode(bytes);
         let tampered = serde_json::to_vec(&tampered).unwrap();
         assert_eq!(
-            verify(&tampered, &signing.verifying_key()),
+            verify(&tampered, signing.published()),
             Err(ListError::BadSignature)
         );
         assert!(matches!(
-            verify(b"not json", &signing.verifying_key()),
+            verify(b"not json", signing.published()),
             Err(ListError::Malformed(_))
         ));
     }

@@ -81,6 +81,7 @@ pub(super) fn web_server(
             .app_data(signing.clone())
             .route("/webhooks/dodo", web::post().to(intake::receive_webhook))
             .route("/signing-keys/revoked", web::get().to(revoked_signed_keys))
+            .route("/.well-known/jwks.json", web::get().to(public_signing_keys))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .configure(|cfg| {
@@ -109,15 +110,32 @@ pub(super) fn web_server(
     Ok(server)
 }
 
-/// The key `sign` pools sign with, if one is configured.
-struct Signing(Option<ed25519_dalek::SigningKey>);
+/// The keys `sign` pools sign with, if configured.
+struct Signing(Option<crate::sources::sign::SigningKeys>);
+
+const NO_SIGNING_KEY: &str =
+    "no signing key is configured (keys.signing_key, KEYRELAY_SIGNING_KEY)";
+
+/// `GET /.well-known/jwks.json`: the public halves of every configured signing key, as a JWK
+/// Set. Public: apps fetch it (or ship it) to check signed keys offline.
+async fn public_signing_keys(signing: web::Data<Signing>) -> HttpResponse {
+    match &signing.0 {
+        Some(keys) => HttpResponse::Ok()
+            .insert_header(("cache-control", "public, max-age=300"))
+            .content_type("application/jwk-set+json")
+            .json(keys.published().to_jwks()),
+        None => HttpResponse::NotFound().json(serde_json::json!({
+            "error": format!("{NO_SIGNING_KEY}, so no keys are signed and none are published")
+        })),
+    }
+}
 
 /// `GET /signing-keys/revoked`: the signed revocation list of `sign` pools. Public: it says
 /// only which grants' signed keys no longer count, and apps fetch it without credentials.
 async fn revoked_signed_keys(db: web::Data<Db>, signing: web::Data<Signing>) -> HttpResponse {
     let Some(key) = &signing.0 else {
         return HttpResponse::NotFound().json(serde_json::json!({
-            "error": "no signing key is configured (keys.signing_key, KEYRELAY_SIGNING_KEY), so there are no signed keys to revoke"
+            "error": format!("{NO_SIGNING_KEY}, so there are no signed keys to revoke")
         }));
     };
     match crate::store::read::signed_revocations(&db).await {

@@ -32,5 +32,6 @@ mod search;
 mod servers;
 mod shop_api;
 mod signature;
+mod signed_keys;
 mod sources;
 mod structure;

@@ -383,7 +383,7 @@ async fn a_revoked_signed_key_is_on_the_signed_list_and_fails_keys_verify() {
     );
     let served = fetch().await;
 
-    let public_key = sign::parse_public_key(&public).unwrap();
+    let public_key = sign::PublicKeys::from_base64(&public).unwrap();
     let list = keyrelay::sources::revocations::verify(&served, &public_key).unwrap();
     let before = keyrelay::sources::revocations::verify(&empty, &public_key).unwrap();
     assert!(list.sequence > before.sequence && before.revoked.is_empty());
@@ -399,8 +399,8 @@ async fn a_revoked_signed_key_is_on_the_signed_list_and_fails_keys_verify() {
             (on_hold.as_str(), "suspended")
         ]
     );
-    let (other, _) = sign::new_signing_key();
-    let other_public = sign::parse_signing_key(&other).unwrap().verifying_key();
+    let (_, other) = sign::new_signing_key();
+    let other_public = sign::PublicKeys::from_base64(&other).unwrap();
     assert!(
         keyrelay::sources::revocations::verify(&served, &other_public).is_err(),
         "the list's signature checks"

@@ -100,14 +100,14 @@ async fn on_revocation_list(
     let Some(public_key) = public_key else {
         return Ok(None);
     };
-    let public = crate::sources::sign::parse_public_key(public_key)?;
+    let public = crate::sources::sign::PublicKeys::from_base64(public_key)?;
     let list_url = webhook_url.replace("/webhooks/dodo", "/signing-keys/revoked");
     let served = reqwest::get(&list_url).await?.bytes().await?;
     let Ok(list) = crate::sources::revocations::verify(&served, &public) else {
         return Ok(None);
     };
     let key = grant.key_value().unwrap_or_default();
-    let payload = crate::sources::sign::verify(key, &public).ok();
+    let payload = crate::sources::sign::verify(key, &public, None, chrono::Utc::now()).ok();
     let named = payload.is_some_and(|p| list.find(&p.grant_id).is_some());
     Ok(named.then_some(list.sequence))
 }

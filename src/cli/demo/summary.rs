@@ -40,7 +40,7 @@ fn signed_keys_verified(
     public_key: Option<&str>,
 ) -> anyhow::Result<(usize, usize)> {
     let public_key = public_key
-        .map(crate::sources::sign::parse_public_key)
+        .map(crate::sources::sign::PublicKeys::from_base64)
         .transpose()?;
     let signed: Vec<&Grant> = grants
         .iter()
@@ -52,7 +52,9 @@ fn signed_keys_verified(
             let payload = g
                 .key_value()
                 .zip(public_key.as_ref())
-                .and_then(|(key, pk)| crate::sources::sign::verify(key, pk).ok());
+                .and_then(|(key, pk)| {
+                    crate::sources::sign::verify(key, pk, None, chrono::Utc::now()).ok()
+                });
             payload.is_some_and(|p| p.grant_id == g.id)
         })
         .count();
