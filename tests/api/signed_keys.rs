@@ -285,3 +285,26 @@ async fn without_a_signing_key_the_jwk_set_and_keys_public_say_how_to_make_one()
     assert!(!error.contains("bm90IGEga2V5"), "{error}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_checks_its_signed_keys_with_the_python_and_node_verifiers() {
+    let server = crate::helpers::base_settings();
+    let url = server.database.url.expose_secret().to_string();
+    let demo = crate::helpers::keyrelay_async(
+        &[("DATABASE_URL", url.as_str())],
+        &["demo", "--grants", "30"],
+    )
+    .await;
+    let out = String::from_utf8_lossy(&demo.stdout);
+    assert!(demo.status.success(), "{out}");
+    for name in ["Python verifier", "Node verifier"] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        assert!(
+            line.contains("3 of 3 valid against /.well-known/jwks.json"),
+            "{line}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod refund;
 mod sale;
 mod setup;
 mod summary;
+mod verifiers;
 
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,7 @@ use crate::sandbox::{FulfillRecord, License};
 use crate::store::read;
 
 use super::sale::Sold;
+use super::verifiers::Checked;
 use super::{DemoOptions, SIGNED, VENDOR, ms};
 
 /// From keyrelay answering each grant's webhook to its first call to Dodo for it, sorted.
@@ -61,6 +62,24 @@ fn signed_keys_verified(
     Ok((verified, signed.len()))
 }
 
+/// The signed keys checked by the verifiers apps use, against the JWK Set keyrelay serves.
+async fn checked_by_apps(
+    stack: &LocalStack,
+    grants: &[Grant],
+) -> anyhow::Result<Vec<(&'static str, Checked)>> {
+    let keys: Vec<(String, String)> = grants
+        .iter()
+        .filter(|g| g.entitlement_id == SIGNED)
+        .filter_map(|g| Some((g.id.clone(), g.key_value()?.to_string())))
+        .collect();
+    let Some(webhook_url) = &stack.webhook_url else {
+        return Ok(Vec::new());
+    };
+    let jwks_url = webhook_url.replace("/webhooks/dodo", "/.well-known/jwks.json");
+    let jwks: serde_json::Value = reqwest::get(&jwks_url).await?.json().await?;
+    Ok(super::verifiers::check(&keys, &jwks))
+}
+
 /// (grants of the http pool that hold the license the vendor issued for them, grants of the
 /// http pool).
 fn vendor_keys_matched(grants: &[Grant], licenses: &[License]) -> (usize, usize) {
@@ -107,6 +126,7 @@ pub(super) async fn report(
     let (signed_ok, signed) = signed_keys_verified(&grants, options.public_key.as_deref())?;
     let licenses = sandbox.vendor_licenses();
     let (vendor_ok, vendor_grants) = vendor_keys_matched(&grants, &licenses);
+    let by_apps = checked_by_apps(stack, &grants).await?;
 
     println!("\nSummary ({:.1} s)", elapsed.as_secs_f64());
     println!("  grants sold                 {}", options.grants);
@@ -150,6 +170,14 @@ pub(super) async fn report(
     println!(
         "  signed keys                 {signed_ok} of {signed} verify with the demo's public key and name their grant"
     );
+    for (name, checked) in &by_apps {
+        match checked {
+            Checked::Ran(valid, of) => {
+                println!("    {name:<26}{valid} of {of} valid against /.well-known/jwks.json")
+            }
+            Checked::NotRun(why) => println!("    {name:<26}not run: {why}"),
+        }
+    }
     println!(
         "  vendor keys                 {vendor_ok} of {vendor_grants} grants hold the license the vendor issued for them ({} issued)",
         licenses.len()
@@ -160,6 +188,9 @@ pub(super) async fn report(
         && distinct_keys.len() == options.grants
         && ours_match as usize == options.grants
         && signed_ok == signed
+        && by_apps
+            .iter()
+            .all(|(_, c)| !matches!(c, Checked::Ran(valid, of) if valid != of))
         && vendor_ok == vendor_grants;
     println!(
         "\n  {}",

@@ -1,0 +1,3 @@
+module github.com/keyrelay/verify
+
+go 1.19
