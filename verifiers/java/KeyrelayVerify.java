@@ -18,7 +18,7 @@ import java.util.Map;
 import java.util.Set;
 
 /**
- * Checks keyrelay signed keys offline, with the JDK's Ed25519 (Java 15 or later) only.
+ * Checks keyrelay signed keys offline, with the JDK's Ed25519 (Java 17 or later) only.
  *
  * <pre>
  * var keys = KeyrelayVerify.Keys.fromJwks(Files.readString(Path.of("jwks.json"))); // or Keys.fromPublicKey("base64…")
