@@ -3,7 +3,11 @@
 fixtures/verify/vectors.json, against the JWK Set and against the one public key, with the
 revocation list; exits 1 if any answer differs from the vector's.
 
-    python3 verifiers/check_vectors.py [--only python,node,...] [--keyrelay PATH]
+    python3 verifiers/check_vectors.py [--only python,node,...] [--keyrelay PATH] [--mutants N]
+
+With --mutants N it also makes N keys by changing the vectors' keys at random (characters
+changed, added, dropped, cut short; a fixed seed, so every run makes the same ones) and checks
+that every verifier answers each as keyrelay does.
 
 Each verifier is built first (Go, Rust, Java and C; the Node one is checked in compiled).
 Run it with the Python that has `cryptography` (a venv, as .ci/run makes).
@@ -12,6 +16,7 @@ Standard library only."""
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -80,10 +85,40 @@ def keyrelay_answers(binary, trust, revocations, keys):
     return answers
 
 
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def mutants(keys, count):
+    """`count` keys near the given ones: each changed one to three times at random."""
+    rng = random.Random(7)
+    made = []
+    valid = [k for k in keys if len(k) > 20]
+    while len(made) < count:
+        key = list(rng.choice(valid))
+        for _ in range(rng.randint(1, 3)):
+            if not key:
+                break
+            at = rng.randrange(len(key))
+            kind = rng.randrange(5)
+            if kind == 0:
+                key[at] = rng.choice(ALPHABET)
+            elif kind == 1:
+                key.insert(at, rng.choice(ALPHABET + "=+/ ."))
+            elif kind == 2 and len(key) > 1:
+                del key[at]
+            elif kind == 3:
+                key = key[:at]
+            else:
+                key[0] = rng.choice("ABC")  # version byte 0, 1 or 2
+        made.append("".join(key))
+    return made
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="rust,python,node,go,java,c,keyrelay")
     parser.add_argument("--keyrelay", default=os.path.join(ROOT, "target", "debug", "keyrelay"))
+    parser.add_argument("--mutants", type=int, default=0)
     args = parser.parse_args()
     with open(VECTORS, encoding="utf-8") as f:
         vectors = json.load(f)
@@ -96,6 +131,15 @@ def main():
         json.dump(vectors["revocations"], f)
     modes = [("with_jwks", ["--jwks", jwks]),
              ("with_public_key", ["--public-key", vectors["public_key"]])]
+    if args.mutants:
+        extra = mutants(keys, args.mutants)
+        answers = {mode: keyrelay_answers(args.keyrelay, trust, revocations, extra)
+                   for mode, trust in modes}
+        vectors["vectors"] += [
+            {"name": f"mutant {n}: {key!r}", "key": key,
+             "with_jwks": answers["with_jwks"][n], "with_public_key": answers["with_public_key"][n]}
+            for n, key in enumerate(extra)]
+        keys += extra
     failed = False
     try:
         for name in args.only.split(","):

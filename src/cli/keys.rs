@@ -27,16 +27,12 @@ pub enum KeysCommand {
     Public,
     /// Check a signed key: exit 0 and print its payload as JSON if valid, else say why and
     /// exit 1.
+    #[command(group = clap::ArgGroup::new("trusted").required(true).args(["public_key", "jwks"]))]
     Verify {
         /// The key exactly as the customer received it.
         key: String,
         /// The public key printed by `keys new-signing-key` (base64).
-        #[arg(
-            long,
-            value_name = "PK",
-            required_unless_present = "jwks",
-            conflicts_with = "jwks"
-        )]
+        #[arg(long, value_name = "PK")]
         public_key: Option<String>,
         /// A JWK Set file, from `keys public` or `GET /.well-known/jwks.json`.
         #[arg(long, value_name = "FILE")]
