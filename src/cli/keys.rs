@@ -57,11 +57,12 @@ pub fn run_offline(command: &KeysCommand) -> Option<anyhow::Result<bool>> {
         }
         KeysCommand::NewSigningKey => {
             let (private, public) = sign::new_signing_key();
-            let kid = sign::PublicKeys::from_base64(&public)
-                .map(|keys| keys.iter().map(|k| k.kid.clone()).collect::<String>());
+            let public_keys = sign::PublicKeys::from_base64(&public);
             println!("private: {}", private.expose_secret());
             println!("public: {public}");
-            println!("key id: {}", kid.unwrap_or_default());
+            if let Ok(keys) = &public_keys {
+                println!("key id: {}", keys.kids().concat());
+            }
             eprintln!(
                 "Keep the private key secret (set it as KEYRELAY_SIGNING_KEY); give the public key to your app."
             );

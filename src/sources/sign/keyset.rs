@@ -142,12 +142,19 @@ impl PublicKeys {
     pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
         self.0.iter()
     }
+
+    /// The key ids, in order.
+    pub fn kids(&self) -> Vec<&str> {
+        self.0.iter().map(|k| k.kid.as_str()).collect()
+    }
 }
 
 /// `keys.signing_key`: the key that signs, and every key whose public half is published.
 #[derive(Clone)]
 pub struct SigningKeys {
     signing: SigningKey,
+    /// The signing key's id, as format-2 keys carry it.
+    id: [u8; KEY_ID_LEN],
     published: PublicKeys,
 }
 
@@ -184,12 +191,17 @@ impl SigningKeys {
         };
         let mut published: Vec<PublicKey> = Vec::new();
         for key in &keys {
-            let public = PublicKeys::one(key.verifying_key()).0.remove(0);
+            let key = key.verifying_key();
+            let public = PublicKey {
+                kid: key_id(&key),
+                key,
+            };
             if !published.contains(&public) {
                 published.push(public);
             }
         }
         Ok(SigningKeys {
+            id: key_id_bytes(&signing.verifying_key()),
             signing,
             published: PublicKeys(published),
         })
@@ -200,9 +212,14 @@ impl SigningKeys {
         &self.signing
     }
 
-    /// The id of the key that signs.
+    /// The id of the key that signs, as format-2 keys carry it.
+    pub fn id(&self) -> &[u8; KEY_ID_LEN] {
+        &self.id
+    }
+
+    /// The id of the key that signs, as a JWK `kid`.
     pub fn kid(&self) -> String {
-        key_id(&self.signing.verifying_key())
+        URL_SAFE_NO_PAD.encode(self.id)
     }
 
     /// Every configured key's public half, the signing one first.

@@ -73,11 +73,8 @@ pub fn make(signing: &SigningKeys, facts: &KeyFacts<'_>) -> Result<LicenseKey, S
         expires_at: facts.expires_at.map(unix_secs).transpose()?.unwrap_or(0),
         activations_limit: facts.activations_limit.unwrap_or(0),
     };
-    let id = keyset::key_id_bytes(&signing.signing().verifying_key());
-    let value = format::seal(
-        signing.signing(),
-        format::payload(format::V2, &id, &fields)?,
-    );
+    let payload = format::payload(format::V2, signing.id(), &fields)?;
+    let value = format::seal(signing.signing(), payload);
     if value.len() > MAX_KEY_LEN {
         return Err(format!(
             "a signed key for grant {} would be {} characters, more than the {MAX_KEY_LEN} a key may have (the grant and entitlement ids are too long)",

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::format::{self, Fields, V1, V2};
-use super::keyset::{PublicKeys, SigningKeys, key_id_bytes};
+use super::keyset::{PublicKeys, SigningKeys};
 use crate::sources::revocations::{RevocationList, Revoked};
 
 const OLD: u8 = 0x11;
@@ -38,11 +38,8 @@ fn fields(grant_id: &str) -> Fields<'_> {
 
 /// A key signed by `by` in `version`, carrying `as_id`'s key id.
 fn signed(by: &SigningKeys, as_id: &SigningKeys, version: u8, fields: &Fields<'_>) -> String {
-    let id = key_id_bytes(&as_id.signing().verifying_key());
-    format::seal(
-        by.signing(),
-        format::payload(version, &id, fields).expect("test ids fit"),
-    )
+    let payload = format::payload(version, as_id.id(), fields).expect("test ids fit");
+    format::seal(by.signing(), payload)
 }
 
 /// `key` with the character at `at` replaced by another of the alphabet.
