@@ -53,6 +53,27 @@ pub async fn sample_queue_depth(db: Db, shutdown: tokio_util::sync::Cancellation
     }
 }
 
+/// How often the tallies are compacted: every statement that changes jobs or keys appends a
+/// row, so at a few thousand grants a second this keeps a read of them to tens of thousands
+/// of rows at most.
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Compacts the job and key tallies every few seconds until shutdown. Every process does it;
+/// compactions beside each other are safe.
+pub async fn compact_tallies(db: Db, shutdown: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(COMPACT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = stock::compact_tallies(&db).await {
+            tracing::debug!(error = %e, "could not compact the tallies; will try again");
+        }
+    }
+}
+
 fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")

@@ -218,6 +218,10 @@ impl Application {
             self.db.clone(),
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(crate::ops::stats::compact_tallies(
+            self.db.clone(),
+            shutdown.clone(),
+        )));
         if let Some(m) = self.maintenance {
             let db = self.db.clone();
             tasks.push(tokio::spawn(crate::ops::reconcile::run_maintenance(

@@ -67,24 +67,32 @@ impl PoolStock {
 pub async fn list_pools(db: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
     sqlx::query_as(&format!(
         r#"
+        WITH kept AS (
+            SELECT pool_id, state, sum(n) AS n FROM key_tallies GROUP BY pool_id, state
+        ), sold AS (
+            SELECT entitlement_id,
+                   sum(n) FILTER (WHERE hour > now() - interval '1 day') AS last_day,
+                   sum(n) AS last_week
+            FROM job_tallies
+            WHERE state = 'delivered' AND hour > now() - interval '7 days'
+            GROUP BY entitlement_id
+        )
         SELECT pools.name, pools.entitlement_id, pools.source,
                {AVAILABLE_IN_POOL} AS available,
-               count(keys.id) FILTER (WHERE keys.state = 'reserved')  AS reserved,
-               count(keys.id) FILTER (WHERE keys.state = 'delivered') AS delivered,
-               count(keys.id) FILTER (WHERE keys.state = 'rejected')  AS rejected,
-               count(keys.id) FILTER (WHERE keys.state = 'suspended') AS suspended,
-               count(keys.id) FILTER (WHERE keys.state = 'revoked')   AS revoked,
+               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'reserved'), 0)::int8  AS reserved,
+               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'delivered'), 0)::int8 AS delivered,
+               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'rejected'), 0)::int8  AS rejected,
+               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'suspended'), 0)::int8 AS suspended,
+               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'revoked'), 0)::int8   AS revoked,
                pools.low_stock AS low_stock_threshold,
                {AVAILABLE_IN_POOL} < pools.low_stock AS low_stock,
                pools.activations_limit, pools.expires_in_days,
                pools.source_problem, pools.source_checked_at,
-               (SELECT count(*) FROM jobs WHERE jobs.state = 'delivered'
-                  AND jobs.entitlement_id = pools.entitlement_id
-                  AND jobs.finished_at >= now() - interval '1 day') AS sold_last_day,
-               (SELECT count(*) FROM jobs WHERE jobs.state = 'delivered'
-                  AND jobs.entitlement_id = pools.entitlement_id
-                  AND jobs.finished_at >= now() - interval '7 days') AS sold_last_week
-        FROM pools LEFT JOIN keys ON keys.pool_id = pools.id AND keys.state <> 'available'
+               coalesce(min(sold.last_day), 0)::int8 AS sold_last_day,
+               coalesce(min(sold.last_week), 0)::int8 AS sold_last_week
+        FROM pools
+        LEFT JOIN kept ON kept.pool_id = pools.id
+        LEFT JOIN sold ON sold.entitlement_id = pools.entitlement_id
         GROUP BY pools.id ORDER BY pools.name
         "#
     ))
@@ -180,10 +188,11 @@ pub async fn rearm_low_stock_alert(
     Ok(())
 }
 
-/// Job counts by state (every state present, zero when empty).
+/// Job counts by state (every state present, zero when empty), from the kept tallies: a
+/// few rows however many jobs are stored.
 pub async fn count_jobs_by_state(db: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
     let rows: Vec<(JobState, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+        sqlx::query_as("SELECT state, sum(n)::int8 FROM job_tallies GROUP BY state")
             .fetch_all(db)
             .await?;
     Ok(JobState::ALL
@@ -204,6 +213,13 @@ pub(crate) const OPEN_JOBS_BY_STATE: &str = "SELECT state, count(*) AS n FROM jo
      WHERE state IN ('queued', 'retrying', 'running') GROUP BY state \
      UNION ALL SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys' \
      UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'";
+
+/// Folds the rows appended to the job and key tallies into one per group (see the
+/// `create_tallies` migration); the counts do not change.
+pub async fn compact_tallies(db: &Db) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT compact_tallies()").execute(db).await?;
+    Ok(())
+}
 
 /// Jobs still to be settled (queued, running or retrying).
 pub async fn count_unsettled_jobs(db: &Db) -> Result<i64, sqlx::Error> {

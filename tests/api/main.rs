@@ -35,3 +35,4 @@ mod signature;
 mod signed_keys;
 mod sources;
 mod structure;
+mod tallies;

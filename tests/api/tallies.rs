@@ -1,0 +1,163 @@
+//! The kept counts (job and key tallies, kept by triggers and compacted beside the writers)
+//! equal a full count after a concurrent run with faults, SIGKILLed workers, an import,
+//! refunds and pruning.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyrelay::pool::{NewPool, add_pool};
+use keyrelay::sandbox::FaultRates;
+use keyrelay::sources::Source;
+use keyrelay::startup::Role;
+
+use crate::helpers::{ENT, TestApp, spawn_worker, wait_until};
+
+/// (what differs between the tallies and a full count), empty when they agree.
+async fn differences(app: &TestApp) -> Vec<String> {
+    let jobs: Vec<String> = sqlx::query_scalar(
+        "WITH kept AS (SELECT state, entitlement_id, hour, sum(n)::int8 AS n FROM job_tallies \
+                       GROUP BY 1, 2, 3 HAVING sum(n) <> 0), \
+              counted AS (SELECT state, entitlement_id, tally_hour(finished_at) AS hour, \
+                                 count(*)::int8 AS n FROM jobs GROUP BY 1, 2, 3) \
+         SELECT format('jobs %s %s %s: kept %s, counted %s', \
+                       coalesce(k.state, c.state), coalesce(k.entitlement_id, c.entitlement_id), \
+                       coalesce(k.hour, c.hour), k.n, c.n) \
+         FROM kept k FULL JOIN counted c ON k.state = c.state \
+              AND k.entitlement_id = c.entitlement_id AND k.hour IS NOT DISTINCT FROM c.hour \
+         WHERE k.n IS DISTINCT FROM c.n",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let keys: Vec<String> = sqlx::query_scalar(
+        "WITH kept AS (SELECT pool_id, state, sum(n)::int8 AS n FROM key_tallies \
+                       GROUP BY 1, 2 HAVING sum(n) <> 0), \
+              counted AS (SELECT pool_id, state, count(*)::int8 AS n FROM keys GROUP BY 1, 2) \
+         SELECT format('keys %s %s: kept %s, counted %s', coalesce(k.pool_id, c.pool_id), \
+                       coalesce(k.state, c.state), k.n, c.n) \
+         FROM kept k FULL JOIN counted c ON k.pool_id = c.pool_id AND k.state = c.state \
+         WHERE k.n IS DISTINCT FROM c.n",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    jobs.into_iter().chain(keys).collect()
+}
+
+#[tokio::test]
+async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
+    let app = TestApp::spawn_with(Role::Web, |_| {}).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("TALLY-KEY-{i:04}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    app.add_pool("listed", ENT, &keys).await;
+    let generated = NewPool {
+        name: "made".into(),
+        entitlement_id: "ent_made".into(),
+        source: Some(Source::Generate),
+        template: Some("MADE-XXXXXXXXXXXXXXXXXXXX".into()),
+        ..Default::default()
+    };
+    add_pool(&app.db, &generated).await.unwrap();
+    app.sandbox.set_fault_rates(FaultRates {
+        server_error: 0.1,
+        apply_then_500: 0.1,
+        rate_limited: 0.05,
+        ..Default::default()
+    });
+    assert_eq!(differences(&app).await, Vec::<String>::new());
+
+    // Two workers take the sales; one is SIGKILLed mid-run and replaced.
+    let log = Arc::new(Mutex::new(String::new()));
+    let env = app.worker_env(20);
+    let mut first = spawn_worker(&env, Arc::clone(&log));
+    let mut second = spawn_worker(&env, Arc::clone(&log));
+    let mut sold = Vec::new();
+    for i in 0..160 {
+        // 120 grants for 100 listed keys (20 wait for keys) and 40 whose keys are made.
+        let grant = if i % 4 == 3 {
+            app.sandbox.create_grant("ent_made", None)
+        } else {
+            app.sandbox.create_grant(ENT, None)
+        };
+        let hook = app.sandbox.webhook_for(&grant, "entitlement_grant.created");
+        assert_eq!(app.post(&hook).await.status(), 200);
+        if i % 10 == 0 {
+            assert_eq!(app.post(&hook).await.status(), 200);
+        }
+        sold.push(grant.id);
+        if i == 60 {
+            first.start_kill().unwrap();
+            first.wait().await.unwrap();
+            first = spawn_worker(&env, Arc::clone(&log));
+        }
+    }
+    wait_until(
+        "every listed key is used",
+        Duration::from_secs(90),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'waiting_for_keys'")
+            .await
+            == 20
+            && app
+                .count("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying')")
+                .await
+                == 0
+        },
+    )
+    .await;
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    assert_eq!(differences(&app).await, Vec::<String>::new());
+
+    // More keys arrive, some grants are refunded, the old ones are pruned.
+    let more: Vec<String> = (0..40).map(|i| format!("TALLY-MORE-{i:04}")).collect();
+    app.import(
+        "listed",
+        &more.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    app.sandbox.set_fault_rates(FaultRates::default());
+    wait_until(
+        "the waiting grants are served",
+        Duration::from_secs(60),
+        || async {
+            app.count("SELECT count(*) FROM jobs WHERE state = 'delivered'")
+                .await
+                == 160
+        },
+    )
+    .await;
+    for grant in sold.iter().step_by(7) {
+        let revoked = app.sandbox.revoke(grant, "refund").unwrap();
+        let hook = app
+            .sandbox
+            .webhook_for(&revoked, "entitlement_grant.revoked");
+        assert_eq!(app.post(&hook).await.status(), 200);
+    }
+    sqlx::query(
+        "UPDATE jobs SET finished_at = finished_at - interval '40 days' \
+         WHERE grant_id IN (SELECT grant_id FROM jobs WHERE state = 'delivered' LIMIT 50)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let pruned = keyrelay::ops::reconcile::prune(&app.db, Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert!(pruned.jobs >= 50, "{pruned:?}");
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    assert_eq!(differences(&app).await, Vec::<String>::new());
+    keyrelay::store::stock::compact_tallies(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(differences(&app).await, Vec::<String>::new());
+    let rows = app.count("SELECT count(*) FROM job_tallies").await;
+    let groups = app
+        .count("SELECT count(*) FROM (SELECT DISTINCT state, entitlement_id, tally_hour(finished_at) FROM jobs) g")
+        .await;
+    assert_eq!(rows, groups, "compacted to one row per group");
+    let logged = log.lock().unwrap().clone();
+    assert!(!logged.contains("TALLY-KEY-"), "a key reached the log");
+    app.stop().await;
+}
