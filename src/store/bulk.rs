@@ -16,7 +16,7 @@ pub async fn seed_finished_jobs(
     let statements = [
         // Keys: sealed and hashed stand-ins (never opened), with a searchable tail.
         "INSERT INTO keys (pool_id, value_sealed, value_hash, sealed_with, state, grant_id, batch_id, tail) \
-         SELECT (SELECT id FROM pools WHERE name = $3), decode(md5('s' || i), 'hex'), \
+         SELECT (SELECT id FROM pools WHERE name = $2), decode(md5('s' || i), 'hex'), \
                 decode(md5('h' || i), 'hex'), 1, 'delivered', 'grant_hist_' || i, 'bench_history', \
                 lpad(to_hex(i % 65536), 4, '0') \
          FROM generate_series(1, $1) i WHERE i % 1000 <> 0 AND i % 5000 <> 0",
@@ -36,16 +36,14 @@ pub async fn seed_finished_jobs(
                 jsonb_build_object('type', 'entitlement_grant.created', 'data', jsonb_build_object('id', grant_id)) \
          FROM jobs",
     ];
-    for sql in statements {
+    // The keys take the pool's name as $2, the jobs the entitlement.
+    for (at, sql) in statements.into_iter().enumerate() {
         let mut query = sqlx::query(sql);
         if sql.contains("$1") {
             query = query.bind(n);
         }
         if sql.contains("$2") {
-            query = query.bind(entitlement_id);
-        }
-        if sql.contains("$3") {
-            query = query.bind(pool_name);
+            query = query.bind(if at == 0 { pool_name } else { entitlement_id });
         }
         query.execute(db).await?;
     }

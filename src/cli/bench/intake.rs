@@ -28,6 +28,11 @@ fn webhook_body(grant_id: &str, customer: &str) -> String {
 /// Drives `keyrelay serve --role web` (a child process) with signed webhooks from
 /// `args.connections` connections for `args.seconds`, and reports rate, latency and memory.
 pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    measure(settings, args, true).await.map(|_| ())
+}
+
+/// The intake run; stored webhooks per second. Prints what it saw when `report` is set.
+pub async fn measure(settings: Settings, args: &BenchArgs, report: bool) -> anyhow::Result<f64> {
     let key: [u8; 24] = rand::random();
     let server = ServeChild::start(
         &settings,
@@ -95,6 +100,9 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
     server.stop().await;
     latencies.sort();
     let rate = latencies.len() as f64 / args.seconds as f64;
+    if !report {
+        return Ok(rate);
+    }
     println!(
         "\nintake: {} connections, {} s",
         args.connections, args.seconds
@@ -116,5 +124,5 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
         ),
         _ => println!("  server memory       unavailable (no /proc)"),
     }
-    Ok(())
+    Ok(rate)
 }

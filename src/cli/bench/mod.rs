@@ -37,8 +37,9 @@ pub enum Which {
     Latency,
     /// The shared rate budget: several workers drain a backlog against Dodo's tier-0 limits.
     Budget,
-    /// The dashboard's lists, search, overview and the shop API over many finished jobs (not
-    /// part of `all`: seeding takes a minute).
+    /// The scrape, the overview, the dashboard's lists and search, the shop API, intake and
+    /// drain, over each `--finished` count of finished jobs, in one table (not part of `all`:
+    /// seeding a million jobs takes minutes).
     Lists,
     /// Memory of one `serve --role all` under a steady load of webhooks and fulfillment,
     /// sampled over `--seconds` (not part of `all`).
@@ -79,9 +80,10 @@ pub struct BenchArgs {
     /// Workers sharing the rate budget, each with its own connections and budget handle.
     #[arg(long, default_value_t = 3)]
     budget_workers: usize,
-    /// Finished jobs in the table for the lists run.
-    #[arg(long, default_value_t = 1_000_000)]
-    finished: u64,
+    /// Finished jobs in the table for the lists run; several, comma-separated, give one
+    /// column each (e.g. 0,1000000,5000000).
+    #[arg(long, value_delimiter = ',', default_value = "1000000")]
+    finished: Vec<u64>,
 }
 
 pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -108,7 +110,7 @@ pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> 
         with_scratch(&settings, |s| soak::run(s, &args)).await?;
     }
     if args.which == Which::Lists {
-        with_scratch(&settings, |s| lists::run(s, &args)).await?;
+        lists::run(&settings, &args).await?;
     }
     Ok(())
 }
@@ -200,10 +202,10 @@ impl ServeChild {
     }
 }
 
-async fn with_scratch<F, Fut>(settings: &Settings, f: F) -> anyhow::Result<()>
+async fn with_scratch<F, Fut, T>(settings: &Settings, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(Settings) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = anyhow::Result<T>>,
 {
     let mut settings = settings.clone();
     let db = crate::db::create_scratch_database(&mut settings.database, "keyrelay_bench").await?;
@@ -260,7 +262,19 @@ async fn queue_backlog(
     Ok(())
 }
 
-async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> anyhow::Result<()> {
+async fn drain(settings: Settings, args: &BenchArgs, latency_ms: u64) -> anyhow::Result<()> {
+    drain_rate(settings, args, latency_ms, true)
+        .await
+        .map(|_| ())
+}
+
+/// The drain run; jobs delivered per second. Prints what it saw when `report` is set.
+async fn drain_rate(
+    mut settings: Settings,
+    args: &BenchArgs,
+    latency_ms: u64,
+    report: bool,
+) -> anyhow::Result<f64> {
     settings.worker.concurrency = args.concurrency;
     settings.dodo.rate_limit = RateLimitTier::Off;
     settings.worker.poll_interval_ms = 100;
@@ -299,6 +313,14 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
     running.await??;
     let (delivered, call_p50, call_p99) = read::bench_figures(&db).await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
+    db.close().await;
+    sandbox.stop().await;
+    if delivered as usize != args.jobs {
+        bail!("only {delivered} of {} jobs were delivered", args.jobs);
+    }
+    if !report {
+        return Ok(rate);
+    }
     println!(
         "\ndrain: {} jobs, concurrency {}, sandbox latency {latency_ms} ms{}",
         args.jobs,
@@ -323,12 +345,7 @@ async fn drain(mut settings: Settings, args: &BenchArgs, latency_ms: u64) -> any
             rate / ideal * 100.0
         );
     }
-    db.close().await;
-    sandbox.stop().await;
-    if delivered as usize != args.jobs {
-        bail!("only {delivered} of {} jobs were delivered", args.jobs);
-    }
-    Ok(())
+    Ok(rate)
 }
 
 async fn latency(mut settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
