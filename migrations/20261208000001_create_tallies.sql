@@ -1,14 +1,18 @@
 -- Counts kept as rows change, so a scrape, the overview and the forecast read a few rows
--- however much history is stored. Every statement that inserts, updates or deletes jobs or
--- keys appends its net change to a tally (a statement-level trigger over the statement's
--- transition tables: one row per group it touched). Writers only append, so concurrent
--- writers never wait on a shared counter row; `compact_tallies()` folds the appended rows
--- together now and then, and a sum over a tally is always the exact count.
+-- however much history is stored. Only the states that pile up are kept: finished jobs
+-- (delivered, cancelled) and keys that left stock for good (delivered, rejected, suspended,
+-- revoked; written `NOT IN ('available', 'reserved')`, since `suspended` is new in this
+-- transaction when all migrations run in one). The other states are few and counted on
+-- their partial indexes. A row trigger appends +1 or -1 as a row enters or leaves a kept
+-- state, in the statement that changes the row; its WHEN clause keeps every other write free
+-- of it. Writers only append, so concurrent writers never wait on a shared counter row;
+-- `compact_tallies()` folds the appended rows together now and then, and a sum over a tally
+-- is always the exact count.
 
 CREATE TABLE job_tallies (
     state          job_state   NOT NULL,
     entitlement_id text        NOT NULL,
-    -- The hour (UTC) a finished job finished in; NULL while it is unfinished.
+    -- The hour (UTC) the job finished in.
     hour           timestamptz,
     n              bigint      NOT NULL
 );
@@ -19,68 +23,62 @@ CREATE TABLE key_tallies (
     n       bigint    NOT NULL
 );
 
+-- Reserved keys are few (one per job in flight): counted on this index, not kept.
+CREATE INDEX keys_reserved ON keys (pool_id) WHERE state = 'reserved';
+
 -- The hour a time falls in, the same whatever the session's time zone.
 CREATE FUNCTION tally_hour(at timestamptz) RETURNS timestamptz
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT to_timestamp(floor(extract(epoch FROM at) / 3600) * 3600) $$;
 
-CREATE FUNCTION tally_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tally_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO job_tallies (state, entitlement_id, hour, n)
-        SELECT state, entitlement_id, tally_hour(finished_at), count(*)
-        FROM new_jobs GROUP BY 1, 2, 3;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO job_tallies (state, entitlement_id, hour, n)
-        SELECT state, entitlement_id, tally_hour(finished_at), -count(*)
-        FROM old_jobs GROUP BY 1, 2, 3;
-    ELSE
-        INSERT INTO job_tallies (state, entitlement_id, hour, n)
-        SELECT state, entitlement_id, hour, sum(n)
-        FROM (SELECT state, entitlement_id, tally_hour(finished_at) AS hour, 1 AS n FROM new_jobs
-              UNION ALL
-              SELECT state, entitlement_id, tally_hour(finished_at), -1 FROM old_jobs) AS moved
-        GROUP BY 1, 2, 3 HAVING sum(n) <> 0;
+    IF TG_OP <> 'INSERT' AND OLD.state IN ('delivered', 'cancelled') THEN
+        INSERT INTO job_tallies VALUES (OLD.state, OLD.entitlement_id, tally_hour(OLD.finished_at), -1);
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.state IN ('delivered', 'cancelled') THEN
+        INSERT INTO job_tallies VALUES (NEW.state, NEW.entitlement_id, tally_hour(NEW.finished_at), 1);
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION tally_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tally_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO key_tallies (pool_id, state, n)
-        SELECT pool_id, state, count(*) FROM new_keys GROUP BY 1, 2;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO key_tallies (pool_id, state, n)
-        SELECT pool_id, state, -count(*) FROM old_keys GROUP BY 1, 2;
-    ELSE
-        INSERT INTO key_tallies (pool_id, state, n)
-        SELECT pool_id, state, sum(n)
-        FROM (SELECT pool_id, state, 1 AS n FROM new_keys
-              UNION ALL
-              SELECT pool_id, state, -1 FROM old_keys) AS moved
-        GROUP BY 1, 2 HAVING sum(n) <> 0;
+    IF TG_OP <> 'INSERT' AND OLD.state NOT IN ('available', 'reserved') THEN
+        INSERT INTO key_tallies VALUES (OLD.pool_id, OLD.state, -1);
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.state NOT IN ('available', 'reserved') THEN
+        INSERT INTO key_tallies VALUES (NEW.pool_id, NEW.state, 1);
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER jobs_tally_insert AFTER INSERT ON jobs
-    REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION tally_jobs();
-CREATE TRIGGER jobs_tally_update AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION tally_jobs();
-CREATE TRIGGER jobs_tally_delete AFTER DELETE ON jobs
-    REFERENCING OLD TABLE AS old_jobs FOR EACH STATEMENT EXECUTE FUNCTION tally_jobs();
+CREATE TRIGGER jobs_tally_insert AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.state IN ('delivered', 'cancelled'))
+    EXECUTE FUNCTION tally_job();
+CREATE TRIGGER jobs_tally_update AFTER UPDATE OF state, entitlement_id, finished_at ON jobs
+    FOR EACH ROW
+    WHEN ((OLD.state IN ('delivered', 'cancelled') OR NEW.state IN ('delivered', 'cancelled'))
+          AND (OLD.state, OLD.entitlement_id, tally_hour(OLD.finished_at))
+              IS DISTINCT FROM (NEW.state, NEW.entitlement_id, tally_hour(NEW.finished_at)))
+    EXECUTE FUNCTION tally_job();
+CREATE TRIGGER jobs_tally_delete AFTER DELETE ON jobs FOR EACH ROW
+    WHEN (OLD.state IN ('delivered', 'cancelled'))
+    EXECUTE FUNCTION tally_job();
 
-CREATE TRIGGER keys_tally_insert AFTER INSERT ON keys
-    REFERENCING NEW TABLE AS new_keys FOR EACH STATEMENT EXECUTE FUNCTION tally_keys();
-CREATE TRIGGER keys_tally_update AFTER UPDATE ON keys
-    REFERENCING OLD TABLE AS old_keys NEW TABLE AS new_keys
-    FOR EACH STATEMENT EXECUTE FUNCTION tally_keys();
-CREATE TRIGGER keys_tally_delete AFTER DELETE ON keys
-    REFERENCING OLD TABLE AS old_keys FOR EACH STATEMENT EXECUTE FUNCTION tally_keys();
+CREATE TRIGGER keys_tally_insert AFTER INSERT ON keys FOR EACH ROW
+    WHEN (NEW.state NOT IN ('available', 'reserved'))
+    EXECUTE FUNCTION tally_key();
+CREATE TRIGGER keys_tally_update AFTER UPDATE OF state, pool_id ON keys FOR EACH ROW
+    WHEN ((OLD.state NOT IN ('available', 'reserved')
+           OR NEW.state NOT IN ('available', 'reserved'))
+          AND (OLD.state, OLD.pool_id) IS DISTINCT FROM (NEW.state, NEW.pool_id))
+    EXECUTE FUNCTION tally_key();
+CREATE TRIGGER keys_tally_delete AFTER DELETE ON keys FOR EACH ROW
+    WHEN (OLD.state NOT IN ('available', 'reserved'))
+    EXECUTE FUNCTION tally_key();
 
 -- Folds each tally's rows into one per group. Safe beside writers and other compactions: it
 -- deletes only the rows its snapshot sees (a row another compaction took first is skipped)
@@ -96,6 +94,8 @@ $$;
 
 -- What is stored now (the triggers above hold the tables until this transaction ends).
 INSERT INTO job_tallies (state, entitlement_id, hour, n)
-SELECT state, entitlement_id, tally_hour(finished_at), count(*) FROM jobs GROUP BY 1, 2, 3;
+SELECT state, entitlement_id, tally_hour(finished_at), count(*) FROM jobs
+WHERE state IN ('delivered', 'cancelled') GROUP BY 1, 2, 3;
 INSERT INTO key_tallies (pool_id, state, n)
-SELECT pool_id, state, count(*) FROM keys GROUP BY 1, 2;
+SELECT pool_id, state, count(*) FROM keys
+WHERE state NOT IN ('available', 'reserved') GROUP BY 1, 2;

@@ -70,9 +70,10 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
     Ok(pruned)
 }
 
-/// Vacuums and analyzes the queue's tables, so a measurement starts from fresh statistics.
+/// Vacuums and analyzes the queue's tables and their tallies, so a measurement starts from
+/// fresh statistics.
 pub async fn vacuum_analyze(db: &Db) -> Result<(), sqlx::Error> {
-    for table in ["jobs", "keys"] {
+    for table in ["jobs", "keys", "job_tallies", "key_tallies"] {
         db.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }

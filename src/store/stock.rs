@@ -79,7 +79,8 @@ pub async fn list_pools(db: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
         )
         SELECT pools.name, pools.entitlement_id, pools.source,
                {AVAILABLE_IN_POOL} AS available,
-               coalesce(sum(kept.n) FILTER (WHERE kept.state = 'reserved'), 0)::int8  AS reserved,
+               (SELECT count(*) FROM keys
+                WHERE keys.pool_id = pools.id AND keys.state = 'reserved') AS reserved,
                coalesce(sum(kept.n) FILTER (WHERE kept.state = 'delivered'), 0)::int8 AS delivered,
                coalesce(sum(kept.n) FILTER (WHERE kept.state = 'rejected'), 0)::int8  AS rejected,
                coalesce(sum(kept.n) FILTER (WHERE kept.state = 'suspended'), 0)::int8 AS suspended,
@@ -188,13 +189,16 @@ pub async fn rearm_low_stock_alert(
     Ok(())
 }
 
-/// Job counts by state (every state present, zero when empty), from the kept tallies: a
-/// few rows however many jobs are stored.
+/// Job counts by state (every state present, zero when empty): the finished ones from the
+/// kept tallies, the open ones on their partial indexes; a few rows however many jobs are
+/// stored.
 pub async fn count_jobs_by_state(db: &Db) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
-    let rows: Vec<(JobState, i64)> =
-        sqlx::query_as("SELECT state, sum(n)::int8 FROM job_tallies GROUP BY state")
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(JobState, i64)> = sqlx::query_as(&format!(
+        "SELECT state, sum(n)::int8 AS n FROM job_tallies GROUP BY state \
+         UNION ALL {OPEN_JOBS_BY_STATE}"
+    ))
+    .fetch_all(db)
+    .await?;
     Ok(JobState::ALL
         .into_iter()
         .map(|s| (s, rows.iter().find(|r| r.0 == s).map_or(0, |r| r.1)))
