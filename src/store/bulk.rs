@@ -47,8 +47,13 @@ pub async fn seed_finished_jobs(
         }
         query.execute(db).await?;
     }
-    // Each seeded row appended to a tally: folded now, as a running keyrelay would have.
+    // Each seeded row appended to a tally: folded now, and the space they took given back,
+    // as a keyrelay that had run for weeks (compacting every few seconds) would hold them.
     super::stock::compact_tallies(db).await?;
+    for table in ["job_tallies", "key_tallies"] {
+        db.execute_outside_transaction(&format!("VACUUM FULL {table}"))
+            .await?;
+    }
     super::prune::vacuum_analyze(db).await?;
     for table in ["attempts", "events"] {
         db.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
