@@ -16,7 +16,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
-use ed25519_dalek::{Signature, Signer, Verifier};
+use ed25519_dalek::{Signature, Signer};
 use serde::{Deserialize, Serialize};
 
 use super::sign::{PublicKeys, SigningKeys};
@@ -96,11 +96,7 @@ pub fn verify(served: &[u8], trusted: &PublicKeys) -> Result<RevocationList, Lis
         .ok()
         .and_then(|s| Signature::from_slice(&s).ok())
         .ok_or(ListError::BadSignature)?;
-    let by_trusted_key = trusted
-        .iter()
-        .filter(|k| signed.kid.as_ref().is_none_or(|kid| *kid == k.kid))
-        .any(|k| k.key.verify(&bytes, &signature).is_ok());
-    if !by_trusted_key {
+    if !trusted.signed(signed.kid.as_deref(), &bytes, &signature) {
         return Err(ListError::BadSignature);
     }
     serde_json::from_slice(&bytes).map_err(|e| malformed(&e))

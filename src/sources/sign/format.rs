@@ -21,7 +21,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::Serialize;
 
 use super::keyset::{KEY_ID_LEN, PublicKeys};
@@ -182,17 +182,13 @@ pub fn verify(
         .decode(key)
         .map_err(|_| Refusal::Malformed("it is not base64url without padding"))?;
     let read = read(&bytes)?;
-    let signed_by_trusted = match &read.payload.key_id {
-        Some(kid) => trusted
-            .find(kid)
-            .ok_or_else(|| Refusal::UnknownKeyId(kid.clone()))?
-            .verify(read.signed, &read.signature)
-            .is_ok(),
-        None => trusted
-            .iter()
-            .any(|k| k.key.verify(read.signed, &read.signature).is_ok()),
-    };
-    if !signed_by_trusted {
+    let kid = read.payload.key_id.as_deref();
+    if let Some(kid) = kid
+        && !trusted.has(kid)
+    {
+        return Err(Refusal::UnknownKeyId(kid.into()));
+    }
+    if !trusted.signed(kid, read.signed, &read.signature) {
         return Err(Refusal::BadSignature);
     }
     let payload = read.payload;

@@ -9,7 +9,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,16 @@ pub struct PublicKey {
     pub key: VerifyingKey,
 }
 
+impl PublicKey {
+    /// `key` under the id derived from it.
+    fn derived(key: VerifyingKey) -> PublicKey {
+        PublicKey {
+            kid: key_id(&key),
+            key,
+        }
+    }
+}
+
 /// The public keys a key is checked against: a JWK Set, or one public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKeys(Vec<PublicKey>);
@@ -68,10 +78,7 @@ struct JwkSet {
 impl PublicKeys {
     /// One public key, under the id derived from it.
     pub fn one(key: VerifyingKey) -> PublicKeys {
-        PublicKeys(vec![PublicKey {
-            kid: key_id(&key),
-            key,
-        }])
+        PublicKeys(vec![PublicKey::derived(key)])
     }
 
     /// A public key as `keys new-signing-key` prints it (base64 of 32 bytes).
@@ -134,9 +141,19 @@ impl PublicKeys {
         serde_json::json!({ "keys": keys })
     }
 
-    /// The key published under `kid`.
-    pub fn find(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.0.iter().find(|k| k.kid == kid).map(|k| &k.key)
+    /// Whether a key published under `kid` is here.
+    pub fn has(&self, kid: &str) -> bool {
+        self.0.iter().any(|k| k.kid == kid)
+    }
+
+    /// Whether `signature` over `data` verifies under the key published as `kid`, or under
+    /// any of these keys when `kid` is `None` (what names no key: a format-1 key, a list
+    /// without `kid`).
+    pub fn signed(&self, kid: Option<&str>, data: &[u8], signature: &Signature) -> bool {
+        self.0
+            .iter()
+            .filter(|k| kid.is_none_or(|kid| k.kid == kid))
+            .any(|k| k.key.verify(data, signature).is_ok())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
@@ -191,11 +208,7 @@ impl SigningKeys {
         };
         let mut published: Vec<PublicKey> = Vec::new();
         for key in &keys {
-            let key = key.verifying_key();
-            let public = PublicKey {
-                kid: key_id(&key),
-                key,
-            };
+            let public = PublicKey::derived(key.verifying_key());
             if !published.contains(&public) {
                 published.push(public);
             }
