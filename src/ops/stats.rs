@@ -37,20 +37,38 @@ pub async fn read(db: &Db) -> Result<QueueStats, sqlx::Error> {
     })
 }
 
+/// Runs `step` every `period` until shutdown; a step that fails is logged (`what` names it)
+/// and tried again at the next tick.
+async fn every<F, Fut>(
+    period: std::time::Duration,
+    what: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), sqlx::Error>>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = step().await {
+            tracing::debug!(error = %e, "could not {what}; will try at the next tick");
+        }
+    }
+}
+
 /// Samples queue depth by state once a minute until shutdown, for the dashboard's chart. Every
 /// process does it; the first one each minute writes the sample.
 pub async fn sample_queue_depth(db: Db, shutdown: tokio_util::sync::CancellationToken) {
-    let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
-    every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = every_minute.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(e) = crate::store::history::record_queue_sample(&db).await {
-            tracing::debug!(error = %e, "could not sample queue depth; will try next minute");
-        }
-    }
+    let period = std::time::Duration::from_secs(60);
+    every(period, "sample queue depth", shutdown, || {
+        crate::store::history::record_queue_sample(&db)
+    })
+    .await
 }
 
 /// How often the tallies are compacted: every statement that changes jobs or keys appends a
@@ -61,17 +79,10 @@ const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Compacts the job and key tallies every few seconds until shutdown. Every process does it;
 /// compactions beside each other are safe.
 pub async fn compact_tallies(db: Db, shutdown: tokio_util::sync::CancellationToken) {
-    let mut every = tokio::time::interval(COMPACT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(e) = stock::compact_tallies(&db).await {
-            tracing::debug!(error = %e, "could not compact the tallies; will try again");
-        }
-    }
+    every(COMPACT_EVERY, "compact the tallies", shutdown, || {
+        stock::compact_tallies(&db)
+    })
+    .await
 }
 
 fn label(value: &str) -> String {

@@ -13,37 +13,52 @@ pub async fn seed_finished_jobs(
     entitlement_id: &str,
     pool_name: &str,
 ) -> Result<(), sqlx::Error> {
+    // Each statement with the text it takes as $2, if any ($1, where it stands, is `n`).
     let statements = [
         // Keys: sealed and hashed stand-ins (never opened), with a searchable tail.
-        "INSERT INTO keys (pool_id, value_sealed, value_hash, sealed_with, state, grant_id, batch_id, tail) \
+        (
+            "INSERT INTO keys (pool_id, value_sealed, value_hash, sealed_with, state, grant_id, batch_id, tail) \
          SELECT (SELECT id FROM pools WHERE name = $2), decode(md5('s' || i), 'hex'), \
                 decode(md5('h' || i), 'hex'), 1, 'delivered', 'grant_hist_' || i, 'bench_history', \
                 lpad(to_hex(i % 65536), 4, '0') \
          FROM generate_series(1, $1) i WHERE i % 1000 <> 0 AND i % 5000 <> 0",
-        "INSERT INTO jobs (grant_id, entitlement_id, customer_id, payment_id, state, attempts, \
+            Some(pool_name),
+        ),
+        (
+            "INSERT INTO jobs (grant_id, entitlement_id, customer_id, payment_id, state, attempts, \
                            created_at, updated_at, finished_at, source, last_error, last_http_status) \
          SELECT 'grant_hist_' || i, $2, 'cus_hist_' || (i % 250000), 'pay_hist_' || i, \
                 CASE WHEN i % 5000 = 0 THEN 'cancelled' WHEN i % 1000 = 0 THEN 'failed' ELSE 'delivered' END::job_state, \
                 1, t, t, t, 'bench_history', \
                 CASE WHEN i % 1000 = 0 THEN 'Dodo answered 422' END, CASE WHEN i % 1000 = 0 THEN 422 ELSE 200 END \
          FROM generate_series(1, $1) i, LATERAL (SELECT now() - make_interval(secs => i * 604800.0 / $1) AS t) at",
-        "UPDATE jobs SET key_id = keys.id FROM keys WHERE keys.grant_id = jobs.grant_id",
-        "INSERT INTO attempts (grant_id, started_at, duration_ms, http_status, outcome) \
+            Some(entitlement_id),
+        ),
+        (
+            "UPDATE jobs SET key_id = keys.id FROM keys WHERE keys.grant_id = jobs.grant_id",
+            None,
+        ),
+        (
+            "INSERT INTO attempts (grant_id, started_at, duration_ms, http_status, outcome) \
          SELECT grant_id, created_at, 40, last_http_status, \
                 CASE WHEN state = 'delivered' THEN 'delivered' ELSE 'permanent_error' END FROM jobs",
-        "INSERT INTO events (webhook_id, event_type, grant_id, received_at, payload) \
+            None,
+        ),
+        (
+            "INSERT INTO events (webhook_id, event_type, grant_id, received_at, payload) \
          SELECT 'msg_' || grant_id, 'entitlement_grant.created', grant_id, created_at, \
                 jsonb_build_object('type', 'entitlement_grant.created', 'data', jsonb_build_object('id', grant_id)) \
          FROM jobs",
+            None,
+        ),
     ];
-    // The keys take the pool's name as $2, the jobs the entitlement.
-    for (at, sql) in statements.into_iter().enumerate() {
+    for (sql, text) in statements {
         let mut query = sqlx::query(sql);
         if sql.contains("$1") {
             query = query.bind(n);
         }
-        if sql.contains("$2") {
-            query = query.bind(if at == 0 { pool_name } else { entitlement_id });
+        if let Some(text) = text {
+            query = query.bind(text);
         }
         query.execute(db).await?;
     }

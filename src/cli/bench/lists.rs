@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Seeds `n` finished jobs and measures every row on them.
 async fn measure(
-    mut settings: Settings,
+    settings: Settings,
     args: &BenchArgs,
     n: u64,
 ) -> anyhow::Result<Vec<(String, &'static str, f64)>> {
@@ -140,7 +140,6 @@ async fn measure(
         column.push((name.to_string(), "ms", median));
     }
     stack.stop().await?;
-    settings.reconciler.interval_secs = 0;
     let drained = super::drain_rate(settings.clone(), args, 0, false).await?;
     println!("  drain, 0 ms                          {drained:>6.0} jobs/s");
     column.push(("drain, 0 ms sandbox".to_string(), "jobs/s", drained));
