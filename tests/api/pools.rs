@@ -156,8 +156,11 @@ async fn a_claim_racing_an_import_waits_for_it_instead_of_parking_the_job() {
         "the claim waits on the key lock",
         Duration::from_secs(10),
         || async {
-            app.count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-                .await
+            app.count(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .await
                 == 1
         },
     )
