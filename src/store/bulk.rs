@@ -62,6 +62,14 @@ pub async fn seed_finished_jobs(
         }
         query.execute(db).await?;
     }
+    // Dodo's answers per minute, as the statement that records attempts keeps them.
+    sqlx::query(
+        "INSERT INTO answer_tallies (minute, series, n) \
+         SELECT tally_minute(started_at), answer_class(http_status), count(*) FROM attempts \
+         WHERE outcome NOT IN ('internal_error', 'no_key') GROUP BY 1, 2",
+    )
+    .execute(db)
+    .await?;
     // Each seeded row appended to a tally: folded now, and the space they took given back,
     // as a keyrelay that had run for weeks (compacting every few seconds) would hold them.
     super::stock::compact_tallies(db).await?;

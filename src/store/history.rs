@@ -1,5 +1,6 @@
-//! The dashboard's time series: grants delivered, Dodo's answers by status and webhooks
-//! received, counted per bucket from the rows themselves (on time indexes), and queue depth by
+//! The dashboard's time series: grants delivered and Dodo's answers by status, read from the
+//! per-minute tallies kept as they happen (a chart reads at most a day of minutes, however busy
+//! the shop); webhooks received, counted from the rows on their time index; and queue depth by
 //! state, which only exists as samples taken once a minute (`record_queue_sample`).
 
 use crate::db::Db;
@@ -31,17 +32,17 @@ fn bucket(column: &str) -> String {
     format!("to_timestamp(floor(extract(epoch FROM {column}) / $2) * $2)")
 }
 
-/// Grants delivered per bucket since `from`.
+/// Grants delivered per bucket since `from` (at most a day back: older minutes are kept by
+/// the hour).
 pub async fn delivered(
     db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {} AS bucket, 'delivered' AS series, count(*) AS value FROM jobs \
-         WHERE finished_at >= $1 AND finished_at IS NOT NULL AND state = 'delivered' \
-         GROUP BY 1 ORDER BY 1",
-        bucket("finished_at")
+        "SELECT {} AS bucket, 'delivered' AS series, sum(n)::int8 AS value FROM job_tallies \
+         WHERE state = 'delivered' AND finished_in >= $1 GROUP BY 1 HAVING sum(n) <> 0 ORDER BY 1",
+        bucket("finished_in")
     ))
     .bind(from)
     .bind(bucket_secs as f64)
@@ -56,15 +57,9 @@ pub async fn dodo_answers(
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {} AS bucket, \
-                CASE WHEN http_status BETWEEN 200 AND 299 THEN '2xx' \
-                     WHEN http_status IN (409, 429) THEN http_status::text \
-                     WHEN http_status BETWEEN 400 AND 499 THEN '4xx' \
-                     WHEN http_status BETWEEN 500 AND 599 THEN '5xx' \
-                     WHEN http_status IS NULL THEN 'no_answer' ELSE 'other' END AS series, \
-                count(*) AS value \
-         FROM attempts WHERE started_at >= $1 AND outcome NOT IN ('internal_error', 'no_key') GROUP BY 1, 2 ORDER BY 1",
-        bucket("started_at")
+        "SELECT {} AS bucket, series, sum(n)::int8 AS value FROM answer_tallies \
+         WHERE minute >= $1 GROUP BY 1, 2 ORDER BY 1",
+        bucket("minute")
     ))
     .bind(from)
     .bind(bucket_secs as f64)

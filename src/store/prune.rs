@@ -67,13 +67,24 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
             break;
         }
     }
+    // What the charts kept of the attempts goes with them.
+    sqlx::query("DELETE FROM answer_tallies WHERE minute < $1")
+        .bind(cutoff)
+        .execute(db)
+        .await?;
     Ok(pruned)
 }
 
 /// Vacuums and analyzes the queue's tables and their tallies, so a measurement starts from
 /// fresh statistics.
 pub async fn vacuum_analyze(db: &Db) -> Result<(), sqlx::Error> {
-    for table in ["jobs", "keys", "job_tallies", "key_tallies"] {
+    for table in [
+        "jobs",
+        "keys",
+        "job_tallies",
+        "key_tallies",
+        "answer_tallies",
+    ] {
         db.execute_outside_transaction(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }

@@ -39,7 +39,8 @@ pub struct Completion {
     pub attempt: AttemptRecord,
 }
 
-/// Records attempts (one per grant, in order).
+/// Records attempts (one per grant, in order), and Dodo's answers among them per minute for
+/// the charts (one row per minute and answer, whatever the batch's size).
 pub(super) async fn insert_attempts(
     tx: &mut Transaction<'_, Postgres>,
     grant_ids: &[GrantId],
@@ -56,9 +57,16 @@ pub(super) async fn insert_attempts(
     let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
     sqlx::query(
         r#"
-        INSERT INTO attempts (grant_id, key_id, started_at, duration_ms, http_status, outcome, error)
-        SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::int4[], $5::int4[],
-                             $6::text[], $7::text[])
+        WITH recorded AS (
+            INSERT INTO attempts (grant_id, key_id, started_at, duration_ms, http_status, outcome, error)
+            SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::int4[], $5::int4[],
+                                 $6::text[], $7::text[])
+            RETURNING started_at, http_status, outcome
+        )
+        INSERT INTO answer_tallies (minute, series, n)
+        SELECT tally_minute(started_at), answer_class(http_status), count(*) FROM recorded
+        WHERE outcome NOT IN ('internal_error', 'no_key')
+        GROUP BY 1, 2
         "#,
     )
     .bind(grant_ids)

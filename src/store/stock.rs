@@ -71,10 +71,10 @@ pub async fn list_pools(db: &Db) -> Result<Vec<PoolStock>, sqlx::Error> {
             SELECT pool_id, state, sum(n) AS n FROM key_tallies GROUP BY pool_id, state
         ), sold AS (
             SELECT entitlement_id,
-                   sum(n) FILTER (WHERE hour > now() - interval '1 day') AS last_day,
+                   sum(n) FILTER (WHERE finished_in > now() - interval '1 day') AS last_day,
                    sum(n) AS last_week
             FROM job_tallies
-            WHERE state = 'delivered' AND hour > now() - interval '7 days'
+            WHERE state = 'delivered' AND finished_in > now() - interval '7 days'
             GROUP BY entitlement_id
         )
         SELECT pools.name, pools.entitlement_id, pools.source,
