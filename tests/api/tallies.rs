@@ -12,60 +12,65 @@ use keyrelay::startup::Role;
 
 use crate::helpers::{ENT, TestApp, spawn_worker, wait_until};
 
+/// Where a kept tally and a full count disagree, one line per group: `kept` and `counted` each
+/// select the columns named in `groups` (never NULL) and `n`.
+async fn disagreements(
+    app: &TestApp,
+    what: &str,
+    groups: &str,
+    kept: &str,
+    counted: &str,
+) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "WITH kept AS ({kept}), counted AS ({counted}) \
+         SELECT format('{what} %s: kept %s, counted %s', ({groups})::text, kept.n, counted.n) \
+         FROM kept FULL JOIN counted USING ({groups}) \
+         WHERE kept.n IS DISTINCT FROM counted.n"
+    ))
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
 /// (what differs between the tallies and a full count), empty when they agree.
 async fn differences(app: &TestApp) -> Vec<String> {
-    let jobs: Vec<String> = sqlx::query_scalar(
-        "WITH kept AS (SELECT state, entitlement_id, tally_bucket(finished_in) AS at, \
-                              sum(n)::int8 AS n FROM job_tallies \
-                       GROUP BY 1, 2, 3 HAVING sum(n) <> 0), \
-              counted AS (SELECT state, entitlement_id, tally_bucket(finished_at) AS at, \
-                                 count(*)::int8 AS n FROM jobs \
-                          WHERE state IN ('delivered', 'cancelled') GROUP BY 1, 2, 3) \
-         SELECT format('jobs %s %s %s: kept %s, counted %s', \
-                       coalesce(k.state, c.state), coalesce(k.entitlement_id, c.entitlement_id), \
-                       coalesce(k.at, c.at), k.n, c.n) \
-         FROM kept k FULL JOIN counted c ON k.state = c.state \
-              AND k.entitlement_id = c.entitlement_id AND k.at IS NOT DISTINCT FROM c.at \
-         WHERE k.n IS DISTINCT FROM c.n",
+    let jobs = disagreements(
+        app,
+        "jobs",
+        "state, entitlement_id, at",
+        "SELECT state, entitlement_id, coalesce(tally_bucket(finished_in), '-infinity') AS at, \
+                sum(n)::int8 AS n FROM job_tallies GROUP BY 1, 2, 3 HAVING sum(n) <> 0",
+        "SELECT state, entitlement_id, coalesce(tally_bucket(finished_at), '-infinity') AS at, \
+                count(*)::int8 AS n FROM jobs \
+         WHERE state IN ('delivered', 'cancelled') GROUP BY 1, 2, 3",
     )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    let keys: Vec<String> = sqlx::query_scalar(
-        "WITH kept AS (SELECT pool_id, state, sum(n)::int8 AS n FROM key_tallies \
-                       GROUP BY 1, 2 HAVING sum(n) <> 0), \
-              counted AS (SELECT pool_id, state, count(*)::int8 AS n FROM keys \
-                          WHERE state IN ('delivered', 'rejected', 'suspended', 'revoked') \
-                          GROUP BY 1, 2) \
-         SELECT format('keys %s %s: kept %s, counted %s', coalesce(k.pool_id, c.pool_id), \
-                       coalesce(k.state, c.state), k.n, c.n) \
-         FROM kept k FULL JOIN counted c ON k.pool_id = c.pool_id AND k.state = c.state \
-         WHERE k.n IS DISTINCT FROM c.n",
+    .await;
+    let keys = disagreements(
+        app,
+        "keys",
+        "pool_id, state",
+        "SELECT pool_id, state, sum(n)::int8 AS n FROM key_tallies \
+         GROUP BY 1, 2 HAVING sum(n) <> 0",
+        "SELECT pool_id, state, count(*)::int8 AS n FROM keys \
+         WHERE state IN ('delivered', 'rejected', 'suspended', 'revoked') GROUP BY 1, 2",
     )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    .await;
     jobs.into_iter().chain(keys).collect()
 }
 
 /// (what differs between Dodo's answers kept per minute and the attempts stored), empty when
 /// they agree. Pruning drops attempts but not what the charts showed, so this holds before it.
 async fn answer_differences(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar(
-        "WITH kept AS (SELECT minute, series, sum(n)::int8 AS n FROM answer_tallies \
-                       GROUP BY 1, 2), \
-              counted AS (SELECT tally_minute(started_at) AS minute, \
-                                 answer_class(http_status) AS series, count(*)::int8 AS n \
-                          FROM attempts WHERE outcome NOT IN ('internal_error', 'no_key') \
-                          GROUP BY 1, 2) \
-         SELECT format('answers %s %s: kept %s, counted %s', coalesce(k.minute, c.minute), \
-                       coalesce(k.series, c.series), k.n, c.n) \
-         FROM kept k FULL JOIN counted c ON k.minute = c.minute AND k.series = c.series \
-         WHERE k.n IS DISTINCT FROM c.n",
+    disagreements(
+        app,
+        "answers",
+        "minute, series",
+        "SELECT minute, series, sum(n)::int8 AS n FROM answer_tallies GROUP BY 1, 2",
+        "SELECT tally_minute(started_at) AS minute, answer_class(http_status) AS series, \
+                count(*)::int8 AS n FROM attempts \
+         WHERE outcome NOT IN ('internal_error', 'no_key') GROUP BY 1, 2",
     )
-    .fetch_all(&app.db)
     .await
-    .unwrap()
 }
 
 #[tokio::test]
