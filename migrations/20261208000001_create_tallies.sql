@@ -12,7 +12,10 @@
 -- Finished jobs are kept by the minute they finished in for a day (the charts and the last
 -- day's sales read them), then folded into the hour. Dodo's answers are kept by the minute,
 -- appended by the statement that records the attempts (one row per batch and minute), for the
--- charts; they are dropped with the history they describe.
+-- charts; they are dropped with the history they describe. Webhooks received are counted per
+-- minute too, but intake writes nothing for it (a webhook stays one insert): finished minutes
+-- are rolled up from `events` once they have settled (roll_up_webhooks()), and a chart counts
+-- only the minutes since from the events themselves.
 
 CREATE TABLE job_tallies (
     state          job_state   NOT NULL,
@@ -29,6 +32,12 @@ CREATE TABLE answer_tallies (
     n      bigint      NOT NULL
 );
 CREATE INDEX answer_tallies_minute ON answer_tallies (minute);
+
+-- One row per minute rolled up, webhooks or not: the last one is where the events take over.
+CREATE TABLE webhook_minutes (
+    minute timestamptz PRIMARY KEY,
+    n      bigint      NOT NULL
+);
 
 CREATE TABLE key_tallies (
     pool_id bigint    NOT NULL,
@@ -152,6 +161,22 @@ CREATE FUNCTION compact_tallies() RETURNS void LANGUAGE sql AS $$
     SELECT minute, series, sum(n) FROM gone GROUP BY 1, 2;
 $$;
 
+-- Counts the webhooks of each minute since the last one rolled up (at most a day back) that
+-- ended `settled` ago or more: long enough for any webhook stamped in it to have committed
+-- (intake gives a webhook's insert 0.8 s). Each minute is rolled up once, whichever process
+-- gets there first.
+CREATE FUNCTION roll_up_webhooks(settled interval) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO webhook_minutes (minute, n)
+    SELECT m, (SELECT count(*) FROM events
+               WHERE received_at >= m AND received_at < m + interval '1 minute')
+    FROM generate_series(
+        greatest((SELECT max(minute) + interval '1 minute' FROM webhook_minutes),
+                 tally_minute(now() - interval '1 day')),
+        tally_minute(now() - settled) - interval '1 minute',
+        interval '1 minute') AS m
+    ON CONFLICT (minute) DO NOTHING;
+$$;
+
 -- What is stored now (the triggers above hold the tables until this transaction ends).
 INSERT INTO job_tallies (state, entitlement_id, finished_in, n)
 SELECT state, entitlement_id, tally_bucket(finished_at), count(*) FROM jobs
@@ -163,3 +188,4 @@ GROUP BY 1, 2;
 INSERT INTO key_tallies (pool_id, state, n)
 SELECT pool_id, state, count(*) FROM keys
 WHERE state NOT IN ('available', 'reserved') GROUP BY 1, 2;
+SELECT roll_up_webhooks(interval '2 minutes');

@@ -70,6 +70,10 @@ pub async fn seed_finished_jobs(
     )
     .execute(db)
     .await?;
+    // The minutes rolled up before the seed counted no webhooks: rolled up again below.
+    sqlx::query("DELETE FROM webhook_minutes")
+        .execute(db)
+        .await?;
     // Each seeded row appended to a tally: folded now, and the space they took given back,
     // as a keyrelay that had run for weeks (compacting every few seconds) would hold them.
     super::stock::compact_tallies(db).await?;

@@ -1,7 +1,7 @@
 //! The dashboard's time series: grants delivered and Dodo's answers by status, read from the
-//! per-minute tallies kept as they happen (a chart reads at most a day of minutes, however busy
-//! the shop); webhooks received, counted from the rows on their time index; and queue depth by
-//! state, which only exists as samples taken once a minute (`record_queue_sample`).
+//! per-minute tallies kept as they happen, and webhooks received, from the minutes rolled up
+//! (a chart reads at most a day of minutes, however busy the shop); and queue depth by state,
+//! which only exists as samples taken once a minute (`record_queue_sample`).
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
@@ -68,16 +68,22 @@ pub async fn dodo_answers(
 }
 
 /// Webhooks stored per bucket since `from` (refused ones are not stored; the metrics count
-/// those).
+/// those): the minutes rolled up, then the webhooks since, counted one by one.
 pub async fn webhooks(
     db: &Db,
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {} AS bucket, 'received' AS series, count(*) AS value FROM events \
-         WHERE received_at >= $1 GROUP BY 1 ORDER BY 1",
-        bucket("received_at")
+        "WITH rolled AS ( \
+             SELECT coalesce(max(minute) + interval '1 minute', '-infinity') AS upto \
+             FROM webhook_minutes) \
+         SELECT {} AS bucket, 'received' AS series, sum(n)::int8 AS value FROM ( \
+             SELECT minute, n FROM webhook_minutes WHERE minute >= $1 \
+             UNION ALL \
+             SELECT received_at, 1 FROM events, rolled WHERE received_at >= greatest($1, upto) \
+         ) received(minute, n) GROUP BY 1 HAVING sum(n) > 0 ORDER BY 1",
+        bucket("minute")
     ))
     .bind(from)
     .bind(bucket_secs as f64)

@@ -67,8 +67,12 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
             break;
         }
     }
-    // What the charts kept of the attempts goes with them.
+    // What the charts kept of the attempts and events goes with them.
     sqlx::query("DELETE FROM answer_tallies WHERE minute < $1")
+        .bind(cutoff)
+        .execute(db)
+        .await?;
+    sqlx::query("DELETE FROM webhook_minutes WHERE minute < $1")
         .bind(cutoff)
         .execute(db)
         .await?;

@@ -218,10 +218,17 @@ pub(crate) const OPEN_JOBS_BY_STATE: &str = "SELECT state, count(*) AS n FROM jo
      UNION ALL SELECT 'waiting_for_keys', count(*) FROM jobs WHERE state = 'waiting_for_keys' \
      UNION ALL SELECT 'failed', count(*) FROM jobs WHERE state = 'failed'";
 
-/// Folds the rows appended to the job and key tallies into one per group (see the
-/// `create_tallies` migration); the counts do not change.
+/// How long after a minute ends its webhooks are rolled up: far longer than intake gives a
+/// webhook's insert to commit.
+const WEBHOOKS_SETTLE: &str = "2 minutes";
+
+/// Folds the rows appended to the tallies into one per group, and rolls up the webhooks of the
+/// minutes that have settled (see the `create_tallies` migration); the counts do not change.
 pub async fn compact_tallies(db: &Db) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT compact_tallies()").execute(db).await?;
+    sqlx::query("SELECT compact_tallies(), roll_up_webhooks($1::interval)")
+        .bind(WEBHOOKS_SETTLE)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

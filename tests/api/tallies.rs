@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyrelay::pool::{NewPool, add_pool};
-use keyrelay::sandbox::FaultRates;
+use keyrelay::sandbox::{FaultRates, SignedWebhook};
 use keyrelay::sources::Source;
 use keyrelay::startup::Role;
 
@@ -73,6 +73,40 @@ async fn answer_differences(app: &TestApp) -> Vec<String> {
     .await
 }
 
+/// The webhooks chart (minutes rolled up, then the webhooks since, one by one) gives each
+/// minute's full count. The webhooks are spread over the last half hour and rolled up, and one
+/// more arrives after, so both parts have webhooks to count.
+async fn assert_webhooks_chart_counts_every_webhook(app: &TestApp, after: &SignedWebhook) {
+    for sql in [
+        "UPDATE events SET received_at = received_at \
+         - make_interval(mins => ascii(right(webhook_id, 1)) % 30)",
+        "DELETE FROM webhook_minutes",
+        "SELECT roll_up_webhooks(interval '0 seconds')",
+    ] {
+        sqlx::query(sql).execute(&app.db).await.unwrap();
+    }
+    let rolled = app
+        .count("SELECT count(*) FROM webhook_minutes WHERE n > 0")
+        .await;
+    assert!(rolled >= 10, "the spread minutes were rolled up: {rolled}");
+    assert_eq!(app.post(after).await.status(), 422);
+    let from = chrono::Utc::now() - chrono::Duration::hours(2);
+    let charted: Vec<(chrono::DateTime<chrono::Utc>, i64)> =
+        keyrelay::store::history::webhooks(&app.db, from, 60)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.bucket, p.value))
+            .collect();
+    let counted: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
+        "SELECT tally_minute(received_at), count(*) FROM events GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(charted, counted);
+}
+
 #[tokio::test]
 async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
     let app = TestApp::spawn_with(Role::Web, |_| {}).await;
@@ -103,6 +137,7 @@ async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
     let mut first = spawn_worker(&env, Arc::clone(&log));
     let mut second = spawn_worker(&env, Arc::clone(&log));
     let mut sold = Vec::new();
+    let mut late = None;
     for i in 0..160 {
         // 120 grants for 100 listed keys (20 wait for keys) and 40 whose keys are made.
         let grant = if i % 4 == 3 {
@@ -116,6 +151,19 @@ async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
             assert_eq!(app.post(&hook).await.status(), 200);
         }
         sold.push(grant.id);
+        if i == 30 {
+            // A signed webhook keyrelay cannot process is stored (and counted) once.
+            let mut body: serde_json::Value = serde_json::from_str(&hook.body).unwrap();
+            body["data"]["entitlement_id"] = "e".repeat(5_000).into();
+            let hostile = app
+                .sandbox
+                .sign("msg_tally_hostile".into(), body.to_string());
+            for _ in 0..2 {
+                assert_eq!(app.post(&hostile).await.status(), 422);
+            }
+            body["data"]["entitlement_id"] = "f".repeat(5_000).into();
+            late = Some(app.sandbox.sign("msg_tally_late".into(), body.to_string()));
+        }
         if i == 60 {
             first.start_kill().unwrap();
             first.wait().await.unwrap();
@@ -140,6 +188,7 @@ async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
     second.wait().await.unwrap();
     assert_eq!(differences(&app).await, Vec::<String>::new());
     assert_eq!(answer_differences(&app).await, Vec::<String>::new());
+    assert_webhooks_chart_counts_every_webhook(&app, late.as_ref().unwrap()).await;
     let answers = app
         .count("SELECT count(DISTINCT series) FROM answer_tallies")
         .await;
