@@ -74,6 +74,11 @@ fn admin_database(database: &DatabaseSettings) -> anyhow::Result<(PgConnectOptio
     Ok((options, name))
 }
 
+/// The name of the database `database.url` points at.
+pub fn database_name(database: &DatabaseSettings) -> anyhow::Result<String> {
+    admin_database(database).map(|(_, name)| name)
+}
+
 /// A pool that connects on first use, so a server can start (and answer 503) while the
 /// database is down.
 pub fn lazy_pool(settings: &(impl AsRef<DatabaseSettings> + ?Sized)) -> anyhow::Result<Db> {

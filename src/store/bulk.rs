@@ -26,17 +26,14 @@ pub async fn seed_finished_jobs(
         ),
         (
             "INSERT INTO jobs (grant_id, entitlement_id, customer_id, payment_id, state, attempts, \
-                           created_at, updated_at, finished_at, source, last_error, last_http_status) \
+                           created_at, updated_at, finished_at, source, last_error, last_http_status, key_id) \
          SELECT 'grant_hist_' || i, $2, 'cus_hist_' || (i % 250000), 'pay_hist_' || i, \
                 CASE WHEN i % 5000 = 0 THEN 'cancelled' WHEN i % 1000 = 0 THEN 'failed' ELSE 'delivered' END::job_state, \
                 1, t, t, t, 'bench_history', \
-                CASE WHEN i % 1000 = 0 THEN 'Dodo answered 422' END, CASE WHEN i % 1000 = 0 THEN 422 ELSE 200 END \
-         FROM generate_series(1, $1) i, LATERAL (SELECT now() - make_interval(secs => i * 604800.0 / $1) AS t) at",
+                CASE WHEN i % 1000 = 0 THEN 'Dodo answered 422' END, CASE WHEN i % 1000 = 0 THEN 422 ELSE 200 END, keys.id \
+         FROM generate_series(1, $1) i CROSS JOIN LATERAL (SELECT now() - make_interval(secs => i * 604800.0 / $1) AS t) at \
+         LEFT JOIN keys ON keys.grant_id = 'grant_hist_' || i",
             Some(entitlement_id),
-        ),
-        (
-            "UPDATE jobs SET key_id = keys.id FROM keys WHERE keys.grant_id = jobs.grant_id",
-            None,
         ),
         (
             "INSERT INTO attempts (grant_id, started_at, duration_ms, http_status, outcome) \

@@ -261,17 +261,19 @@ pub async fn demo_figures(db: &Db) -> Result<(i64, i64), sqlx::Error> {
     .await
 }
 
-/// Delivered jobs that are not benchmark history, and the p50 and p99 of recorded
-/// fulfill-call durations in ms.
-pub async fn bench_figures(db: &Db) -> Result<(i64, f64, f64), sqlx::Error> {
+/// Jobs delivered since `since` that are not benchmark history, and the p50 and p99 of the
+/// fulfill-call durations recorded since, in ms.
+pub async fn bench_figures(db: &Db, since: DateTime<Utc>) -> Result<(i64, f64, f64), sqlx::Error> {
     sqlx::query_as(
         r#"
-        SELECT (SELECT count(*) FROM jobs WHERE state = 'delivered' AND source <> 'bench_history'),
+        SELECT (SELECT count(*) FROM jobs WHERE state = 'delivered' AND source <> 'bench_history'
+                AND finished_at >= $1),
                coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0)::float8,
                coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms), 0)::float8
-        FROM attempts
+        FROM attempts WHERE started_at >= $1
         "#,
     )
+    .bind(since)
     .fetch_one(db)
     .await
 }

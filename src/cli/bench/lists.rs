@@ -1,14 +1,15 @@
 //! `keyrelay bench lists`: what a growing history costs. For each `--finished` count (finished
 //! jobs spread over a week, with their keys, attempts and events) on its own database: the
 //! Prometheus scrape, the first overview after start and later ones, the dashboard's pages and
-//! searches, the shop API, then draining a backlog (0 ms sandbox) and webhook intake. One
-//! table, a column per count, so the curve is visible.
+//! searches, the shop API; then `--rounds` runs each of draining a backlog (0 ms sandbox) and
+//! of webhook intake, taken in turn across the databases so a slow spell of the machine falls
+//! on every count alike. One table, a column per count, so the curve is visible.
 
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use super::{BenchArgs, ENTITLEMENT, with_scratch};
+use super::{BenchArgs, ENTITLEMENT};
 use crate::configuration::Settings;
 use crate::harness::LocalStack;
 use crate::startup::Role;
@@ -23,46 +24,123 @@ struct Row {
     values: Vec<f64>,
 }
 
-pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
-    let mut rows: Vec<Row> = Vec::new();
-    for &n in &args.finished {
-        println!("\nlists: {n} finished jobs (over 7 days)");
-        let column = with_scratch(settings, |s| measure(s, args, n)).await?;
-        for (name, unit, value) in column {
-            match rows.iter_mut().find(|r| r.name == name) {
-                Some(row) => row.values.push(value),
-                None => rows.push(Row {
-                    name,
-                    unit,
-                    values: vec![value],
-                }),
-            }
+/// The table, filled a figure at a time.
+#[derive(Default)]
+struct Table(Vec<Row>);
+
+impl Table {
+    fn push(&mut self, name: &str, unit: &'static str, value: f64) {
+        match self.0.iter_mut().find(|r| r.name == name) {
+            Some(row) => row.values.push(value),
+            None => self.0.push(Row {
+                name: name.to_string(),
+                unit,
+                values: vec![value],
+            }),
         }
     }
-    print!("\n  {:<38}", "finished jobs in the table");
+}
+
+pub async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let mut databases = Vec::new();
+    let result = run_on(settings, args, &mut databases).await;
+    for database in &databases {
+        let name = crate::db::database_name(&database.database)?;
+        if args.keep_databases {
+            println!("  kept database {name}");
+        } else if let Err(e) = crate::db::drop_database(database).await {
+            eprintln!("could not drop the bench database {name}: {e:#}");
+        }
+    }
+    result
+}
+
+async fn run_on(
+    settings: &Settings,
+    args: &BenchArgs,
+    databases: &mut Vec<Settings>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let mut table = Table::default();
+    for &n in &args.finished {
+        println!("\nlists: {n} finished jobs (over 7 days)");
+        let database = super::scratch(settings).await?;
+        databases.push(database.clone());
+        for (name, value) in measure(database, n).await? {
+            table.push(name, "ms", value);
+        }
+    }
+    // Every drain before any intake: the jobs intake queues have no keys, and a drain waits
+    // for every queued job.
+    let mut drains = vec![Vec::new(); databases.len()];
+    for round in 1..=args.rounds {
+        println!("\ndrain, 0 ms sandbox, round {round}");
+        for (i, database) in databases.iter().enumerate() {
+            let rate = super::drain_rate(database.clone(), args, 0, false).await?;
+            println!(
+                "  {:>12} finished jobs  {rate:>6.0} jobs/s",
+                args.finished[i]
+            );
+            drains[i].push(rate);
+        }
+    }
+    let mut intakes = vec![Vec::new(); databases.len()];
+    for round in 1..=args.rounds {
+        println!("\nintake, round {round}");
+        for (i, database) in databases.iter().enumerate() {
+            let rate = super::intake::measure(database.clone(), args, false).await?;
+            println!(
+                "  {:>12} finished jobs  {rate:>6.0} webhooks/s",
+                args.finished[i]
+            );
+            intakes[i].push(rate);
+        }
+    }
+    for (name, runs) in [("drain, 0 ms sandbox", drains), ("intake", intakes)] {
+        let medians: Vec<f64> = runs.into_iter().map(median).collect();
+        let unit = if name == "intake" {
+            "webhooks/s"
+        } else {
+            "jobs/s"
+        };
+        for &m in &medians {
+            table.push(name, unit, m);
+        }
+        for &m in &medians {
+            table.push(
+                &format!("{name}, of the first column"),
+                "%",
+                m / medians[0] * 100.0,
+            );
+        }
+    }
+    print!("\n  {:<44}", "finished jobs in the table");
     for n in &args.finished {
         print!(" {n:>12}");
     }
     println!();
-    for row in rows {
-        print!("  {:<38}", format!("{} ({})", row.name, row.unit));
+    for row in table.0 {
+        print!("  {:<44}", format!("{} ({})", row.name, row.unit));
         for value in row.values {
             print!(" {value:>12.1}");
         }
         println!();
     }
     println!(
-        "  (ms: the median of 5 runs, except the first overview, which is one; intake and drain: per second)"
+        "  (ms: the median of 5 runs, except the first overview, which is one; \
+         drain and intake: the median of {} rounds)",
+        args.rounds
     );
     Ok(())
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Seeds `n` finished jobs and measures every row on them.
-async fn measure(
-    settings: Settings,
-    args: &BenchArgs,
-    n: u64,
-) -> anyhow::Result<Vec<(String, &'static str, f64)>> {
+async fn measure(settings: Settings, n: u64) -> anyhow::Result<Vec<(&'static str, f64)>> {
     let db = crate::db::connect(&settings).await?;
     let started = Instant::now();
     crate::store::bulk::seed_finished_jobs(&db, n as i64, ENTITLEMENT, "bench").await?;
@@ -85,7 +163,7 @@ async fn measure(
     let mut column = Vec::new();
     // The first overview after start waits for the totals the later ones share.
     let first = time(&http, &base, "/admin", TOKEN, 1).await?;
-    column.push(("overview, first after start".to_string(), "ms", first));
+    column.push(("overview, first after start", first));
     // A page's "older jobs" link, to time the second page as people reach it.
     let page = http
         .get(format!("{base}/admin/jobs"))
@@ -137,15 +215,9 @@ async fn measure(
     for (name, path, token) in views {
         let median = time(&http, &base, &path, token, 5).await?;
         println!("  {name:<36} {median:>6.1} ms");
-        column.push((name.to_string(), "ms", median));
+        column.push((name, median));
     }
     stack.stop().await?;
-    let drained = super::drain_rate(settings.clone(), args, 0, false).await?;
-    println!("  drain, 0 ms                          {drained:>6.0} jobs/s");
-    column.push(("drain, 0 ms sandbox".to_string(), "jobs/s", drained));
-    let stored = super::intake::measure(settings, args, false).await?;
-    println!("  intake                               {stored:>6.0} webhooks/s");
-    column.push(("intake".to_string(), "webhooks/s", stored));
     Ok(column)
 }
 

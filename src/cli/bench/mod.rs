@@ -84,6 +84,13 @@ pub struct BenchArgs {
     /// column each (e.g. 0,1000000,5000000).
     #[arg(long, value_delimiter = ',', default_value = "1000000")]
     finished: Vec<u64>,
+    /// Drain and intake runs per count in the lists run, taken in turn across the counts so a
+    /// machine's slow spell falls on every column; the table shows their medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Keeps the lists run's databases (their names are printed) for a closer look.
+    #[arg(long)]
+    keep_databases: bool,
 }
 
 pub async fn run(mut settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -207,6 +214,14 @@ where
     F: FnOnce(Settings) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    let settings = scratch(settings).await?;
+    let result = f(settings.clone()).await;
+    crate::db::drop_database(&settings).await?;
+    result
+}
+
+/// A new throwaway database with the bench pool; the settings point at it.
+async fn scratch(settings: &Settings) -> anyhow::Result<Settings> {
     let mut settings = settings.clone();
     let db = crate::db::create_scratch_database(&mut settings.database, "keyrelay_bench").await?;
     add_pool(
@@ -219,9 +234,7 @@ where
     )
     .await?;
     db.close().await;
-    let result = f(settings.clone()).await;
-    crate::db::drop_database(&settings).await?;
-    result
+    Ok(settings)
 }
 
 /// Imports `count` generated keys into the bench pool.
@@ -299,6 +312,7 @@ async fn drain_rate(
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();
+    let since = chrono::Utc::now();
     let started = Instant::now();
     let running = tokio::spawn(app.run_until_stopped());
     loop {
@@ -311,7 +325,7 @@ async fn drain_rate(
     let elapsed = started.elapsed();
     token.cancel();
     running.await??;
-    let (delivered, call_p50, call_p99) = read::bench_figures(&db).await?;
+    let (delivered, call_p50, call_p99) = read::bench_figures(&db, since).await?;
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
     db.close().await;
     sandbox.stop().await;
