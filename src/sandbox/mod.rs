@@ -81,6 +81,9 @@ struct State {
     vendor: vendor::VendorState,
     calls: CallWindow,
     seq: u64,
+    /// Random for each sandbox, in every id it hands out: a sandbox started again on the same
+    /// database counts from 1 again, and must not sell a grant keyrelay already holds.
+    instance: u32,
 }
 
 /// The sandbox's state and credentials; cheap to clone (shared state).
@@ -106,7 +109,10 @@ pub const BUSINESS_ID: &str = "bus_sandbox";
 impl Sandbox {
     pub fn new(api_key: &str, webhook_key: &[u8]) -> Sandbox {
         Sandbox {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                instance: rand::random(),
+                ..State::default()
+            })),
             api_key: api_key.into(),
             webhook_key: webhook_key.into(),
             http: reqwest::Client::builder()
@@ -133,7 +139,7 @@ impl Sandbox {
         let n = state.seq;
         let now = now_iso();
         let grant = Grant {
-            id: format!("grant_sbx{n:08}{:04x}", rand::random::<u16>()),
+            id: format!("grant_sbx{n:08}{:08x}", state.instance),
             business_id: Some(BUSINESS_ID.into()),
             brand_id: Some("brand_sandbox".into()),
             customer_id: customer_id.map_or_else(|| format!("cus_sbx{n:08}"), str::to_string),
@@ -175,11 +181,7 @@ impl Sandbox {
         let id = {
             let mut state = self.lock();
             state.seq += 1;
-            format!(
-                "msg_sbx{:010}{:06x}",
-                state.seq,
-                rand::random::<u32>() & 0xff_ffff
-            )
+            format!("msg_sbx{:010}{:08x}", state.seq, state.instance)
         };
         let mut data = serde_json::to_value(grant).expect("grant serializes");
         data["payload_type"] = "EntitlementGrant".into();
@@ -337,4 +339,29 @@ pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String
 
 fn now_iso() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::Sandbox;
+
+    /// Two sandboxes (one started again on the same database, say) count from 1 alike; the
+    /// grants and webhooks they hand out must still be new to keyrelay, which ignores a grant
+    /// or a webhook id it already holds.
+    #[test]
+    fn sandboxes_started_again_never_reuse_a_grant_or_webhook_id() {
+        let mut grants = HashSet::new();
+        let mut webhooks = HashSet::new();
+        for _ in 0..2 {
+            let sandbox = Sandbox::new("sk", b"key");
+            for _ in 0..2_000 {
+                let grant = sandbox.create_grant("ent", None);
+                let hook = sandbox.webhook_for(&grant, "entitlement_grant.created");
+                assert!(webhooks.insert(hook.id), "webhook id reused");
+                assert!(grants.insert(grant.id), "grant id reused");
+            }
+        }
+    }
 }
