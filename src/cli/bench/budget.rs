@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{BenchArgs, queue_backlog};
+use super::BenchArgs;
+use super::drain::queue_backlog;
 use crate::configuration::{RateLimitTier, Settings};
 use crate::dodo::RateLimits;
 use crate::harness::start_sandbox;

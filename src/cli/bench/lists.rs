@@ -76,7 +76,7 @@ async fn run_on(
     for round in 1..=args.rounds {
         println!("\ndrain, 0 ms sandbox, round {round}");
         for (i, database) in databases.iter().enumerate() {
-            let rate = super::drain_rate(database.clone(), args, 0, false).await?;
+            let rate = super::drain::drain_rate(database.clone(), args, 0, false).await?;
             println!(
                 "  {:>12} finished jobs  {rate:>6.0} jobs/s",
                 args.finished[i]
