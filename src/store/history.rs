@@ -74,19 +74,27 @@ pub async fn webhooks(
     from: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<Point>, sqlx::Error> {
+    // Where the rolled-up minutes end, read first and passed as a value: the planner then
+    // estimates the webhooks since from its statistics (a few minutes' worth), where a bound
+    // computed in the statement gets a third of the table (at five million events, a plan
+    // costly enough to be JIT-compiled, 10 ms each time). Minutes rolled up between the two
+    // statements are counted once, from the events.
+    let rolled: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT max(minute) + interval '1 minute' FROM webhook_minutes")
+            .fetch_one(db)
+            .await?;
+    let split = rolled.map_or(from, |upto| upto.max(from));
     sqlx::query_as(&format!(
-        "WITH rolled AS ( \
-             SELECT coalesce(max(minute) + interval '1 minute', '-infinity') AS upto \
-             FROM webhook_minutes) \
-         SELECT {} AS bucket, 'received' AS series, sum(n)::int8 AS value FROM ( \
-             SELECT minute, n FROM webhook_minutes WHERE minute >= $1 \
+        "SELECT {} AS bucket, 'received' AS series, sum(n)::int8 AS value FROM ( \
+             SELECT minute, n FROM webhook_minutes WHERE minute >= $1 AND minute < $3 \
              UNION ALL \
-             SELECT received_at, 1 FROM events, rolled WHERE received_at >= greatest($1, upto) \
+             SELECT received_at, 1 FROM events WHERE received_at >= $3 \
          ) received(minute, n) GROUP BY 1 HAVING sum(n) > 0 ORDER BY 1",
         bucket("minute")
     ))
     .bind(from)
     .bind(bucket_secs as f64)
+    .bind(split)
     .fetch_all(db)
     .await
 }

@@ -239,27 +239,32 @@ pub async fn count_unsettled_jobs(db: &Db) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Seconds since the oldest queued job was created (0 when none waits).
-pub async fn oldest_queued_age_secs(db: &Db) -> Result<f64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
-         FROM jobs WHERE state = 'queued'",
-    )
-    .fetch_one(db)
-    .await
-}
+/// Seconds since the oldest queued job was created (0 when none waits). The jobs in flight are
+/// taken first (on `jobs_due`), then their oldest: asked for `min(created_at)` directly, the
+/// planner may walk the `created_at` index from the oldest finished job and filter, which at
+/// millions of finished jobs and an empty queue reads every one of them (seconds).
+pub const OLDEST_QUEUED_AGE: &str = "WITH queued AS MATERIALIZED \
+     (SELECT created_at FROM jobs WHERE state = 'queued') \
+     SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM queued";
 
 /// Seconds since the oldest grant that still has no key was paid for: every job that is not
-/// delivered, failed or cancelled. Each half is read on its own partial index (`jobs_due`,
-/// `jobs_waiting`), so finished history does not slow it down.
+/// delivered, failed or cancelled, taken first on the partial indexes `jobs_due` and
+/// `jobs_waiting` (as in [`OLDEST_QUEUED_AGE`]), so finished history is never read.
+pub const OLDEST_UNFINISHED_AGE: &str = "WITH unfinished AS MATERIALIZED \
+     (SELECT created_at FROM jobs WHERE state IN ('queued', 'retrying', 'running') \
+      UNION ALL SELECT created_at FROM jobs WHERE state = 'waiting_for_keys') \
+     SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) FROM unfinished";
+
+/// [`OLDEST_QUEUED_AGE`].
+pub async fn oldest_queued_age_secs(db: &Db) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(OLDEST_QUEUED_AGE).fetch_one(db).await
+}
+
+/// [`OLDEST_UNFINISHED_AGE`].
 pub async fn oldest_unfinished_age_secs(db: &Db) -> Result<f64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - least( \
-             (SELECT min(created_at) FROM jobs WHERE state IN ('queued', 'retrying', 'running')), \
-             (SELECT min(created_at) FROM jobs WHERE state = 'waiting_for_keys')))::float8, 0)",
-    )
-    .fetch_one(db)
-    .await
+    sqlx::query_scalar(OLDEST_UNFINISHED_AGE)
+        .fetch_one(db)
+        .await
 }
 
 /// Dead tuples of keyrelay's tables, by table name.

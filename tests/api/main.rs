@@ -36,3 +36,4 @@ mod signed_keys;
 mod sources;
 mod structure;
 mod tallies;
+mod watched;

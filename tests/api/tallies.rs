@@ -73,13 +73,23 @@ async fn answer_differences(app: &TestApp) -> Vec<String> {
     .await
 }
 
+/// Moves finish times back with `update`, compacts, and checks the tallies still agree with a
+/// full count.
+async fn age_then_compact(app: &TestApp, update: &str) {
+    sqlx::query(update).execute(&app.db).await.unwrap();
+    keyrelay::store::stock::compact_tallies(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(differences(app).await, Vec::<String>::new());
+}
+
 /// The webhooks chart (minutes rolled up, then the webhooks since, one by one) gives each
 /// minute's full count. The webhooks are spread over the last half hour and rolled up, and one
 /// more arrives after, so both parts have webhooks to count.
 async fn assert_webhooks_chart_counts_every_webhook(app: &TestApp, after: &SignedWebhook) {
     for sql in [
         "UPDATE events SET received_at = received_at \
-         - make_interval(mins => ascii(right(webhook_id, 1)) % 30)",
+         - make_interval(mins => abs(hashtext(webhook_id)) % 30)",
         "DELETE FROM webhook_minutes",
         "SELECT roll_up_webhooks(interval '0 seconds')",
     ] {
@@ -222,23 +232,37 @@ async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
             .webhook_for(&revoked, "entitlement_grant.revoked");
         assert_eq!(app.post(&hook).await.status(), 200);
     }
+    // A job that finished before finish times were kept is counted all the same.
     sqlx::query(
-        "UPDATE jobs SET finished_at = finished_at - interval '40 days' \
-         WHERE grant_id IN (SELECT grant_id FROM jobs WHERE state = 'delivered' LIMIT 50)",
+        "INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, source) \
+         VALUES ('grant_tally_untimed', $1, 'cus_tally', 'cancelled', 'test')",
     )
+    .bind(ENT)
     .execute(&app.db)
     .await
     .unwrap();
     // The aged jobs' minutes fold into their hours.
-    keyrelay::store::stock::compact_tallies(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(differences(&app).await, Vec::<String>::new());
+    age_then_compact(
+        &app,
+        "UPDATE jobs SET finished_at = finished_at - interval '40 days' \
+         WHERE grant_id IN (SELECT grant_id FROM jobs WHERE state = 'delivered' LIMIT 50)",
+    )
+    .await;
     assert_eq!(answer_differences(&app).await, Vec::<String>::new());
     let folded = app
         .count("SELECT count(*) FROM job_tallies WHERE finished_in < now() - interval '1 day' AND finished_in <> tally_hour(finished_in)")
         .await;
     assert_eq!(folded, 0, "day-old minutes are kept by the hour");
+    // Jobs that finished a minute apart around a day ago: an hour whose first minutes are a
+    // day old folds them, and keeps its later minutes as minutes.
+    age_then_compact(
+        &app,
+        "UPDATE jobs SET finished_at = now() - interval '1 day' + (aged.i - 60) * interval '1 minute' \
+         FROM (SELECT grant_id, row_number() OVER (ORDER BY grant_id) AS i FROM jobs \
+               WHERE state = 'delivered' AND finished_at > now() - interval '1 day' LIMIT 100) aged \
+         WHERE jobs.grant_id = aged.grant_id",
+    )
+    .await;
     let pruned = keyrelay::ops::reconcile::prune(&app.db, Duration::from_secs(30 * 86_400))
         .await
         .unwrap();
@@ -258,6 +282,21 @@ async fn kept_counts_equal_a_full_count_after_faults_kills_and_pruning() {
         )
         .await;
     assert_eq!(rows, groups, "compacted to one row per group");
+    let rows = app.count("SELECT count(*) FROM answer_tallies").await;
+    let groups = app
+        .count("SELECT count(*) FROM (SELECT DISTINCT minute, series FROM answer_tallies) g")
+        .await;
+    assert_eq!(
+        rows, groups,
+        "Dodo's answers compacted to one row per group"
+    );
+    let left = app
+        .count(
+            "SELECT (SELECT count(*) FROM job_tallies WHERE NOT folded) \
+                  + (SELECT count(*) FROM answer_tallies WHERE NOT folded)",
+        )
+        .await;
+    assert_eq!(left, 0, "every appended row was folded");
     let logged = log.lock().unwrap().clone();
     assert!(!logged.contains("TALLY-KEY-"), "a key reached the log");
     app.stop().await;
