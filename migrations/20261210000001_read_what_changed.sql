@@ -42,10 +42,10 @@ CREATE INDEX job_tallies_minutes ON job_tallies (finished_in)
 CREATE INDEX answer_tallies_appended ON answer_tallies (minute) WHERE NOT folded;
 
 -- Folds each group that gained a row since the last fold into one row, then folds the minutes
--- that have turned a day old into their hour (its later minutes stay minutes until they do). Its work follows what changed, not what is
--- kept. Safe beside writers and other compactions: it deletes only the rows its snapshot sees
--- (a row another compaction took first is skipped) and writes back their sum, so the total
--- never changes.
+-- that have turned a day old into their hour (its later minutes stay minutes until they do).
+-- Its work follows what changed, not what is kept. Safe beside writers and other compactions:
+-- it deletes only the rows its snapshot sees (a row another compaction took first is skipped)
+-- and writes back their sum, so the total never changes.
 CREATE OR REPLACE FUNCTION compact_tallies() RETURNS void LANGUAGE sql SET jit = off AS $$
     WITH due AS (
         SELECT DISTINCT state, entitlement_id, finished_in FROM job_tallies WHERE NOT folded

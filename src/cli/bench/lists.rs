@@ -72,48 +72,19 @@ async fn run_on(
     }
     // Every drain before any intake: the jobs intake queues have no keys, and a drain waits
     // for every queued job.
-    let mut drains = vec![Vec::new(); databases.len()];
-    for round in 1..=args.rounds {
-        println!("\ndrain, 0 ms sandbox, round {round}");
-        for (i, database) in databases.iter().enumerate() {
-            let rate = super::drain::drain_rate(database.clone(), args, 0, false).await?;
-            println!(
-                "  {:>12} finished jobs  {rate:>6.0} jobs/s",
-                args.finished[i]
-            );
-            drains[i].push(rate);
-        }
-    }
-    let mut intakes = vec![Vec::new(); databases.len()];
-    for round in 1..=args.rounds {
-        println!("\nintake, round {round}");
-        for (i, database) in databases.iter().enumerate() {
-            let rate = super::intake::measure(database.clone(), args, false).await?;
-            println!(
-                "  {:>12} finished jobs  {rate:>6.0} webhooks/s",
-                args.finished[i]
-            );
-            intakes[i].push(rate);
-        }
-    }
-    for (name, runs) in [("drain, 0 ms sandbox", drains), ("intake", intakes)] {
-        let medians: Vec<f64> = runs.into_iter().map(median).collect();
-        let unit = if name == "intake" {
-            "webhooks/s"
-        } else {
-            "jobs/s"
-        };
-        for &m in &medians {
-            table.push(name, unit, m);
-        }
-        for &m in &medians {
-            table.push(
-                &format!("{name}, of the first column"),
-                "%",
-                m / medians[0] * 100.0,
-            );
-        }
-    }
+    in_rounds(
+        args,
+        databases,
+        &mut table,
+        "drain, 0 ms sandbox",
+        "jobs/s",
+        |s| super::drain::drain_rate(s, args, 0, false),
+    )
+    .await?;
+    in_rounds(args, databases, &mut table, "intake", "webhooks/s", |s| {
+        super::intake::measure(s, args, false)
+    })
+    .await?;
     print!("\n  {:<44}", "finished jobs in the table");
     for n in &args.finished {
         print!(" {n:>12}");
@@ -131,6 +102,46 @@ async fn run_on(
          drain and intake: the median of {} rounds)",
         args.rounds
     );
+    Ok(())
+}
+
+/// `args.rounds` runs of `run` on each database, a round across all of them at a time; puts
+/// each database's median rate in the table, and the median as a share of the first.
+async fn in_rounds<F, Fut>(
+    args: &BenchArgs,
+    databases: &[Settings],
+    table: &mut Table,
+    what: &str,
+    unit: &'static str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<f64>>,
+{
+    let mut runs = vec![Vec::new(); databases.len()];
+    for round in 1..=args.rounds {
+        println!("\n{what}, round {round}");
+        for (i, database) in databases.iter().enumerate() {
+            let rate = run(database.clone()).await?;
+            println!(
+                "  {:>12} finished jobs  {rate:>6.0} {unit}",
+                args.finished[i]
+            );
+            runs[i].push(rate);
+        }
+    }
+    let medians: Vec<f64> = runs.into_iter().map(median).collect();
+    for &m in &medians {
+        table.push(what, unit, m);
+    }
+    for &m in &medians {
+        table.push(
+            &format!("{what}, of the first column"),
+            "%",
+            m / medians[0] * 100.0,
+        );
+    }
     Ok(())
 }
 
