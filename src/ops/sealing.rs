@@ -45,7 +45,7 @@ pub async fn seal_plaintext(db: &Db, vault: Option<&Vault>) -> anyhow::Result<u6
     Ok(done)
 }
 
-/// Gives keys stored before keyrelay kept their searchable tail one (`keys.tail`).
+/// Gives keys stored before keyrelay kept their searchable tail one (`key_values.tail`).
 async fn fill_key_tails(db: &Db, vault: &Vault) -> anyhow::Result<()> {
     let mut filled = 0;
     loop {

@@ -250,13 +250,17 @@ pub(super) async fn bind_new_keys(
                                  $5::bytea[], $6::text[], $8::text[], $9::text[], $10::text[])
                 AS made(pool_id, grant_id, id, value_sealed, value_hash, batch_id, tail,
                         action, detail)
-        ), inserted AS (
-            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, state,
-                              grant_id, batch_id, tail)
-            OVERRIDING SYSTEM VALUE
-            SELECT id, pool_id, value_sealed, value_hash, $7, 'reserved', grant_id, batch_id, tail
-            FROM made
+        ), claimed AS (
+            INSERT INTO key_values (value_hash, key_id, tail)
+            SELECT value_hash, id, tail FROM made
             ON CONFLICT (value_hash) DO NOTHING
+            RETURNING key_id
+        ), inserted AS (
+            INSERT INTO keys (id, pool_id, value_sealed, sealed_with, state, grant_id, batch_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT made.id, made.pool_id, made.value_sealed, $7, 'reserved', made.grant_id,
+                   made.batch_id
+            FROM made JOIN claimed ON claimed.key_id = made.id
             RETURNING id, pool_id, grant_id, value_sealed
         ), bound AS (
             UPDATE jobs SET key_id = inserted.id, updated_at = now()

@@ -17,12 +17,18 @@ pub async fn seed_finished_jobs(
     let statements = [
         // Keys: sealed and hashed stand-ins (never opened), with a searchable tail.
         (
-            "INSERT INTO keys (pool_id, value_sealed, value_hash, sealed_with, state, grant_id, batch_id, tail) \
-         SELECT (SELECT id FROM pools WHERE name = $2), decode(md5('s' || i), 'hex'), \
-                decode(md5('h' || i), 'hex'), 1, 'delivered', 'grant_hist_' || i, 'bench_history', \
-                lpad(to_hex(i % 65536), 4, '0') \
+            "INSERT INTO keys (pool_id, value_sealed, sealed_with, state, grant_id, batch_id) \
+         SELECT (SELECT id FROM pools WHERE name = $2), decode(md5('s' || i), 'hex'), 1, \
+                'delivered', 'grant_hist_' || i, 'bench_history' \
          FROM generate_series(1, $1) i WHERE i % 1000 <> 0 AND i % 5000 <> 0",
             Some(pool_name),
+        ),
+        (
+            "INSERT INTO key_values (value_hash, key_id, tail) \
+         SELECT decode(md5('h' || i), 'hex'), keys.id, lpad(to_hex(i % 65536), 4, '0') \
+         FROM keys CROSS JOIN LATERAL (SELECT substr(keys.grant_id, 12)::bigint AS i) n \
+         WHERE keys.batch_id = 'bench_history'",
+            None,
         ),
         (
             "INSERT INTO jobs (grant_id, entitlement_id, customer_id, payment_id, state, attempts, \

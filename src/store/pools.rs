@@ -159,12 +159,14 @@ impl Import<'_> {
         let older: Vec<&Vec<u8>> = keys.iter().flat_map(|k| &k.older_hashes).collect();
         let stored: HashSet<Vec<u8>> = match older.is_empty() {
             true => HashSet::new(),
-            false => sqlx::query_scalar("SELECT value_hash FROM keys WHERE value_hash = ANY($1)")
-                .bind(&older)
-                .fetch_all(&mut *self.tx)
-                .await?
-                .into_iter()
-                .collect(),
+            false => {
+                sqlx::query_scalar("SELECT value_hash FROM key_values WHERE value_hash = ANY($1)")
+                    .bind(&older)
+                    .fetch_all(&mut *self.tx)
+                    .await?
+                    .into_iter()
+                    .collect()
+            }
         };
         let new: Vec<&NewKey> = keys
             .iter()
@@ -172,12 +174,19 @@ impl Import<'_> {
             .collect();
         let added = sqlx::query(
             r#"
-            INSERT INTO keys (id, pool_id, value_sealed, value_hash, sealed_with, batch_id, tail)
+            WITH file AS (
+                SELECT * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $7::text[])
+                    AS file(id, value_sealed, value_hash, tail)
+            ), claimed AS (
+                INSERT INTO key_values (value_hash, key_id, tail)
+                SELECT value_hash, id, tail FROM file
+                ON CONFLICT (value_hash) DO NOTHING
+                RETURNING key_id
+            )
+            INSERT INTO keys (id, pool_id, value_sealed, sealed_with, batch_id)
             OVERRIDING SYSTEM VALUE
-            SELECT id, $1, value_sealed, value_hash, $5, $6, tail
-            FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $7::text[])
-                AS file(id, value_sealed, value_hash, tail)
-            ON CONFLICT (value_hash) DO NOTHING
+            SELECT file.id, $1, file.value_sealed, $5, $6
+            FROM file JOIN claimed ON claimed.key_id = file.id
             "#,
         )
         .bind(self.pool_id)

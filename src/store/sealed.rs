@@ -11,7 +11,7 @@ use crate::domain::LicenseKey;
 pub struct SealedValue {
     pub sealed: Vec<u8>,
     pub hash: Vec<u8>,
-    /// `keys.tail`: what the masked key shows at its end, for search.
+    /// `key_values.tail`: what the masked key shows at its end, for search.
     pub tail: String,
 }
 
@@ -114,13 +114,15 @@ pub async fn seal_plaintext_keys(db: &Db, vault: &Vault, batch: i64) -> Result<u
     Ok(done)
 }
 
-/// Sets `keys.tail` on up to `batch` keys stored before keyrelay kept it (opening each);
+/// Sets `key_values.tail` on up to `batch` keys stored before keyrelay kept it (opening each);
 /// returns how many.
 pub async fn fill_key_tails(db: &Db, vault: &Vault, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, value_sealed FROM keys WHERE tail IS NULL AND value_sealed IS NOT NULL \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT keys.id, keys.value_sealed \
+         FROM key_values JOIN keys ON keys.id = key_values.key_id \
+         WHERE key_values.tail IS NULL \
+         ORDER BY key_values.key_id LIMIT $1 FOR UPDATE OF key_values SKIP LOCKED",
     )
     .bind(batch)
     .fetch_all(&mut *tx)
@@ -136,8 +138,9 @@ pub async fn fill_key_tails(db: &Db, vault: &Vault, batch: i64) -> Result<u64, s
         })
         .unzip();
     let done = sqlx::query(
-        "UPDATE keys SET tail = new.tail FROM unnest($1::bigint[], $2::text[]) AS new(id, tail) \
-         WHERE keys.id = new.id",
+        "UPDATE key_values SET tail = new.tail \
+         FROM unnest($1::bigint[], $2::text[]) AS new(id, tail) \
+         WHERE key_values.key_id = new.id",
     )
     .bind(&ids)
     .bind(&tails)
@@ -148,8 +151,9 @@ pub async fn fill_key_tails(db: &Db, vault: &Vault, batch: i64) -> Result<u64, s
     Ok(done)
 }
 
-/// Writes sealed values and hashes over the rows `ids` (still matching `still`), clearing
-/// any plaintext.
+/// Writes sealed values over the rows `ids` (still matching `still`), clearing any
+/// plaintext, and their look-up hashes (a key sealed from plaintext gets its tail later,
+/// from `fill_key_tails`).
 async fn rewrite_keys(
     tx: &mut Transaction<'_, Postgres>,
     vault: &Vault,
@@ -163,10 +167,17 @@ async fn rewrite_keys(
     let (values, hashes): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
         sealed.iter().map(|(s, h)| (s, h)).unzip();
     Ok(sqlx::query(&format!(
-        "UPDATE keys SET value = NULL, value_sealed = new.sealed, value_hash = new.hash, \
-                         sealed_with = $4, updated_at = now() \
-         FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS new(id, sealed, hash) \
-         WHERE keys.id = new.id AND {still}"
+        "WITH new AS ( \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS new(id, sealed, hash) \
+         ), rewritten AS ( \
+             UPDATE keys SET value = NULL, value_sealed = new.sealed, sealed_with = $4, \
+                             updated_at = now() \
+             FROM new WHERE keys.id = new.id AND {still} \
+             RETURNING keys.id \
+         ) \
+         INSERT INTO key_values (value_hash, key_id) \
+         SELECT new.hash, new.id FROM new JOIN rewritten ON rewritten.id = new.id \
+         ON CONFLICT (key_id) DO UPDATE SET value_hash = excluded.value_hash"
     ))
     .bind(ids)
     .bind(values)

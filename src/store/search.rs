@@ -137,7 +137,7 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
         })
 }
 
-/// The last four characters of a search term, lowercased, as `keys.tail` holds them.
+/// The last four characters of a search term, lowercased, as `key_values.tail` holds them.
 fn tail_of(term: &str) -> Option<String> {
     let chars: Vec<char> = term.chars().collect();
     (chars.len() >= 4).then(|| {
@@ -185,7 +185,8 @@ fn clause(filter: &JobFilter, states: &[JobState], first: usize) -> Clause {
             let t = param(Bind::Text(tail), &mut binds);
             let _ = write!(
                 sql,
-                " UNION ALL SELECT grant_id FROM keys WHERE tail = {t} AND grant_id IS NOT NULL"
+                " UNION ALL SELECT keys.grant_id FROM key_values JOIN keys ON keys.id = key_values.key_id \
+                   WHERE key_values.tail = {t} AND keys.grant_id IS NOT NULL"
             );
         }
         sql.push(')');

@@ -198,9 +198,10 @@ pub async fn lock_job_for_event(
     grant_id: &GrantId,
 ) -> Result<Option<JobForEvent>, sqlx::Error> {
     let sql = format!(
-        "SELECT jobs.state, jobs.key_id, keys.value_hash AS key_hash, keys.state AS key_state, \
-                jobs.grant_updated_at, {SUPERSEDED} AS superseded \
+        "SELECT jobs.state, jobs.key_id, key_values.value_hash AS key_hash, \
+                keys.state AS key_state, jobs.grant_updated_at, {SUPERSEDED} AS superseded \
          FROM jobs LEFT JOIN keys ON keys.id = jobs.key_id \
+              LEFT JOIN key_values ON key_values.key_id = jobs.key_id \
          WHERE jobs.grant_id = $1 FOR UPDATE OF jobs"
     );
     sqlx::query_as(&sql)

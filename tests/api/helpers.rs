@@ -388,11 +388,14 @@ impl TestApp {
     }
 
     pub async fn key_state(&self, value: &str) -> (KeyState, Option<String>) {
-        sqlx::query_as("SELECT state, grant_id FROM keys WHERE value_hash = $1")
-            .bind(self.vault().hash(value))
-            .fetch_one(&self.db)
-            .await
-            .expect("key exists")
+        sqlx::query_as(
+            "SELECT state, grant_id FROM keys \
+             WHERE id = (SELECT key_id FROM key_values WHERE value_hash = $1)",
+        )
+        .bind(self.vault().hash(value))
+        .fetch_one(&self.db)
+        .await
+        .expect("key exists")
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

@@ -14,6 +14,7 @@ mod grant_events;
 mod helpers;
 mod hostile;
 mod http_source;
+mod key_values;
 
 mod newcomer;
 mod observability;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 400;
-const CORE_TABLES: [&str; 4] = ["jobs", "keys", "events", "audit_log"];
+const CORE_TABLES: [&str; 5] = ["jobs", "keys", "key_values", "events", "audit_log"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
