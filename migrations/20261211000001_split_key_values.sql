@@ -23,6 +23,9 @@ ALTER TABLE key_values
 CREATE INDEX key_values_tail ON key_values (tail) WHERE tail IS NOT NULL;
 -- Keys still to be given their tail: empty once they are, so the check at each start is free.
 CREATE INDEX key_values_without_tail ON key_values (key_id) WHERE tail IS NULL;
+-- Statistics now, not when autovacuum comes: without them a search by a key's last four
+-- characters was planned as a parallel scan (7 ms instead of 0.5 at a million keys).
+ANALYZE key_values;
 
 ALTER TABLE keys
     DROP CONSTRAINT keys_sealed_or_legacy,

@@ -79,12 +79,36 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>) -> Result<Pruned, sqlx::Error
     Ok(pruned)
 }
 
+/// Waits (up to a minute) until no autovacuum worker runs on the server, then writes a
+/// checkpoint: a timed run then neither shares the machine with a vacuum nor flushes the
+/// pages written before it. A role that may not checkpoint (superuser or `pg_checkpoint`)
+/// only waits.
+pub async fn quiesce(db: &Db) -> Result<(), sqlx::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let vacuuming: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+        )
+        .fetch_one(db)
+        .await?;
+        if vacuuming == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    match db.execute_outside_transaction("CHECKPOINT").await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(()),
+        done => done,
+    }
+}
+
 /// Vacuums and analyzes the queue's tables and their tallies, so a measurement starts from
 /// fresh statistics.
 pub async fn vacuum_analyze(db: &Db) -> Result<(), sqlx::Error> {
     for table in [
         "jobs",
         "keys",
+        "key_values",
         "job_tallies",
         "key_tallies",
         "answer_tallies",
