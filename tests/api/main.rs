@@ -31,6 +31,7 @@ mod process;
 mod rate_budget;
 mod search;
 mod servers;
+mod settling;
 mod shop_api;
 mod signature;
 mod signed_keys;
