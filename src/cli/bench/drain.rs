@@ -70,6 +70,7 @@ pub(super) async fn drain_rate(
         );
     }
     queue_backlog(&db, &settings.keys.vault()?, &sandbox.sandbox, args.jobs).await?;
+    prune::quiesce(&db).await?;
 
     let app = Application::build(&settings, Role::Worker).await?;
     let token = app.shutdown_token();

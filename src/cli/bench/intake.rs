@@ -33,6 +33,9 @@ pub async fn run(settings: Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// The intake run; stored webhooks per second. Prints what it saw when `report` is set.
 pub async fn measure(settings: Settings, args: &BenchArgs, report: bool) -> anyhow::Result<f64> {
+    let db = crate::db::connect(&settings).await?;
+    crate::store::prune::quiesce(&db).await?;
+    db.close().await;
     let key: [u8; 24] = rand::random();
     let server = ServeChild::start(
         &settings,
