@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::sealed::{SealedValue, new_key_ids};
+use super::sealed::{SealedValue, claim_values, new_key_ids};
 use crate::crypto::Vault;
 use crate::domain::{CustomerId, EntitlementId, GrantId, LicenseKey};
 use crate::sources::{GrantFacts, KeySource, PoolRecipe, Source, SourceError, Sources, Yield};
@@ -243,18 +243,14 @@ pub(super) async fn bind_new_keys(
         .zip(&ids)
         .map(|(n, id)| SealedValue::new(vault, &n.key, *id))
         .collect();
-    let bound: Vec<Bound> = sqlx::query_as(
+    let bound: Vec<Bound> = sqlx::query_as(&format!(
         r#"
         WITH made AS (
             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[],
                                  $5::bytea[], $6::text[], $8::text[], $9::text[], $10::text[])
                 AS made(pool_id, grant_id, id, value_sealed, value_hash, batch_id, tail,
                         action, detail)
-        ), claimed AS (
-            INSERT INTO key_values (value_hash, key_id, tail)
-            SELECT value_hash, id, tail FROM made
-            ON CONFLICT (value_hash) DO NOTHING
-            RETURNING key_id
+        ), claimed AS ({claimed}
         ), inserted AS (
             INSERT INTO keys (id, pool_id, value_sealed, sealed_with, state, grant_id, batch_id)
             OVERRIDING SYSTEM VALUE
@@ -275,7 +271,8 @@ pub(super) async fn bind_new_keys(
                pools.activations_limit, pools.expires_in_days
         FROM inserted JOIN pools ON pools.id = inserted.pool_id
         "#,
-    )
+        claimed = claim_values("made"),
+    ))
     .bind(new.iter().map(|n| n.pool_id).collect::<Vec<_>>())
     .bind(new.iter().map(|n| n.grant_id).collect::<Vec<_>>())
     .bind(&ids)

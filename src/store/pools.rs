@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use sqlx::{Postgres, Transaction};
 
 use super::audit::{self, Subject};
-use super::sealed::{NewKey, new_key_ids};
+use super::sealed::{NewKey, claim_values, new_key_ids};
 use super::{KEY_LOCK_CLASS, notify_jobs_ready, stock};
 use crate::domain::{Actor, EntitlementId, JobState};
 use crate::jobs::JobEvent;
@@ -172,23 +172,19 @@ impl Import<'_> {
             .iter()
             .filter(|k| !k.older_hashes.iter().any(|h| stored.contains(h)))
             .collect();
-        let added = sqlx::query(
+        let added = sqlx::query(&format!(
             r#"
             WITH file AS (
                 SELECT * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[], $7::text[])
                     AS file(id, value_sealed, value_hash, tail)
-            ), claimed AS (
-                INSERT INTO key_values (value_hash, key_id, tail)
-                SELECT value_hash, id, tail FROM file
-                ON CONFLICT (value_hash) DO NOTHING
-                RETURNING key_id
-            )
+            ), claimed AS ({claimed})
             INSERT INTO keys (id, pool_id, value_sealed, sealed_with, batch_id)
             OVERRIDING SYSTEM VALUE
             SELECT file.id, $1, file.value_sealed, $5, $6
             FROM file JOIN claimed ON claimed.key_id = file.id
             "#,
-        )
+            claimed = claim_values("file"),
+        ))
         .bind(self.pool_id)
         .bind(new.iter().map(|k| k.id).collect::<Vec<_>>())
         .bind(new.iter().map(|k| &k.value.sealed).collect::<Vec<_>>())

@@ -57,6 +57,19 @@ impl NewKey {
     }
 }
 
+/// Claims the values of the rows `from` names (columns `value_hash`, `id`, `tail`) in
+/// `key_values`, as a statement for a `WITH`: it returns the `key_id` of each value that was
+/// new. A key is stored only if its value was claimed, in the same statement, so no value is
+/// stored twice.
+pub(super) fn claim_values(from: &str) -> String {
+    format!(
+        "INSERT INTO key_values (value_hash, key_id, tail) \
+         SELECT value_hash, id, tail FROM {from} \
+         ON CONFLICT (value_hash) DO NOTHING \
+         RETURNING key_id"
+    )
+}
+
 /// Ids one call to the `keys` id sequence reserves (its increment).
 const ID_BLOCK: i64 = 1_000;
 
