@@ -158,7 +158,6 @@ async fn measure(settings: Settings, n: u64) -> anyhow::Result<Vec<(&'static str
     let db = crate::db::connect(&settings).await?;
     let started = Instant::now();
     crate::store::bulk::seed_finished_jobs(&db, n as i64, ENTITLEMENT, "bench").await?;
-    crate::store::prune::vacuum_analyze(&db).await?;
     println!("  seeded in {:.1} s", started.elapsed().as_secs_f64());
     db.close().await;
     let mut web = settings.clone();
