@@ -119,6 +119,9 @@ impl Sandbox {
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(256)
+                // An idle connection is closed soon: a keyrelay stopping gracefully waits for
+                // its open connections, so one the sandbox no longer uses would hold it up.
+                .pool_idle_timeout(Duration::from_millis(500))
                 .build()
                 .expect("reqwest client"),
         }

@@ -10,7 +10,7 @@ use keyrelay::pool::{import_keys, keyfile::ParsedKeys};
 use keyrelay::startup::Role;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::helpers::{ENT, TestApp, as_env, keyrelay_async};
+use crate::helpers::{DEMO_LIMIT, ENT, TestApp, as_env, keyrelay_async, keyrelay_async_within};
 
 fn parsed(keys: &[String]) -> ParsedKeys {
     ParsedKeys {
@@ -286,7 +286,12 @@ async fn after_the_demo_a_dump_holds_none_of_its_keys() {
         ("DATABASE_URL", url.as_str()),
         ("KEYRELAY_ENCRYPTION_KEY", key.expose_secret()),
     ];
-    let demo = keyrelay_async(&env, &["demo", "--grants", "40", "--keep-database"]).await;
+    let demo = keyrelay_async_within(
+        &env,
+        &["demo", "--grants", "40", "--keep-database"],
+        DEMO_LIMIT,
+    )
+    .await;
     let out = String::from_utf8_lossy(&demo.stdout).into_owned();
     assert!(
         demo.status.success(),
@@ -339,9 +344,10 @@ async fn after_the_demo_a_dump_holds_none_of_its_keys() {
 async fn a_kept_demo_database_opens_with_the_file_the_demo_writes_and_no_key_is_printed() {
     let server = crate::helpers::base_settings();
     let url = server.database.url.expose_secret().to_string();
-    let demo = keyrelay_async(
+    let demo = keyrelay_async_within(
         &[("DATABASE_URL", url.as_str())],
         &["demo", "--grants", "20", "--keep-database"],
+        DEMO_LIMIT,
     )
     .await;
     let out = String::from_utf8_lossy(&demo.stdout).into_owned();

@@ -505,13 +505,56 @@ pub fn keyrelay(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
 /// `keyrelay` for async tests: the subprocess runs while this test's runtime keeps serving the
 /// keyrelay under test (a blocking wait would starve it), and a hang fails after a minute.
 pub async fn keyrelay_async(envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::from(keyrelay_command(envs, args))
+    keyrelay_async_within(envs, args, Duration::from_secs(60)).await
+}
+
+/// What a `keyrelay demo` run is allowed: more than its own waits (two minutes for its grants
+/// to settle, half a minute for its notices, and a graceful stop), so a slow run ends with
+/// the demo's own report of what did not finish.
+pub const DEMO_LIMIT: Duration = Duration::from_secs(240);
+
+/// `keyrelay_async` for a run allowed `limit` (the demo, whose own waits are longer than a
+/// minute). A run that hangs is killed, and the failure shows what it had printed by then.
+pub async fn keyrelay_async_within(
+    envs: &[(&str, &str)],
+    args: &[&str],
+    limit: Duration,
+) -> std::process::Output {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::from(keyrelay_command(envs, args))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap_or_else(|_| panic!("keyrelay {args:?} did not finish within 60 s"))
-        .expect("run keyrelay")
+        .spawn()
+        .expect("run keyrelay");
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out).await;
+            }
+            out
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let finished = tokio::time::timeout(limit, child.wait()).await;
+    if finished.is_err() {
+        let _ = child.kill().await;
+    }
+    let (stdout, stderr) = (stdout.await.unwrap(), stderr.await.unwrap());
+    let Ok(status) = finished else {
+        panic!(
+            "keyrelay {args:?} did not finish within {limit:?}; it had printed:\n{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    std::process::Output {
+        status: status.expect("wait for keyrelay"),
+        stdout,
+        stderr,
+    }
 }
 
 /// Starts `keyrelay serve --role worker` with only `env`; what it writes to stderr goes to

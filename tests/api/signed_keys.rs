@@ -311,9 +311,10 @@ async fn without_a_signing_key_the_jwk_set_and_keys_public_say_how_to_make_one()
 async fn the_demo_checks_its_signed_keys_with_the_python_and_node_verifiers() {
     let server = crate::helpers::base_settings();
     let url = server.database.url.expose_secret().to_string();
-    let demo = crate::helpers::keyrelay_async(
+    let demo = crate::helpers::keyrelay_async_within(
         &[("DATABASE_URL", url.as_str())],
         &["demo", "--grants", "30"],
+        crate::helpers::DEMO_LIMIT,
     )
     .await;
     let out = String::from_utf8_lossy(&demo.stdout);
