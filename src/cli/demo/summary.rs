@@ -77,7 +77,8 @@ async fn checked_by_apps(
     };
     let jwks_url = webhook_url.replace("/webhooks/dodo", "/.well-known/jwks.json");
     let jwks: serde_json::Value = reqwest::get(&jwks_url).await?.json().await?;
-    Ok(super::verifiers::check(&keys, &jwks))
+    // The verifiers are processes waited for: off the runtime that serves keyrelay.
+    Ok(tokio::task::spawn_blocking(move || super::verifiers::check(&keys, &jwks)).await?)
 }
 
 /// (grants of the http pool that hold the license the vendor issued for them, grants of the
