@@ -66,12 +66,24 @@ pub async fn claim_keyless(
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<KeylessJob>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(&claim_keyless_statement())
+        .bind(limit as i64)
+        .bind(lease.as_secs_f64())
+        .fetch_all(db)
+        .await
+}
+
+/// The statement `claim_keyless` runs (`$1` the limit, `$2` the lease in seconds). Workers run
+/// it whenever they have room, so where no pool is asked it reads no jobs at all: it does not
+/// rely on the planner starting from the few pools rather than from every due job.
+pub fn claim_keyless_statement() -> String {
+    format!(
         r#"
         WITH due AS (
             SELECT jobs.grant_id FROM jobs
             JOIN pools ON pools.entitlement_id = jobs.entitlement_id AND pools.source = 'http'
             WHERE {DUE} AND jobs.key_id IS NULL
+              AND EXISTS (SELECT 1 FROM pools WHERE pools.source = 'http')
             ORDER BY jobs.run_at
             LIMIT $1
             FOR UPDATE OF jobs SKIP LOCKED
@@ -94,11 +106,7 @@ pub async fn claim_keyless(
         JOIN pools ON pools.entitlement_id = claimed.entitlement_id
         LEFT JOIN events ON events.webhook_id = claimed.webhook_id
         "#
-    ))
-    .bind(limit as i64)
-    .bind(lease.as_secs_f64())
-    .fetch_all(db)
-    .await
+    )
 }
 
 /// What became of a key an endpoint answered.

@@ -4,6 +4,7 @@ mod admin;
 mod admin_hardening;
 mod after_delivery;
 mod answers;
+mod claiming;
 mod cli;
 mod concurrency;
 mod crash;

@@ -1,0 +1,67 @@
+//! Workers ask for work whenever they have room, so what they run to find it must not read
+//! the whole backlog for nothing, whatever the planner's statistics last saw.
+
+use keyrelay::store::asking::claim_keyless_statement;
+
+use crate::helpers::{ENT, TestApp};
+
+/// Rows every scan of `jobs` in the plan returned, over all its loops.
+fn jobs_read(node: &serde_json::Value) -> i64 {
+    let here = match node["Relation Name"].as_str() {
+        Some("jobs") => {
+            node["Actual Rows"].as_i64().unwrap_or(0) * node["Actual Loops"].as_i64().unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let below: i64 = node["Plans"]
+        .as_array()
+        .map_or(0, |plans| plans.iter().map(jobs_read).sum());
+    here + below
+}
+
+#[tokio::test]
+async fn looking_for_jobs_to_ask_a_vendor_for_reads_none_where_no_pool_asks_one() {
+    let app = TestApp::spawn_web().await;
+    // History the statistics saw, taken (as autovacuum does) while nothing was due.
+    sqlx::query(
+        "INSERT INTO jobs (grant_id, entitlement_id, customer_id, state, finished_at) \
+         SELECT 'grant_done_' || i, $1, 'cus_done', 'delivered', now() \
+         FROM generate_series(1, 20000) i",
+    )
+    .bind(ENT)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE jobs").execute(&app.db).await.unwrap();
+    // Then a burst of sales for a pool whose keys are listed, not asked for.
+    sqlx::query(
+        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
+         SELECT 'grant_burst_' || i, $1, 'cus_burst' FROM generate_series(1, 3000) i",
+    )
+    .bind(ENT)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let asked: i64 = sqlx::query_scalar("SELECT count(*) FROM pools WHERE source = 'http'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(asked, 0, "no pool asks a vendor for its keys");
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query(&format!("PREPARE ask AS {}", claim_keyless_statement()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: serde_json::Value =
+        sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ask(64, 30)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    let read = jobs_read(&plan[0]["Plan"]);
+    assert_eq!(
+        read, 0,
+        "with no pool to ask, looking for jobs to ask for read {read} jobs: {plan}"
+    );
+    app.stop().await;
+}
