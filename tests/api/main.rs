@@ -25,6 +25,7 @@ mod outage;
 mod outbound;
 mod outbox;
 mod payloads;
+mod placement;
 mod pool_health;
 mod pooler;
 mod pools;
