@@ -5,6 +5,31 @@ use keyrelay::store::asking::claim_keyless_statement;
 
 use crate::helpers::{ENT, TestApp};
 
+/// Every plan node, depth first.
+fn nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut all = vec![node];
+    for below in node["Plans"].as_array().into_iter().flatten() {
+        all.extend(nodes(below));
+    }
+    all
+}
+
+/// `claim_keyless_statement()` explained as it ran.
+async fn explain_ask(app: &TestApp) -> serde_json::Value {
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query(&format!("PREPARE ask AS {}", claim_keyless_statement()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: serde_json::Value =
+        sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ask(64, 30)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    plan
+}
+
 /// Rows every scan of `jobs` in the plan returned, over all its loops.
 fn jobs_read(node: &serde_json::Value) -> i64 {
     let here = match node["Relation Name"].as_str() {
@@ -47,21 +72,58 @@ async fn looking_for_jobs_to_ask_a_vendor_for_reads_none_where_no_pool_asks_one(
         .await
         .unwrap();
     assert_eq!(asked, 0, "no pool asks a vendor for its keys");
-    let mut tx = app.db.begin().await.unwrap();
-    sqlx::query(&format!("PREPARE ask AS {}", claim_keyless_statement()))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let plan: serde_json::Value =
-        sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE ask(64, 30)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    tx.rollback().await.unwrap();
+    let plan = explain_ask(&app).await;
     let read = jobs_read(&plan[0]["Plan"]);
     assert_eq!(
         read, 0,
         "with no pool to ask, looking for jobs to ask for read {read} jobs: {plan}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_grant_asked_for_counts_its_rejected_keys_without_reading_every_key() {
+    let app = TestApp::spawn_web().await;
+    app.add_pool("history", ENT, &[]).await;
+    keyrelay::store::bulk::seed_finished_jobs(&app.db, 20_000, ENT, "history")
+        .await
+        .unwrap();
+    let vendor = "ent_vendor_pro";
+    keyrelay::pool::add_pool(
+        &app.db,
+        &keyrelay::pool::NewPool {
+            name: "vendor".into(),
+            entitlement_id: vendor.into(),
+            source: Some(keyrelay::sources::Source::Http),
+            endpoint: Some(keyrelay::harness::SANDBOX_VENDOR.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
+         SELECT 'grant_vendor_' || i, $1, 'cus_vendor' FROM generate_series(1, 5) i",
+    )
+    .bind(vendor)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let plan = explain_ask(&app).await;
+    let claimed = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap();
+    assert_eq!(claimed, 5, "{plan}");
+    let scans: Vec<&str> = nodes(&plan[0]["Plan"])
+        .into_iter()
+        .filter(|n| n["Relation Name"] == "keys")
+        .filter_map(|n| n["Node Type"].as_str())
+        .collect();
+    assert!(
+        !scans.contains(&"Seq Scan"),
+        "each grant claimed read every key to count its rejected ones: {scans:?}"
+    );
+    assert!(
+        plan[0].get("JIT").is_none(),
+        "a claim of five jobs was compiled: {plan}"
     );
     app.stop().await;
 }
