@@ -2,6 +2,7 @@
 //! the whole backlog for nothing, whatever the planner's statistics last saw.
 
 use keyrelay::store::asking::claim_keyless_statement;
+use secrecy::ExposeSecret;
 
 use crate::helpers::{ENT, TestApp};
 
@@ -124,6 +125,28 @@ async fn a_grant_asked_for_counts_its_rejected_keys_without_reading_every_key() 
     assert!(
         plan[0].get("JIT").is_none(),
         "a claim of five jobs was compiled: {plan}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keyrelays_sessions_never_compile_a_statement_however_costly_it_looks() {
+    use sqlx::{Connection, Executor};
+    let app = TestApp::spawn_web().await;
+    let url = app.settings().database.url.expose_secret().to_string();
+    let mut session = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Whatever a statement's estimated cost, as a guess at millions of rows makes it.
+    session.execute("SET jit_above_cost = 0").await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM jobs WHERE state = 'queued'",
+    )
+    .fetch_one(&mut session)
+    .await
+    .unwrap();
+    session.close().await.unwrap();
+    assert!(
+        plan[0].get("JIT").is_none(),
+        "a count of queued jobs was compiled before it ran: {plan}"
     );
     app.stop().await;
 }
