@@ -4,16 +4,7 @@
 use keyrelay::store::asking::claim_keyless_statement;
 use secrecy::ExposeSecret;
 
-use crate::helpers::{ENT, TestApp};
-
-/// Every plan node, depth first.
-fn nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
-    let mut all = vec![node];
-    for below in node["Plans"].as_array().into_iter().flatten() {
-        all.extend(nodes(below));
-    }
-    all
-}
+use crate::helpers::{ENT, TestApp, plan_nodes};
 
 /// `claim_keyless_statement()` explained as it ran.
 async fn explain_ask(app: &TestApp) -> serde_json::Value {
@@ -32,17 +23,12 @@ async fn explain_ask(app: &TestApp) -> serde_json::Value {
 }
 
 /// Rows every scan of `jobs` in the plan returned, over all its loops.
-fn jobs_read(node: &serde_json::Value) -> i64 {
-    let here = match node["Relation Name"].as_str() {
-        Some("jobs") => {
-            node["Actual Rows"].as_i64().unwrap_or(0) * node["Actual Loops"].as_i64().unwrap_or(0)
-        }
-        _ => 0,
-    };
-    let below: i64 = node["Plans"]
-        .as_array()
-        .map_or(0, |plans| plans.iter().map(jobs_read).sum());
-    here + below
+fn jobs_read(plan: &serde_json::Value) -> i64 {
+    plan_nodes(plan)
+        .into_iter()
+        .filter(|n| n["Relation Name"] == "jobs")
+        .map(|n| n["Actual Rows"].as_i64().unwrap_or(0) * n["Actual Loops"].as_i64().unwrap_or(0))
+        .sum()
 }
 
 #[tokio::test]
@@ -113,7 +99,7 @@ async fn a_grant_asked_for_counts_its_rejected_keys_without_reading_every_key() 
     let plan = explain_ask(&app).await;
     let claimed = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap();
     assert_eq!(claimed, 5, "{plan}");
-    let scans: Vec<&str> = nodes(&plan[0]["Plan"])
+    let scans: Vec<&str> = plan_nodes(&plan[0]["Plan"])
         .into_iter()
         .filter(|n| n["Relation Name"] == "keys")
         .filter_map(|n| n["Node Type"].as_str())

@@ -475,6 +475,15 @@ where
     }
 }
 
+/// Every node of an `EXPLAIN (FORMAT JSON)` plan, depth first.
+pub fn plan_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut all = vec![node];
+    for below in node["Plans"].as_array().into_iter().flatten() {
+        all.extend(plan_nodes(below));
+    }
+    all
+}
+
 /// `TestApp::cli_env` as `keyrelay()` takes it.
 pub fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()

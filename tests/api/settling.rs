@@ -4,18 +4,15 @@
 
 use keyrelay::store::settle::apply_outcomes;
 
-use crate::helpers::{ENT, TestApp};
+use crate::helpers::{ENT, TestApp, plan_nodes};
 
 /// Rows every plan node looked at and threw away, joins included.
-fn thrown_away(node: &serde_json::Value) -> i64 {
-    let here = ["Rows Removed by Filter", "Rows Removed by Join Filter"]
-        .iter()
-        .map(|k| node[k].as_i64().unwrap_or(0))
-        .sum::<i64>();
-    let below: i64 = node["Plans"]
-        .as_array()
-        .map_or(0, |plans| plans.iter().map(thrown_away).sum());
-    here + below
+fn thrown_away(plan: &serde_json::Value) -> i64 {
+    plan_nodes(plan)
+        .into_iter()
+        .flat_map(|n| ["Rows Removed by Filter", "Rows Removed by Join Filter"].map(|k| &n[k]))
+        .map(|rows| rows.as_i64().unwrap_or(0))
+        .sum()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use keyrelay::startup::Role;
 use keyrelay::store::read::{self, TO_REVIEW};
 use keyrelay::store::stock::{OLDEST_QUEUED_AGE, OLDEST_UNFINISHED_AGE};
 
-use crate::helpers::{ENT, TestApp};
+use crate::helpers::{ENT, TestApp, plan_nodes};
 
 /// Rows a statement looked at and threw away: every plan node's "Rows Removed by Filter".
 async fn rows_thrown_away(app: &TestApp, sql: &str) -> i64 {
@@ -16,14 +16,10 @@ async fn rows_thrown_away(app: &TestApp, sql: &str) -> i64 {
             .fetch_one(&app.db)
             .await
             .unwrap();
-    fn walk(node: &serde_json::Value) -> i64 {
-        let here = node["Rows Removed by Filter"].as_i64().unwrap_or(0);
-        let below: i64 = node["Plans"]
-            .as_array()
-            .map_or(0, |plans| plans.iter().map(walk).sum());
-        here + below
-    }
-    walk(&plan[0]["Plan"])
+    plan_nodes(&plan[0]["Plan"])
+        .into_iter()
+        .map(|n| n["Rows Removed by Filter"].as_i64().unwrap_or(0))
+        .sum()
 }
 
 async fn age(app: &TestApp, sql: &str) -> f64 {
