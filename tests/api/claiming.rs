@@ -46,14 +46,7 @@ async fn looking_for_jobs_to_ask_a_vendor_for_reads_none_where_no_pool_asks_one(
     .unwrap();
     sqlx::query("ANALYZE jobs").execute(&app.db).await.unwrap();
     // Then a burst of sales for a pool whose keys are listed, not asked for.
-    sqlx::query(
-        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
-         SELECT 'grant_burst_' || i, $1, 'cus_burst' FROM generate_series(1, 3000) i",
-    )
-    .bind(ENT)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.queue_jobs("burst", ENT, 3_000).await;
     let asked: i64 = sqlx::query_scalar("SELECT count(*) FROM pools WHERE source = 'http'")
         .fetch_one(&app.db)
         .await
@@ -88,14 +81,7 @@ async fn a_grant_asked_for_counts_its_rejected_keys_without_reading_every_key() 
     )
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
-         SELECT 'grant_vendor_' || i, $1, 'cus_vendor' FROM generate_series(1, 5) i",
-    )
-    .bind(vendor)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.queue_jobs("vendor", vendor, 5).await;
     let plan = explain_ask(&app).await;
     let claimed = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap();
     assert_eq!(claimed, 5, "{plan}");

@@ -181,6 +181,21 @@ impl TestApp {
         }
     }
 
+    /// Queues `n` jobs of `entitlement` straight into the table, `grant_{name}_1` and on, each
+    /// for customer `cus_{name}`: a backlog without webhooks, for tests of what reads it.
+    pub async fn queue_jobs(&self, name: &str, entitlement: &str, n: i64) {
+        sqlx::query(
+            "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
+             SELECT 'grant_' || $1 || '_' || i, $2, 'cus_' || $1 FROM generate_series(1, $3) i",
+        )
+        .bind(name)
+        .bind(entitlement)
+        .bind(n)
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+
     pub async fn import(&self, name: &str, keys: &[&str]) {
         let parsed = ParsedKeys {
             keys: keys.iter().map(|k| LicenseKey::parse(k).unwrap()).collect(),

@@ -18,14 +18,7 @@ fn thrown_away(plan: &serde_json::Value) -> i64 {
 #[tokio::test]
 async fn settling_a_burst_reads_its_own_jobs_after_statistics_that_saw_none_running() {
     let app = TestApp::spawn_web().await;
-    sqlx::query(
-        "INSERT INTO jobs (grant_id, entitlement_id, customer_id) \
-         SELECT 'grant_burst_' || i, $1, 'cus_burst' FROM generate_series(1, 10000) i",
-    )
-    .bind(ENT)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.queue_jobs("burst", ENT, 10_000).await;
     sqlx::query("ANALYZE jobs").execute(&app.db).await.unwrap();
     // The whole burst is claimed; 512 of its jobs come back delivered.
     sqlx::query(
